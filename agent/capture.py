@@ -1,0 +1,162 @@
+"""Capture: one raw scan in, one committed journal entry out, then operator feedback.
+
+:class:`Station` is the station's capture path. For each :class:`~drivers.base.RawScan` it
+checks the driver's framing verdict and the debounce window, interprets the text, applies it
+to the scanner's session, commits audit row + movement + session state in one transaction,
+and only then acknowledges the scan (ACK byte, beep, LED). A failed commit (disk full, I/O
+error) leaves the session untouched and gets a NAK.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import uuid6
+
+from agent.clock import TimeBase, boot_id
+from agent.config import Config, ScannerConfig
+from agent.errors import JournalError, JournalFullError
+from agent.grammar import interpret, printable
+from agent.journal import Capture, Captured, JournalWriter
+from agent.session import Defaults, SessionState, Step, apply, initial_state
+from drivers.base import RawScan
+
+__all__ = ["Outcome", "Station", "debounced"]
+
+log = logging.getLogger("scan_agent.capture")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one scan did, after its commit (or its failure)."""
+
+    scanner: str
+    text: str
+    status: str  # accepted | rejected | debounced | failed
+    reason: str | None = None
+    note: str = ""
+    seq: int | None = None
+    event_id: str | None = None
+    movement_type: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("accepted", "debounced")
+
+    def describe(self) -> str:
+        text = printable(self.text, 60)
+        if self.status == "accepted":
+            tail = f" (seq {self.seq})" if self.seq is not None else ""
+            return f"{self.scanner}: {text!r} -> {self.note}{tail}"
+        if self.status == "debounced":
+            return f"{self.scanner}: {text!r} ignored: repeated read within the debounce window"
+        return f"{self.scanner}: {text!r} {self.status}: {self.reason}"
+
+
+def debounced(last: tuple[str, int] | None, text: str, boot_ns: int, window_ms: int) -> bool:
+    """Whether ``text`` read at ``boot_ns`` repeats the previous read within the window."""
+    if last is None or window_ms <= 0:
+        return False
+    prev_text, prev_ns = last
+    return prev_text == text and 0 <= boot_ns - prev_ns < window_ms * 1_000_000
+
+
+@dataclass
+class _ScannerSlot:
+    cfg: ScannerConfig
+    defaults: Defaults
+    state: SessionState
+    last_read: tuple[str, int] | None = None
+
+
+Listener = Callable[[Outcome], None]
+
+
+@dataclass
+class Station:
+    """The capture path of one dock station."""
+
+    config: Config
+    writer: JournalWriter
+    time_base: Callable[[], TimeBase] = field(default=lambda: TimeBase(boot_id()))
+    ntp_synced: Callable[[], bool | None] = field(default=lambda: None)
+    listeners: list[Listener] = field(default_factory=list)
+    _slots: dict[str, _ScannerSlot] = field(default_factory=dict)
+
+    async def start(self) -> None:
+        """Restore each scanner's session from the journal (a restart keeps mode and bins)."""
+        saved = await self.writer.call(lambda j: j.sessions())
+        for sc in self.config.scanners:
+            d = Defaults(mode=sc.mode or self.config.mode,
+                         location=sc.location if sc.location is not None else self.config.location,
+                         require_operator=self.config.require_operator)
+            state = initial_state(d)
+            if sc.name in saved:
+                try:
+                    state = SessionState.from_json(saved[sc.name])
+                except (ValueError, TypeError, KeyError) as exc:
+                    log.warning("%s: saved session unreadable (%s); starting fresh", sc.name, exc)
+            self._slots[sc.name] = _ScannerSlot(sc, d, state)
+
+    def session(self, scanner: str) -> SessionState:
+        return self._slots[scanner].state
+
+    async def handle(self, scan: RawScan) -> Outcome:
+        """Capture one scan. Never raises for bad input; journal failures give ``failed``."""
+        slot = self._slots.get(scan.scanner)
+        if slot is None:
+            raise KeyError(f"unknown scanner {scan.scanner!r}")
+        text = scan.text
+        step: Step | None = None
+        if scan.error is not None:
+            status, reason = "rejected", scan.error
+        elif debounced(slot.last_read, text, scan.boot_ns, slot.cfg.debounce_ms):
+            status, reason = "debounced", None
+        else:
+            token = interpret(text, self.config.grammar)
+            step = apply(slot.state, token, slot.defaults, printable(text, 200),
+                         event_id=str(uuid6.uuid7()))
+            status = "rejected" if step.rejected else "accepted"
+            reason = step.rejected
+        if scan.error is None:
+            slot.last_read = (text, scan.boot_ns)
+
+        base = self.time_base().best
+        record = Capture(
+            scanner=scan.scanner, text=text, raw=scan.raw, wall_time=scan.wall_time,
+            boot_ns=scan.boot_ns, boot_id=boot_id(), outcome=status, reason=reason,
+            note=step.note if step else None,
+            movement=step.movement if step else None,
+            session_state=step.state.to_json() if step and not step.rejected else None,
+            wall_offset_ms=base.wall_offset_ms if base else None,
+            ntp_synced=self.ntp_synced(),
+        )
+        try:
+            done: Captured = await self.writer.capture(record)
+        except JournalError as exc:
+            what = "disk full" if isinstance(exc, JournalFullError) else "journal error"
+            outcome = Outcome(scan.scanner, text, "failed", f"not saved ({what}): {exc}")
+            log.error("%s", outcome.describe())
+            self._emit(outcome)
+            return outcome
+        if step is not None and not step.rejected:
+            slot.state = step.state
+        mv = record.movement
+        outcome = Outcome(scan.scanner, text, status, reason, note=record.note or "",
+                          seq=done.seq, event_id=done.event_id,
+                          movement_type=mv.type if mv else None)
+        if status == "rejected":
+            log.warning("%s", outcome.describe())
+        else:
+            log.info("%s", outcome.describe())
+        self._emit(outcome)
+        return outcome
+
+    def _emit(self, outcome: Outcome) -> None:
+        for fn in self.listeners:
+            try:
+                fn(outcome)
+            except Exception:  # a listener never breaks capture
+                log.exception("outcome listener failed")

@@ -1,0 +1,174 @@
+"""Time you can trust on a Pi without a real-time clock (DESIGN section 7).
+
+Every capture records the wall clock, ``CLOCK_BOOTTIME`` and the boot id. Each sync exchange
+with the ledger is an NTP-style sample: boottime before sending (t0) and after the answer (t3),
+and the ledger's ``server_time`` (T). With a symmetric path the ledger read T at boottime
+(t0 + t3) / 2, so ``ledger_time(b) = b + base`` with ``base = T - (t0 + t3) / 2``, good to
+half the round trip. An event of the current boot then gets
+``occurred_at = ledger_time(event_boottime)``, whatever the wall clock says.
+
+The pure parts (:class:`Sample`, :class:`TimeBase`, :func:`stamp`) take every time as an
+argument; only :func:`boot_id` and :func:`kernel_clock_synced` look at the machine.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = [
+    "Sample",
+    "TimeBase",
+    "boot_id",
+    "format_utc",
+    "kernel_clock_synced",
+    "parse_utc",
+    "stamp",
+]
+
+_KEEP = 8  # recent samples the time base chooses from
+_MAX_AGE_NS = 300 * 10**9  # samples older than this are no longer preferred for a low RTT
+
+
+@functools.cache
+def boot_id() -> str:
+    """The kernel's id for this boot (changes on every reboot)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:  # not Linux: treat the process as the boot
+        import uuid
+
+        return str(uuid.uuid4())
+
+
+class _Timex(ctypes.Structure):
+    # struct timex from <sys/timex.h>: only the fields before 'status' matter here; the rest
+    # is padding large enough for every architecture's layout.
+    _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
+                ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long),
+                ("status", ctypes.c_int), ("_rest", ctypes.c_byte * 256)]
+
+
+_STA_UNSYNC = 0x0040
+_TIME_ERROR = 5
+
+
+def kernel_clock_synced() -> bool | None:
+    """Whether the kernel believes its clock is NTP-synchronised (``adjtimex``); None if unknown."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        tx = _Timex()
+        state = libc.adjtimex(ctypes.byref(tx))
+    except (OSError, AttributeError):
+        return None
+    if state < 0:
+        return None
+    return state != _TIME_ERROR and not tx.status & _STA_UNSYNC
+
+
+def format_utc(ns: int) -> str:
+    """Nanoseconds since the epoch as ``2026-11-22T10:15:30.123456Z``."""
+    secs, rem = divmod(ns, 10**9)
+    dt = datetime.fromtimestamp(secs, UTC).replace(microsecond=rem // 1000)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_utc(text: str) -> int:
+    """``format_utc``'s inverse, also accepting ``+00:00`` offsets; nanoseconds."""
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return (int(dt.timestamp()) * 10**6 + dt.microsecond) * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One exchange: boottime at send (t0) and receive (t3), the ledger's time (T), wall at t3."""
+
+    t0_boot_ns: int
+    t3_boot_ns: int
+    server_ns: int
+    wall_ns: int
+
+    @property
+    def rtt_ns(self) -> int:
+        return max(0, self.t3_boot_ns - self.t0_boot_ns)
+
+    @property
+    def base_ns(self) -> int:
+        """ledger time minus boottime."""
+        return self.server_ns - (self.t0_boot_ns + self.t3_boot_ns) // 2
+
+    @property
+    def wall_offset_ms(self) -> float:
+        """ledger time minus the local wall clock, in ms (positive: the Pi is behind)."""
+        return (self.server_ns + self.rtt_ns // 2 - self.wall_ns) / 1e6
+
+
+@dataclass(frozen=True, slots=True)
+class TimeBase:
+    """The best mapping from this boot's boottime to ledger time, from recent samples."""
+
+    boot_id: str
+    samples: tuple[Sample, ...] = ()
+
+    def add(self, s: Sample) -> TimeBase:
+        return TimeBase(self.boot_id, (*self.samples, s)[-_KEEP:])
+
+    @property
+    def best(self) -> Sample | None:
+        """The lowest-RTT sample among the recent ones (the least uncertain)."""
+        if not self.samples:
+            return None
+        newest = self.samples[-1].t3_boot_ns
+        fresh = [s for s in self.samples if newest - s.t3_boot_ns <= _MAX_AGE_NS]
+        return min(fresh, key=lambda s: (s.rtt_ns, -s.t3_boot_ns))
+
+    def age_ns(self, now_boot_ns: int) -> int | None:
+        return None if not self.samples else now_boot_ns - self.samples[-1].t3_boot_ns
+
+    def ledger_ns(self, boot_ns: int) -> int | None:
+        b = self.best
+        return None if b is None else boot_ns + b.base_ns
+
+    def summary(self) -> dict[str, Any]:
+        b = self.best
+        if b is None:
+            return {"basis": "none", "offset_ms": None, "rtt_ms": None}
+        return {"basis": "ledger", "offset_ms": round(b.wall_offset_ms, 3),
+                "rtt_ms": round(b.rtt_ns / 1e6, 3)}
+
+
+def stamp(row: dict[str, Any], base: TimeBase) -> tuple[str, dict[str, Any]]:
+    """``occurred_at`` and the ``clock`` object for a journaled movement row.
+
+    Current boot with a time base: ledger time from boottime (basis ``ledger``). Earlier boot:
+    the wall time of capture plus the offset known then (basis ``previous-boot``, or ``wall``
+    when no offset was known), flagged ``synced: false`` unless the kernel clock was
+    NTP-synchronised at capture.
+    """
+    wall_ns = int(row["wall_time"] * 1e9)
+    if row["boot_id"] == base.boot_id:
+        ledger_ns = base.ledger_ns(int(row["boot_ns"]))
+        if ledger_ns is not None:
+            offset = (ledger_ns - wall_ns) / 1e6
+            return format_utc(ledger_ns), {"synced": True, "offset_ms": round(offset, 3),
+                                           "basis": "ledger"}
+    known = row.get("wall_offset_ms")
+    synced_then = bool(row.get("ntp_synced"))
+    if known is not None:
+        return format_utc(wall_ns + int(known * 1e6)), {
+            "synced": False, "offset_ms": round(float(known), 3), "basis": "previous-boot"}
+    return format_utc(wall_ns), {"synced": synced_then, "offset_ms": 0.0,
+                                 "basis": "ntp" if synced_then else "wall"}
+
+
+def now_ns() -> tuple[int, int]:
+    """(wall ns, boottime ns) read together."""
+    return time.time_ns(), time.clock_gettime_ns(time.CLOCK_BOOTTIME)

@@ -1,0 +1,192 @@
+"""The daemon: scanners -> capture -> journal, plus sync, feedback, metrics and sd_notify.
+
+:class:`Agent` owns every long-running piece and shuts them down in a stated order:
+stop reading scanners (remove readers, close devices), let the capture in flight commit,
+stop the sync loop, then close the journal. ``scan-agent run`` is ``asyncio.run(run(cfg))``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from agent.capture import Outcome, Station
+from agent.clock import TimeBase, boot_id, kernel_clock_synced
+from agent.config import Config
+from agent.errors import AgentError, JournalError
+from agent.grammar import printable
+from agent.journal import Journal, JournalWriter
+from drivers import open_scanner
+from drivers.base import Scanner, ScannerState
+
+if TYPE_CHECKING:
+    from agent.sync import SyncLoop
+
+__all__ = ["Agent", "run"]
+
+log = logging.getLogger("scan_agent")
+_PRUNE_EVERY = 3600.0
+
+
+@dataclass
+class Agent:
+    """A running station. Use as ``async with Agent(cfg) as agent: await agent.wait()``."""
+
+    config: Config
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    counters: Counter[str] = field(default_factory=Counter)
+    scanner_states: dict[str, ScannerState] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+    journal: Journal | None = None
+    writer: JournalWriter | None = None
+    station: Station | None = None
+    sync: SyncLoop | None = None
+    scanners: dict[str, Scanner] = field(default_factory=dict)
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _time_base: TimeBase = field(default_factory=lambda: TimeBase(boot_id()))
+
+    async def __aenter__(self) -> Agent:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def time_base(self) -> TimeBase:
+        return self.sync.time_base if self.sync is not None else self._time_base
+
+    async def start(self) -> None:
+        cfg = self.config
+        journal = await asyncio.to_thread(Journal, cfg.database, cfg.station, cfg.site)
+        problems = await asyncio.to_thread(journal.integrity_check)
+        if problems:
+            journal.close()
+            raise JournalError(
+                f"{cfg.database}: integrity check failed: {'; '.join(problems[:5])}. "
+                "Stop the agent, copy the file aside for recovery and start with a new journal."
+            )
+        self.journal = journal
+        self.writer = JournalWriter(journal)
+        self.station = Station(cfg, self.writer, time_base=lambda: self.time_base,
+                               ntp_synced=kernel_clock_synced)
+        self.station.listeners.append(self._count)
+        await self.station.start()
+        await self.writer.call(lambda j: j.prune(cfg.retention_days))
+
+        if cfg.ledger is not None:
+            from agent.sync import SyncLoop
+
+            self.sync = SyncLoop(cfg, self.writer)
+            self.station.listeners.append(self.sync.on_capture)
+            self._tasks.append(asyncio.create_task(self.sync.run(), name="sync"))
+
+        for sc in cfg.scanners:
+            scanner = open_scanner(sc, on_state=self._on_scanner_state)
+            self.scanners[sc.name] = scanner
+            self.scanner_states[sc.name] = scanner.state
+            self._tasks.append(asyncio.create_task(self._read(scanner), name=f"scan:{sc.name}"))
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        self.ready.set()
+        log.info("station %s (%s) ready: %d scanner(s), journal %s", cfg.station, cfg.site,
+                 len(cfg.scanners), cfg.database)
+
+    def _count(self, o: Outcome) -> None:
+        self.counters[f"scans_{o.status}"] += 1
+        if o.movement_type:
+            self.counters[f"movements_{o.movement_type}"] += 1
+        self.counters["last_scan_at"] = int(time.time())
+
+    def _on_scanner_state(self, st: ScannerState) -> None:
+        self.scanner_states[st.scanner] = st
+        if st.connected:
+            log.info("scanner %s connected %s", st.scanner, printable(st.detail))
+        else:
+            log.warning("scanner %s disconnected: %s", st.scanner, printable(st.detail))
+        if self.writer is not None and not self.stopping.is_set():
+            with contextlib.suppress(AgentError, RuntimeError):
+                asyncio.get_running_loop().create_task(self._save_scanner_state(st))
+
+    async def _save_scanner_state(self, st: ScannerState) -> None:
+        assert self.writer is not None
+        with contextlib.suppress(AgentError):
+            await self.writer.call(
+                lambda j: j.set_scanner_state(st.scanner, st.connected, st.detail, time.time()))
+            if not st.connected:
+                await self.writer.call(
+                    lambda j: j.alert(f"scanner:{st.scanner}", f"disconnected: {st.detail}"))
+
+    async def _read(self, scanner: Scanner) -> None:
+        assert self.station is not None
+        async for scan in scanner:
+            outcome = await self.station.handle(scan)
+            try:
+                await scanner.acknowledge(outcome.ok)
+            except AgentError as exc:
+                log.warning("scanner %s: feedback failed: %s", scanner.name, exc)
+            if outcome.status == "failed":
+                with contextlib.suppress(AgentError):
+                    assert self.writer is not None
+                    await self.writer.call(lambda j: j.alert("capture", outcome.reason or ""))
+
+    async def _housekeeping(self) -> None:
+        assert self.writer is not None
+        while not self.stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), _PRUNE_EVERY)
+            if self.stopping.is_set():
+                return
+            try:
+                n = await self.writer.call(lambda j: j.prune(self.config.retention_days))
+                if n:
+                    log.info("pruned %d synced movement(s) past retention", n)
+            except AgentError as exc:
+                log.warning("prune failed: %s", exc)
+
+    async def wait(self) -> None:
+        await self.stopping.wait()
+
+    async def close(self) -> None:
+        """Stop in order: scanners, capture in flight, sync, journal. Idempotent."""
+        self.stopping.set()
+        for scanner in self.scanners.values():
+            with contextlib.suppress(AgentError, OSError):
+                await scanner.close()
+        readers = [t for t in self._tasks if t.get_name().startswith("scan:")]
+        if readers:
+            _, still = await asyncio.wait(readers, timeout=5)
+            for t in still:
+                t.cancel()
+        if self.sync is not None:
+            await self.sync.close()
+        for t in self._tasks:
+            if not t.done():
+                t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.writer is not None:
+            await self.writer.close()
+            self.writer = None
+
+
+async def run(config: Config) -> None:
+    """``scan-agent run``: until SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    agent = Agent(config)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.stopping.set)
+    try:
+        await agent.start()
+        await agent.wait()
+        log.info("stopping")
+    finally:
+        await agent.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,463 @@
+"""The station's journal: every scan and movement, durable in SQLite before it is acknowledged.
+
+All of the agent's SQL lives here. One :class:`Journal` owns one connection and is used from
+one thread; :class:`JournalWriter` runs it in a dedicated thread for the asyncio daemon and
+groups captures that arrive together into one transaction (group commit), so four scanners
+streaming at once share each fsync.
+
+Durability: WAL with ``synchronous=FULL``; a capture's future resolves only after COMMIT
+returns. Schema changes are migrations keyed by ``PRAGMA user_version``.
+
+Tables: ``scans`` (audit: one row per raw scan, accepted, rejected or debounced),
+``movements`` (one row per movement; ``seq`` gap-free per station), ``sessions`` (each
+scanner's session state, written in the same transaction as its scan), ``meta`` (station,
+next seq, sync and clock state), ``scanners`` (connection state), ``alerts`` (recent errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from agent.errors import JournalError, JournalFullError
+from agent.session import Draft
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Capture",
+    "Captured",
+    "Journal",
+    "JournalWriter",
+    "open_readonly",
+]
+
+SCHEMA_VERSION = 1
+_ALERTS_KEPT = 200
+_GROUP_MAX = 256  # captures folded into one transaction at most
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """One raw scan and what it did, to be committed atomically."""
+
+    scanner: str
+    text: str
+    raw: bytes
+    wall_time: float
+    boot_ns: int
+    boot_id: str
+    outcome: str  # accepted | rejected | debounced
+    reason: str | None = None
+    note: str | None = None
+    movement: Draft | None = None
+    session_state: str | None = None  # JSON of the scanner's state after this scan
+    wall_offset_ms: float | None = None  # best known (ledger - wall) offset at capture
+    ntp_synced: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Captured:
+    """What the commit assigned: the scan's audit id and the movement's seq, if any."""
+
+    scan_id: int
+    seq: int | None
+    event_id: str | None
+
+
+def _translate(exc: sqlite3.Error | OSError, doing: str) -> JournalError:
+    full = isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == 13
+    full = full or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
+    full = full or "database or disk is full" in str(exc)
+    if full:
+        return JournalFullError(errno.ENOSPC, f"journal disk full while {doing}")
+    return JournalError(f"journal error while {doing}: {exc}")
+
+
+def _migrate_v1(db: sqlite_utils.Database) -> None:
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["scans"].create(
+        {"id": int, "scanner": str, "wall_time": float, "boot_ns": int, "boot_id": str,
+         "text": str, "raw": bytes, "outcome": str, "reason": str, "note": str,
+         "event_id": str},
+        pk="id", not_null={"scanner", "wall_time", "boot_ns", "boot_id", "text", "outcome"},
+    )
+    db["scans"].create_index(["wall_time"])
+    db["movements"].create(
+        {"seq": int, "event_id": str, "scanner": str, "type": str, "item": str, "lot": str,
+         "serial": str, "expiry": str, "qty": int, "from_location": str, "to_location": str,
+         "reference": str, "operator": str, "voids": str, "raw": str, "wall_time": float,
+         "boot_ns": int, "boot_id": str, "wall_offset_ms": float, "ntp_synced": int,
+         "state": str, "occurred_at": str, "clock": str, "first_sent_at": float,
+         "synced_at": float, "result": str, "reason": str, "warnings": str},
+        pk="seq",
+        not_null={"event_id", "scanner", "type", "item", "qty", "raw", "wall_time", "boot_ns",
+                  "boot_id", "state"},
+        defaults={"state": "pending"},
+    )
+    db["movements"].create_index(["event_id"], unique=True)
+    db.execute("CREATE INDEX movements_pending ON movements(seq) WHERE state = 'pending'")
+    db["movements"].create_index(["state", "synced_at"])
+    db["sessions"].create({"scanner": str, "state": str, "updated": float}, pk="scanner",
+                          not_null={"state"})
+    db["scanners"].create({"scanner": str, "connected": int, "detail": str, "since": float},
+                          pk="scanner")
+    db["alerts"].create({"id": int, "at": float, "source": str, "message": str}, pk="id",
+                        not_null={"at", "source", "message"})
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _migrate_v1}
+
+_INSERT_SCAN = (
+    "INSERT INTO scans (scanner, wall_time, boot_ns, boot_id, text, raw, outcome, reason, note,"
+    " event_id) VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
+_INSERT_MOVEMENT = (
+    "INSERT INTO movements (seq, event_id, scanner, type, item, lot, serial, expiry, qty,"
+    " from_location, to_location, reference, operator, voids, raw, wall_time, boot_ns, boot_id,"
+    " wall_offset_ms, ntp_synced, state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
+    "'pending')"
+)
+_UPSERT_SESSION = (
+    "INSERT INTO sessions (scanner, state, updated) VALUES (?,?,?) ON CONFLICT(scanner)"
+    " DO UPDATE SET state = excluded.state, updated = excluded.updated"
+)
+
+
+class Journal:
+    """One connection to the journal file; not thread-safe (see :class:`JournalWriter`)."""
+
+    def __init__(self, path: str | os.PathLike[str], station: str, site: str) -> None:
+        self.path = str(path)
+        self.station = station
+        self.site = site
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 5000")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise JournalError(f"{self.path}: could not switch the journal to WAL ({mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            self.conn = conn
+            self.db = sqlite_utils.Database(conn, execute_plugins=False)
+            self._migrate()
+            self._check_station()
+            self._next_seq = int(self.get_meta("next_seq") or "1")
+        except (sqlite3.Error, OSError) as exc:
+            raise _translate(exc, f"opening {self.path}") from exc
+
+    # -- schema ----------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"{self.path}: journal schema {version} is newer than this agent "
+                f"understands ({SCHEMA_VERSION}); upgrade scan-agent"
+            )
+        for v in range(version + 1, SCHEMA_VERSION + 1):
+            with self.transaction():
+                MIGRATIONS[v](self.db)
+                self.conn.execute(f"PRAGMA user_version = {v}")
+
+    def _check_station(self) -> None:
+        owner = self.get_meta("station")
+        if owner is None:
+            with self.transaction():
+                self.set_meta("station", self.station)
+                self.set_meta("site", self.site)
+                self.set_meta("next_seq", "1")
+        elif owner != self.station:
+            raise JournalError(
+                f"{self.path}: this journal belongs to station {owner!r}, not {self.station!r}; "
+                "give each station its own database"
+            )
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    def integrity_check(self) -> list[str]:
+        """``PRAGMA integrity_check``: an empty list when the file is sound."""
+        try:
+            rows = [r[0] for r in self.conn.execute("PRAGMA integrity_check")]
+        except sqlite3.Error as exc:
+            return [str(exc)]
+        return [] if rows == ["ok"] else rows
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()
+
+    # -- meta ------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        self.conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE"
+                          " SET value = excluded.value", (key, value))
+
+    def write_meta(self, values: dict[str, str | None]) -> None:
+        try:
+            with self.transaction():
+                for k, v in values.items():
+                    self.set_meta(k, v)
+        except (sqlite3.Error, OSError) as exc:
+            raise _translate(exc, "writing state") from exc
+
+    # -- capture ---------------------------------------------------------------------------
+
+    def capture(self, records: Sequence[Capture]) -> list[Captured]:
+        """Commit ``records`` in one transaction; all or nothing."""
+        out: list[Captured] = []
+        seq = self._next_seq
+        try:
+            with self.transaction():
+                for r in records:
+                    m = r.movement
+                    cur = self.conn.execute(_INSERT_SCAN, (
+                        r.scanner, r.wall_time, r.boot_ns, r.boot_id, r.text, r.raw, r.outcome,
+                        r.reason, r.note, m.event_id if m else None))
+                    scan_id = int(cur.lastrowid or 0)
+                    if m is not None:
+                        self.conn.execute(_INSERT_MOVEMENT, (
+                            seq, m.event_id, r.scanner, m.type, m.item, m.lot, m.serial,
+                            m.expiry, m.qty, m.from_location, m.to_location, m.reference,
+                            m.operator, m.voids, json.dumps(list(m.raw)), r.wall_time,
+                            r.boot_ns, r.boot_id, r.wall_offset_ms,
+                            None if r.ntp_synced is None else int(r.ntp_synced)))
+                        out.append(Captured(scan_id, seq, m.event_id))
+                        seq += 1
+                    else:
+                        out.append(Captured(scan_id, None, None))
+                    if r.session_state is not None:
+                        self.conn.execute(_UPSERT_SESSION,
+                                          (r.scanner, r.session_state, r.wall_time))
+                if seq != self._next_seq:
+                    self.set_meta("next_seq", str(seq))
+        except (sqlite3.Error, OSError) as exc:
+            raise _translate(exc, "committing a scan") from exc
+        self._next_seq = seq
+        return out
+
+    def sessions(self) -> dict[str, str]:
+        return {r[0]: r[1] for r in self.conn.execute("SELECT scanner, state FROM sessions")}
+
+    # -- sync ------------------------------------------------------------------------------
+
+    def pending(self, limit: int, after_seq: int = 0) -> list[dict[str, Any]]:
+        """Up to ``limit`` unsynced movements in seq order (never the whole backlog)."""
+        cur = self.conn.execute(
+            "SELECT * FROM movements WHERE state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur]
+
+    def freeze(self, stamps: Sequence[tuple[int, str, str, float]]) -> None:
+        """Record (seq, occurred_at, clock JSON, first_sent_at) before a first send.
+
+        A movement is sent with the same content on every retry, so the ledger can tell a
+        replay (``duplicate``) from a conflict.
+        """
+        try:
+            with self.transaction():
+                self.conn.executemany(
+                    "UPDATE movements SET occurred_at = ?, clock = ?, first_sent_at = ?"
+                    " WHERE seq = ? AND occurred_at IS NULL",
+                    [(o, c, t, s) for s, o, c, t in stamps])
+        except (sqlite3.Error, OSError) as exc:
+            raise _translate(exc, "stamping movements for sync") from exc
+
+    def record_results(self, results: Sequence[tuple[int, str, str | None, list[str]]],
+                       now: float) -> None:
+        """Store the ledger's per-event results: (seq, status, reason, warnings)."""
+        rows = []
+        for seq, status, reason, warnings in results:
+            state = "rejected" if status == "rejected" else "synced"
+            rows.append((state, now, status, reason, json.dumps(warnings) if warnings else None,
+                         seq))
+        try:
+            with self.transaction():
+                self.conn.executemany(
+                    "UPDATE movements SET state = ?, synced_at = ?, result = ?, reason = ?,"
+                    " warnings = ? WHERE seq = ?", rows)
+        except (sqlite3.Error, OSError) as exc:
+            raise _translate(exc, "recording sync results") from exc
+
+    def oldest_pending(self) -> dict[str, Any] | None:
+        rows = self.pending(1)
+        return rows[0] if rows else None
+
+    def counts(self) -> dict[str, int]:
+        """Movements by sync state (pending, synced, rejected)."""
+        return {r[0]: r[1] for r in self.conn.execute(
+            "SELECT state, count(*) FROM movements GROUP BY state")}
+
+    # -- status ----------------------------------------------------------------------------
+
+    def set_scanner_state(self, scanner: str, connected: bool, detail: str, since: float) -> None:
+        try:
+            with self.transaction():
+                self.conn.execute(
+                    "INSERT INTO scanners (scanner, connected, detail, since) VALUES (?,?,?,?)"
+                    " ON CONFLICT(scanner) DO UPDATE SET connected = excluded.connected,"
+                    " detail = excluded.detail, since = excluded.since",
+                    (scanner, int(connected), detail, since))
+        except (sqlite3.Error, OSError) as exc:
+            raise _translate(exc, "recording scanner state") from exc
+
+    def alert(self, source: str, message: str, at: float | None = None) -> None:
+        """Keep a recent error for ``scan-agent status`` (the newest few hundred)."""
+        try:
+            with self.transaction():
+                cur = self.conn.execute(
+                    "INSERT INTO alerts (at, source, message) VALUES (?,?,?)",
+                    (time.time() if at is None else at, source, message))
+                self.conn.execute("DELETE FROM alerts WHERE id <= ?",
+                                  (int(cur.lastrowid or 0) - _ALERTS_KEPT,))
+        except (sqlite3.Error, OSError) as exc:
+            raise _translate(exc, "recording an alert") from exc
+
+    def prune(self, retention_days: float, now: float | None = None) -> int:
+        """Delete synced movements (and their audit rows) older than the retention age.
+
+        Pending and quarantined (``rejected``) movements are never pruned.
+        """
+        cutoff = (time.time() if now is None else now) - retention_days * 86400
+        try:
+            with self.transaction():
+                cur = self.conn.execute(
+                    "DELETE FROM movements WHERE state = 'synced' AND synced_at < ?", (cutoff,))
+                n = cur.rowcount
+                self.conn.execute(
+                    "DELETE FROM scans WHERE wall_time < ? AND (event_id IS NULL OR event_id NOT"
+                    " IN (SELECT event_id FROM movements))", (cutoff,))
+        except (sqlite3.Error, OSError) as exc:
+            raise _translate(exc, "pruning old movements") from exc
+        return n
+
+
+def open_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """A read-only connection for ``status`` and ``events`` while the daemon writes."""
+    if not Path(path).exists():
+        raise JournalError(f"{path}: no journal here yet (has the agent run with this config?)")
+    try:
+        conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.row_factory = sqlite3.Row
+        conn.execute("SELECT 1 FROM meta LIMIT 1")
+    except sqlite3.Error as exc:
+        raise JournalError(f"{path}: cannot read the journal: {exc}") from exc
+    return conn
+
+
+class JournalWriter:
+    """The journal on its own thread, for the asyncio daemon; the single writer.
+
+    ``await writer.capture(c)`` resolves once ``c`` is committed. Captures that queue up while
+    a commit is in flight are committed together in the next transaction.
+
+    >>> async with JournalWriter(journal) as w:      # doctest: +SKIP
+    ...     captured = await w.capture(record)
+    """
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self._q: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
+        self._closed = False
+        self._thread.start()
+
+    async def __aenter__(self) -> JournalWriter:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def capture(self, record: Capture) -> Captured:
+        fut: Future[Captured] = Future()
+        self._put(("capture", record, fut))
+        return await asyncio.wrap_future(fut)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(journal, *args)`` on the writer thread (sync updates, reads, prune)."""
+        fut: Future[T] = Future()
+        self._put(("call", (fn, args), fut))
+        return await asyncio.wrap_future(fut)
+
+    def _put(self, item: tuple[Any, ...]) -> None:
+        if self._closed:
+            raise JournalError("journal is closed")
+        self._q.put(item)
+
+    def _run(self) -> None:
+        pending: list[tuple[Any, ...]] = []
+        while True:
+            item = self._q.get()
+            if item is None:
+                break
+            pending.append(item)
+            with contextlib.suppress(queue.Empty):
+                while len(pending) < _GROUP_MAX:
+                    nxt = self._q.get_nowait()
+                    if nxt is None:
+                        self._q.put(None)
+                        break
+                    pending.append(nxt)
+            self._process(pending)
+            pending.clear()
+        self.journal.close()
+
+    def _process(self, items: list[tuple[Any, ...]]) -> None:
+        group = [it for it in items if it[0] == "capture"]
+        if group:
+            try:
+                done = self.journal.capture([it[1] for it in group])
+            except BaseException as exc:  # every waiter learns of the failure
+                for it in group:
+                    it[2].set_exception(exc)
+            else:
+                for it, res in zip(group, done, strict=True):
+                    it[2].set_result(res)
+        for it in items:
+            if it[0] != "call":
+                continue
+            fn, args = it[1]
+            try:
+                it[2].set_result(fn(self.journal, *args))
+            except BaseException as exc:
+                it[2].set_exception(exc)
+
+    async def close(self) -> None:
+        """Finish queued work, then close the connection. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._q.put(None)
+        await asyncio.to_thread(self._thread.join)

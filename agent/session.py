@@ -1,0 +1,251 @@
+"""Per-scanner session state and what each scan does to it (DESIGN section 4).
+
+Pure: :func:`apply` takes a state, a token and the ids it may need, and returns the next state
+plus at most one movement draft. Nothing changes until the caller has committed the result to
+the journal, so a failed commit leaves the session exactly as it was.
+
+>>> d = Defaults(mode="receipt", location="DOCK-3")
+>>> s = initial_state(d)
+>>> step = apply(s, Item("04006381333931"), d, "raw", event_id="e1")
+>>> step.movement.type, step.movement.to_location, step.movement.qty
+('receipt', 'DOCK-3', 1)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date
+from typing import Any
+
+from agent.config import Mode
+from agent.grammar import (
+    Item,
+    Location,
+    ModeSwitch,
+    Operator,
+    Quantity,
+    Reference,
+    Rejected,
+    Reset,
+    Token,
+    Undo,
+)
+
+__all__ = ["Defaults", "Draft", "SessionState", "Step", "apply", "initial_state"]
+
+_HISTORY = 20  # movements CMD-UNDO can reach back through, per scanner
+_CONTEXT = 8  # raw scans kept as the context of the next movement
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """A scanner's starting point, from the dock config (and the scanner's overrides)."""
+
+    mode: Mode
+    location: str | None
+    require_operator: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UndoEntry:
+    event_id: str
+    draft: dict[str, Any]
+    count_key: tuple[str, str, str | None] | None = None
+    previous_total: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    mode: Mode
+    from_location: str | None = None
+    to_location: str | None = None
+    qty: int | None = None
+    reference: str | None = None
+    operator: str | None = None
+    # running count totals for the current count: ((bin, item, lot), total)
+    counts: tuple[tuple[tuple[str, str, str | None], int], ...] = ()
+    history: tuple[UndoEntry, ...] = ()
+    context: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> SessionState:
+        d = json.loads(text)
+        d["counts"] = tuple((tuple(k), v) for k, v in d.get("counts", []))
+        d["history"] = tuple(
+            UndoEntry(
+                event_id=h["event_id"], draft=h["draft"],
+                count_key=tuple(h["count_key"]) if h.get("count_key") else None,
+                previous_total=h.get("previous_total"),
+            )
+            for h in d.get("history", [])
+        )
+        d["context"] = tuple(d.get("context", []))
+        return cls(**d)
+
+    def count_total(self, key: tuple[str, str, str | None]) -> int:
+        for k, v in self.counts:
+            if k == key:
+                return v
+        return 0
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A movement ready to be journaled; the journal adds seq, station and times."""
+
+    event_id: str
+    type: str  # receipt | pick | move | count | void
+    item: str
+    qty: int
+    lot: str | None = None
+    serial: str | None = None
+    expiry: str | None = None
+    from_location: str | None = None
+    to_location: str | None = None
+    reference: str | None = None
+    operator: str | None = None
+    voids: str | None = None
+    raw: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """The result of one scan: the next state, and a movement or a rejection."""
+
+    state: SessionState
+    movement: Draft | None = None
+    rejected: str | None = None
+    note: str = ""
+
+
+def initial_state(d: Defaults) -> SessionState:
+    """The state after start or CMD-RESET: default mode, default location in its slot."""
+    if d.mode in ("pick", "move"):
+        return SessionState(mode=d.mode, from_location=d.location)
+    return SessionState(mode=d.mode, to_location=d.location)
+
+
+def apply(state: SessionState, token: Token, defaults: Defaults, raw: str,
+          event_id: str) -> Step:
+    """What ``token`` (scanned as ``raw``) does to ``state``.
+
+    ``event_id`` is used only when the scan makes a movement.
+    """
+    s = state
+    match token:
+        case Rejected(reason):
+            return Step(s, rejected=reason)
+        case ModeSwitch(mode):
+            return Step(replace(s, mode=mode, from_location=None, to_location=None, counts=(),
+                                context=()), note=f"mode {mode}")
+        case Location(code):
+            return _location(s, code, raw)
+        case Quantity(qty):
+            return Step(replace(s, qty=qty, context=_ctx(s, raw)), note=f"quantity {qty}")
+        case Reference(text):
+            return Step(replace(s, reference=text, context=_ctx(s, raw)), note=f"reference {text}")
+        case Operator(badge):
+            return Step(replace(s, operator=badge, context=_ctx(s, raw)), note=f"operator {badge}")
+        case Reset():
+            fresh = initial_state(defaults)
+            return Step(replace(fresh, operator=s.operator, history=s.history), note="reset")
+        case Undo():
+            return _undo(s, raw, event_id)
+        case Item():
+            return _item(s, token, defaults, raw, event_id)
+    raise AssertionError(f"unhandled token {token!r}")  # pragma: no cover
+
+
+def _ctx(s: SessionState, raw: str) -> tuple[str, ...]:
+    return (*s.context, raw)[-_CONTEXT:]
+
+
+def _location(s: SessionState, code: str, raw: str) -> Step:
+    ctx = _ctx(s, raw)
+    if s.mode == "receipt":
+        return Step(replace(s, to_location=code, context=ctx), note=f"to {code}")
+    if s.mode == "pick":
+        return Step(replace(s, from_location=code, context=ctx), note=f"from {code}")
+    if s.mode == "count":
+        return Step(replace(s, to_location=code, context=ctx), note=f"counting {code}")
+    # move: first scan sets from, second sets to, a third starts a new pair
+    if s.from_location is None or s.to_location is not None:
+        return Step(replace(s, from_location=code, to_location=None, context=ctx),
+                    note=f"move from {code}")
+    if code == s.from_location:
+        return Step(s, rejected=f"move to the same location {code}: scan a different "
+                               "to-location")
+    return Step(replace(s, to_location=code, context=ctx), note=f"move {s.from_location} -> {code}")
+
+
+def _item(s: SessionState, it: Item, d: Defaults, raw: str, event_id: str) -> Step:
+    if d.require_operator and s.operator is None:
+        return Step(s, rejected="operator badge required: scan USER-<id> first")
+    qty = (s.qty or 1) * (it.count or 1)
+    frm, to = None, None
+    if s.mode == "receipt":
+        to = s.to_location
+        if to is None:
+            return Step(s, rejected="no location yet: scan LOC-<code> first")
+    elif s.mode == "pick":
+        frm = s.from_location
+        if frm is None:
+            return Step(s, rejected="no location yet: scan LOC-<code> first")
+    elif s.mode == "move":
+        frm, to = s.from_location, s.to_location
+        if frm is None:
+            return Step(s, rejected="no location yet: scan LOC-<from> then LOC-<to> first")
+        if to is None:
+            return Step(s, rejected="move without a to-location: scan LOC-<to> first")
+    else:  # count
+        to = s.to_location
+        if to is None:
+            return Step(s, rejected="no bin yet: scan LOC-<bin> before counting")
+    expiry = it.expiry.isoformat() if isinstance(it.expiry, date) else None
+    key: tuple[str, str, str | None] | None = None
+    previous: int | None = None
+    counts = s.counts
+    if s.mode == "count":
+        assert to is not None
+        key = (to, it.item, it.lot)
+        previous = s.count_total(key)
+        qty = previous + qty
+        counts = (*((k, v) for k, v in s.counts if k != key), (key, qty))
+    draft = Draft(
+        event_id=event_id, type=s.mode, item=it.item, qty=qty, lot=it.lot, serial=it.serial,
+        expiry=expiry, from_location=frm, to_location=to, reference=s.reference,
+        operator=s.operator, raw=(*s.context, raw),
+    )
+    entry = UndoEntry(event_id, _undo_fields(draft), key, previous)
+    nxt = replace(s, qty=None, counts=counts, context=(),
+                  history=(*s.history, entry)[-_HISTORY:])
+    return Step(nxt, movement=draft, note=f"{s.mode} {it.item} x{qty}")
+
+
+def _undo_fields(d: Draft) -> dict[str, Any]:
+    return {"item": d.item, "qty": d.qty, "lot": d.lot, "serial": d.serial, "expiry": d.expiry,
+            "from_location": d.from_location, "to_location": d.to_location, "type": d.type}
+
+
+def _undo(s: SessionState, raw: str, event_id: str) -> Step:
+    if not s.history:
+        return Step(s, rejected="nothing to undo on this scanner")
+    last = s.history[-1]
+    f = last.draft
+    draft = Draft(
+        event_id=event_id, type="void", item=f["item"], qty=f["qty"], lot=f["lot"],
+        serial=f["serial"], expiry=f["expiry"], from_location=f["from_location"],
+        to_location=f["to_location"], reference=s.reference, operator=s.operator,
+        voids=last.event_id, raw=(*s.context, raw),
+    )
+    counts = s.counts
+    if last.count_key is not None:
+        key = last.count_key
+        rest = tuple((k, v) for k, v in s.counts if k != key)
+        counts = (*rest, (key, last.previous_total)) if last.previous_total else rest
+    nxt = replace(s, history=s.history[:-1], counts=counts, context=())
+    return Step(nxt, movement=draft, note=f"void {f['type']} {f['item']}")

@@ -1,0 +1,408 @@
+"""Store-and-forward to the central ledger (DESIGN sections 6 and 7).
+
+:class:`SyncLoop` wakes when a movement is captured, waits a few milliseconds so that what
+arrived together travels together, and drains the journal in ``seq`` order in batches over
+one kept-alive HTTP connection. A movement is marked synced only from the ledger's per-event
+result. Capture never waits for sync: the loop reads the journal through the writer thread.
+
+Failures: connection errors, timeouts and 5xx back off exponentially with full jitter (capped);
+429/503 honour ``Retry-After``; 413 halves the batch; 400 bisects the batch to isolate the
+poison event, which is quarantined (``rejected``, kept, never blocking the rest); 401/403 are
+reported loudly and retried slowly while the queue is kept.
+
+Each exchange is also a clock sample (:mod:`agent.clock`); a movement's ``occurred_at`` is
+fixed the first time it is sent and reused on every retry, so a replay is a ``duplicate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from agent.capture import Outcome
+from agent.clock import Sample, TimeBase, boot_id, format_utc, parse_utc, stamp
+from agent.config import Config, LedgerConfig
+from agent.errors import AgentError, SyncError
+from agent.journal import JournalWriter
+
+__all__ = ["SyncLoop", "SyncStats", "backoff_delay", "event_json", "retry_after"]
+
+log = logging.getLogger("scan_agent.sync")
+
+_LINGER = 0.005  # seconds to let scans that arrive together share a batch
+_HEARTBEAT = 30.0  # seconds between exchanges when idle (watermark and clock)
+_PROBE_AGE_NS = 30 * 10**9  # refresh the clock before stamping if the base is older
+_RETRY_AFTER_MAX = 600.0
+_WATERMARK_MARGIN_NS = 10**9  # unsent events are promised only up to 1 s before their stamp
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Capped exponential backoff with full jitter: uniform in [0, min(cap, base * 2**n)]."""
+    return rng.uniform(0.0, min(cap, base * (2 ** min(attempt, 30))))
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    v = value.strip()
+    if v.isdigit():
+        return min(float(v), _RETRY_AFTER_MAX)
+    try:
+        when = email.utils.parsedate_to_datetime(v)
+    except (TypeError, ValueError):
+        return None
+    return min(max(0.0, when.timestamp() - now), _RETRY_AFTER_MAX)
+
+
+def event_json(row: dict[str, Any], station: str, site: str) -> dict[str, Any]:
+    """The DESIGN section 5 event for a journaled (and stamped) movement row."""
+    return {
+        "event_id": row["event_id"], "station": station, "site": site,
+        "scanner": row["scanner"], "seq": row["seq"], "type": row["type"], "item": row["item"],
+        "lot": row["lot"], "serial": row["serial"], "qty": row["qty"],
+        "from_location": row["from_location"], "to_location": row["to_location"],
+        "occurred_at": row["occurred_at"], "reference": row["reference"],
+        "operator": row["operator"], "voids": row["voids"],
+        "clock": json.loads(row["clock"]), "raw": json.loads(row["raw"]),
+    }
+
+
+@dataclass
+class SyncStats:
+    """What ``status`` and the metrics show about sync."""
+
+    batches: int = 0
+    sent: int = 0
+    accepted: int = 0
+    duplicate: int = 0
+    held: int = 0
+    rejected: int = 0
+    last_ok: float | None = None
+    last_error: str | None = None
+    auth_failed: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Retry(Exception):
+    def __init__(self, delay: float | None, why: str) -> None:
+        super().__init__(why)
+        self.delay = delay
+
+
+class SyncLoop:
+    """The station's sync to the ledger; ``run()`` until ``close()``."""
+
+    def __init__(
+        self,
+        config: Config,
+        writer: JournalWriter,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        rng: random.Random | None = None,
+        backoff_base: float = 0.5,
+        token_reader: Callable[[LedgerConfig], str | None] | None = None,
+        clock: Callable[[], tuple[int, int]] | None = None,
+    ) -> None:
+        if config.ledger is None:
+            raise SyncError("no [ledger] in the configuration")
+        self.config = config
+        self.ledger: LedgerConfig = config.ledger
+        self.writer = writer
+        self.time_base = TimeBase(boot_id())
+        self.stats = SyncStats()
+        self.warning_listeners: list[Callable[[str], None]] = []
+        self._transport = transport
+        self._rng = rng or random.Random()
+        self._backoff_base = backoff_base
+        self._token_reader = token_reader or _default_token_reader
+        self._clock = clock or _now
+        self._wake = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._batch = self.ledger.batch_size
+        self._client: httpx.AsyncClient | None = None
+
+    # -- wiring ----------------------------------------------------------------------------
+
+    def on_capture(self, outcome: Outcome) -> None:
+        """Capture listener: a new movement wakes the loop."""
+        if outcome.seq is not None:
+            self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def close(self) -> None:
+        self._closed.set()
+        self._wake.set()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        attempt = 0
+        try:
+            async with self._make_client() as client:
+                self._client = client
+                self._wake.set()  # drain whatever the journal holds at start
+                while not self._closed.is_set():
+                    woke = await self._sleep(_HEARTBEAT, wake=True)
+                    if self._closed.is_set():
+                        break
+                    if woke:
+                        await asyncio.sleep(_LINGER)
+                    try:
+                        await self.drain()
+                    except _Retry as r:
+                        attempt += 1
+                        delay = r.delay if r.delay is not None else backoff_delay(
+                            attempt, self._backoff_base, self.ledger.max_backoff, self._rng)
+                        await self._note_error(str(r))
+                        self._wake.clear()
+                        await self._sleep(delay, wake=False)
+                        self._wake.set()
+                    else:
+                        attempt = 0
+        finally:
+            self._client = None
+
+    async def _sleep(self, seconds: float, *, wake: bool) -> bool:
+        """Sleep, ending early on close (and on a wake when ``wake``). True if woken."""
+        waiters = [asyncio.ensure_future(self._closed.wait())]
+        if wake:
+            waiters.append(asyncio.ensure_future(self._wake.wait()))
+        try:
+            done, _ = await asyncio.wait(waiters, timeout=seconds,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        if wake:
+            self._wake.clear()
+        return bool(done)
+
+    def _make_client(self) -> httpx.AsyncClient:
+        cert: Any = None
+        if self.ledger.client_cert:
+            cert = ((self.ledger.client_cert, self.ledger.client_key) if self.ledger.client_key
+                    else self.ledger.client_cert)
+        verify: Any = self.ledger.verify
+        if self.ledger.verify and self.ledger.ca_bundle:
+            import ssl
+
+            verify = ssl.create_default_context(cafile=self.ledger.ca_bundle)
+        if cert is not None and verify is not False:
+            import ssl
+
+            ctx = verify if isinstance(verify, ssl.SSLContext) else ssl.create_default_context()
+            ctx.load_cert_chain(*(cert if isinstance(cert, tuple) else (cert,)))
+            verify = ctx
+        timeout = httpx.Timeout(self.ledger.timeout, connect=min(5.0, self.ledger.timeout))
+        return httpx.AsyncClient(
+            base_url=self.ledger.url, timeout=timeout, verify=verify, transport=self._transport,
+            headers={"User-Agent": "scan-agent/1"},
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        )
+
+    async def drain(self) -> None:
+        """Send everything pending, batch by batch; raises ``_Retry`` on a failure."""
+        sent_any = False
+        while not self._closed.is_set():
+            rows = await self.writer.call(lambda j: j.pending(self._batch + 1))
+            if not rows:
+                break
+            batch, rest = rows[: self._batch], rows[self._batch:]
+            await self._ensure_time_base()
+            await self._freeze(batch)
+            await self._send(batch, more=rest[0] if rest else None)
+            sent_any = True
+        if not sent_any:
+            await self._exchange([], more=None)  # heartbeat: clock sample and watermark
+
+    async def _ensure_time_base(self) -> None:
+        _, now_boot = self._clock()
+        age = self.time_base.age_ns(now_boot)
+        if age is None or age > _PROBE_AGE_NS:
+            await self._exchange([], more=None)
+
+    async def _freeze(self, rows: list[dict[str, Any]]) -> None:
+        stamps: list[tuple[int, str, str, float]] = []
+        now = time.time()
+        for row in rows:
+            if row["occurred_at"] is None:
+                occurred, clock = stamp(row, self.time_base)
+                row["occurred_at"], row["clock"] = occurred, json.dumps(clock)
+                stamps.append((row["seq"], occurred, row["clock"], now))
+        if stamps:
+            await self.writer.call(lambda j: j.freeze(stamps))
+
+    def _watermark(self, more: dict[str, Any] | None) -> str:
+        """Everything captured before this time has now been sent (DESIGN section 6)."""
+        if more is not None:
+            if more["occurred_at"] is not None:
+                return str(more["occurred_at"])
+            occurred, _ = stamp(more, self.time_base)
+            return format_utc(parse_utc(occurred) - _WATERMARK_MARGIN_NS)
+        wall_ns, boot_ns = self._clock()
+        ledger_ns = self.time_base.ledger_ns(boot_ns)
+        return format_utc(ledger_ns if ledger_ns is not None else wall_ns)
+
+    async def _send(self, rows: list[dict[str, Any]], more: dict[str, Any] | None) -> None:
+        """Send ``rows``; on 413 split, on 400 bisect down to the poison event."""
+        try:
+            await self._exchange(rows, more)
+        except _Split as s:
+            if len(rows) == 1:
+                await self._quarantine(rows[0], s.reason)
+                return
+            if s.status == 413:
+                self._batch = max(1, len(rows) // 2)
+                log.warning("ledger says batch too large; sending at most %d", self._batch)
+            mid = len(rows) // 2
+            await self._send(rows[:mid], more=rows[mid])
+            await self._send(rows[mid:], more=more)
+
+    async def _quarantine(self, row: dict[str, Any], reason: str) -> None:
+        why = f"refused by the ledger: {reason}"
+        log.error("movement seq %s (%s) quarantined: %s", row["seq"], row["event_id"], why)
+        await self.writer.call(lambda j: j.record_results([(row["seq"], "rejected", why, [])],
+                                                          time.time()))
+        await self.writer.call(lambda j: j.alert("sync", f"seq {row['seq']} quarantined: {why}"))
+        self.stats.rejected += 1
+
+    async def _exchange(self, rows: Sequence[dict[str, Any]], more: dict[str, Any] | None) -> None:
+        assert self._client is not None
+        token = self._token()
+        wall_ns, t0 = self._clock()
+        body = {
+            "station": self.config.station,
+            "sent_at": format_utc(self.time_base.ledger_ns(t0) or wall_ns),
+            "watermark": self._watermark(more),
+            "events": [event_json(r, self.config.station, self.config.site) for r in rows],
+        }
+        try:
+            resp = await self._client.post(
+                "/v1/events", content=json.dumps(body, separators=(",", ":")),
+                headers={"Authorization": f"Bearer {token}",
+                         "Content-Type": "application/json"})
+        except httpx.TimeoutException as exc:
+            raise _Retry(None, f"ledger timed out ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise _Retry(None, f"ledger unreachable: {type(exc).__name__}: {exc}") from exc
+        wall3, t3 = self._clock()
+        status = resp.status_code
+        if status in (401, 403):
+            self.stats.auth_failed = True
+            msg = (f"ledger refused this station's token (HTTP {status}): check the token "
+                   "for station " + self.config.station)
+            log.error("%s; %d movement(s) kept queued", msg, len(rows))
+            raise _Retry(self.ledger.max_backoff, msg)
+        if status in (429, 503):
+            delay = retry_after(resp.headers.get("Retry-After"), time.time())
+            raise _Retry(delay, f"ledger busy (HTTP {status})")
+        if status in (400, 413, 422) and rows:
+            raise _Split(status, _reason(resp))
+        if status != 200:
+            raise _Retry(None, f"ledger answered HTTP {status}: {_reason(resp)}")
+        try:
+            data = resp.json()
+            server_ns = parse_utc(data["server_time"])
+            results = data["results"]
+            if not isinstance(results, list) or len(results) != len(rows):
+                raise ValueError(f"{len(results)} results for {len(rows)} events")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _Retry(None, f"ledger answer unreadable: {exc}") from exc
+        self.time_base = self.time_base.add(Sample(t0, t3, server_ns, wall3))
+        self.stats.auth_failed = False
+        await self._record(rows, results)
+
+    async def _record(self, rows: Sequence[dict[str, Any]], results: list[Any]) -> None:
+        out: list[tuple[int, str, str | None, list[str]]] = []
+        for row, res in zip(rows, results, strict=True):
+            st = res.get("status") if isinstance(res, dict) else None
+            if st not in ("accepted", "duplicate", "held", "rejected") or (
+                    res.get("event_id") not in (None, row["event_id"])):
+                raise _Retry(None, f"ledger result for seq {row['seq']} unreadable: {res!r}")
+            warnings = [str(w) for w in res.get("warnings") or []]
+            out.append((row["seq"], st, res.get("reason"), warnings))
+            setattr(self.stats, st, getattr(self.stats, st) + 1)
+            for w in warnings:
+                self.stats.warnings = [*self.stats.warnings, w][-20:]
+                log.warning("ledger warning for seq %s: %s", row["seq"], w)
+                for fn in self.warning_listeners:
+                    fn(w)
+            if st == "rejected":
+                log.error("ledger rejected seq %s (%s): %s", row["seq"], row["event_id"],
+                          res.get("reason"))
+        now = time.time()
+        summary = self.time_base.summary()
+        meta = {"sync.last_ok": repr(now), "sync.offset_ms": str(summary["offset_ms"]),
+                "sync.rtt_ms": str(summary["rtt_ms"]), "sync.basis": summary["basis"],
+                "sync.last_error": None}
+        await self.writer.call(lambda j: (j.record_results(out, now) if out else None,
+                                          j.write_meta(meta)))
+        self.stats.last_ok = now
+        self.stats.last_error = None
+        if rows:
+            self.stats.batches += 1
+            self.stats.sent += len(rows)
+            log.info("synced %d movement(s) (seq %s-%s)", len(rows), rows[0]["seq"],
+                     rows[-1]["seq"])
+
+    async def _note_error(self, why: str) -> None:
+        if why != self.stats.last_error:
+            log.warning("sync: %s", why)
+            try:
+                await self.writer.call(lambda j: (j.write_meta({"sync.last_error": why}),
+                                                  j.alert("sync", why)))
+            except AgentError:
+                pass
+        self.stats.last_error = why
+
+    def _token(self) -> str:
+        try:
+            token = self._token_reader(self.ledger)
+        except AgentError as exc:
+            raise _Retry(self.ledger.max_backoff, str(exc)) from exc
+        if not token:
+            raise _Retry(self.ledger.max_backoff, "no ledger token configured (set token_file "
+                         "or the ledger-token credential)")
+        return token
+
+
+class _Split(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _reason(resp: httpx.Response) -> str:
+    try:
+        data = resp.json()
+        if isinstance(data, dict):
+            for k in ("error", "detail", "reason", "message"):
+                if k in data:
+                    return str(data[k])[:200]
+    except ValueError:
+        pass
+    return f"HTTP {resp.status_code}"
+
+
+def _now() -> tuple[int, int]:
+    return time.time_ns(), time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+def _default_token_reader(cfg: LedgerConfig) -> str | None:
+    from agent.credentials import read_token
+
+    return read_token(cfg)
+
