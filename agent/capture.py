@@ -120,8 +120,6 @@ class Station:
                          event_id=str(uuid6.uuid7()))
             status = "rejected" if step.rejected else "accepted"
             reason = step.rejected
-        if scan.error is None:
-            slot.last_read = (text, scan.boot_ns)
 
         base = self.time_base().best
         record = Capture(
@@ -141,6 +139,9 @@ class Station:
             log.error("%s", outcome.describe())
             self._emit(outcome)
             return outcome
+        # Only a committed read counts for debounce: a rescan after a failed commit is kept.
+        if scan.error is None:
+            slot.last_read = (text, scan.boot_ns)
         if step is not None and not step.rejected:
             slot.state = step.state
         mv = record.movement

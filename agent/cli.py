@@ -27,7 +27,8 @@ EXIT_ERROR = 1
 
 config_option = click.option(
     "--config", "-c", "config_path", required=True, metavar="FILE",
-    type=click.Path(dir_okay=False), help="The dock's TOML config, e.g. /etc/scan-agent/dock-3.toml.",
+    type=click.Path(dir_okay=False),
+    help="The dock's TOML config, e.g. /etc/scan-agent/dock-3.toml.",
 )
 
 

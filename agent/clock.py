@@ -59,10 +59,20 @@ _STA_UNSYNC = 0x0040
 _TIME_ERROR = 5
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
 def kernel_clock_synced() -> bool | None:
     """Whether the kernel believes its clock is NTP-synchronised (``adjtimex``); None if unknown."""
+    libc = _libc()
+    if libc is None:
+        return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         tx = _Timex()
         state = libc.adjtimex(ctypes.byref(tx))
     except (OSError, AttributeError):

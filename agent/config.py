@@ -226,21 +226,21 @@ class _Table:
             raise self.error(k, f"expected {expected}, got {_kind(v)}")
         return v
 
-    def str(self, k: str, default: Any = None, *, nonempty: bool = True) -> Any:
+    def text(self, k: str, default: Any = None, *, nonempty: bool = True) -> Any:
         v = self.get(k, (str,), "a string", default)
         if isinstance(v, str) and nonempty and not v.strip():
             raise self.error(k, "must not be empty")
         return v
 
     def ident(self, k: str, default: Any = None) -> Any:
-        v = self.str(k, default)
+        v = self.text(k, default)
         if isinstance(v, str) and not _ID.match(v):
             raise self.error(
                 k, f"{v!r} is not a valid id (letters, digits, '.', '_', '-'; at most 64)"
             )
         return v
 
-    def int(self, k: str, default: Any = None, *, lo: int | None = None,
+    def integer(self, k: str, default: Any = None, *, lo: int | None = None,
             hi: int | None = None) -> Any:
         v = self.get(k, (int,), "an integer", default)
         if isinstance(v, int):
@@ -250,7 +250,7 @@ class _Table:
                 raise self.error(k, f"must be at most {hi}, got {v}")
         return v
 
-    def float(self, k: str, default: Any = None, *, lo: float | None = None) -> Any:
+    def number(self, k: str, default: Any = None, *, lo: float | None = None) -> Any:
         v = self.get(k, (int, float), "a number", default)
         if isinstance(v, int | float):
             if lo is not None and v < lo:
@@ -258,11 +258,11 @@ class _Table:
             return float(v)
         return v
 
-    def bool(self, k: str, default: Any = None) -> Any:
+    def flag(self, k: str, default: Any = None) -> Any:
         return self.get(k, (bool,), "true or false", default)
 
     def choice(self, k: str, choices: tuple[str, ...], default: Any = None) -> Any:
-        v = self.str(k, default)
+        v = self.text(k, default)
         if v is not None and v not in choices:
             raise self.error(k, f"must be one of {', '.join(choices)}; got {v!r}")
         return v
@@ -319,15 +319,15 @@ def parse_config(data: Mapping[str, Any], file: str = "<config>",
     station = top.ident("station", _REQUIRED)
     site = top.ident("site", _REQUIRED)
     mode = top.choice("mode", MODES, "receipt")
-    location = top.str("location", None)
-    database = top.str("database", None)
+    location = top.text("location", None)
+    database = top.text("database", None)
     if database is None:
         state_dir = os.environ.get("STATE_DIRECTORY")
         database = str(Path(state_dir or f"{DEFAULT_STATE_ROOT}/{station}") / "journal.db")
     else:
         database = _path(base_dir, database)
-    require_operator = top.bool("require_operator", False)
-    retention_days = top.float("retention_days", 30.0, lo=0.0)
+    require_operator = top.flag("require_operator", False)
+    retention_days = top.number("retention_days", 30.0, lo=0.0)
     log_level = top.choice("log_level", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO")
 
     grammar = _grammar(top.table("grammar"))
@@ -359,7 +359,7 @@ def _grammar(t: _Table | None) -> GrammarConfig:
         return GrammarConfig()
     d = GrammarConfig()
     prefixes = {
-        k: t.str(k, getattr(d, k))
+        k: t.text(k, getattr(d, k))
         for k in ("mode_prefix", "location_prefix", "qty_prefix", "reference_prefix",
                   "operator_prefix", "undo", "reset")
     }
@@ -372,8 +372,8 @@ def _grammar(t: _Table | None) -> GrammarConfig:
             re.compile(p)
         except re.error as exc:
             raise t.error(f"sku_patterns[{i}]", f"invalid regular expression: {exc}") from None
-    max_qty = t.int("max_qty", d.max_qty, lo=1)
-    max_length = t.int("max_length", d.max_length, lo=8, hi=1 << 20)
+    max_qty = t.integer("max_qty", d.max_qty, lo=1)
+    max_length = t.integer("max_length", d.max_length, lo=8, hi=1 << 20)
     t.finish()
     return GrammarConfig(**prefixes, sku_patterns=tuple(pats), max_qty=max_qty,
                          max_length=max_length)
@@ -382,17 +382,17 @@ def _grammar(t: _Table | None) -> GrammarConfig:
 def _ledger(t: _Table | None, base_dir: Path | None) -> LedgerConfig | None:
     if t is None:
         return None
-    url = t.str("url", _REQUIRED)
+    url = t.text("url", _REQUIRED)
     if not re.match(r"^https?://[^\s/]+", url):
         raise t.error("url", f"expected an http:// or https:// URL, got {url!r}")
-    opt_path = {k: t.str(k, None) for k in ("token_file", "ca_bundle", "client_cert", "client_key")}
+    opt_path = {k: t.text(k, None) for k in ("token_file", "ca_bundle", "client_cert", "client_key")}
     paths = {k: (_path(base_dir, v) if v else None) for k, v in opt_path.items()}
     cfg = LedgerConfig(
         url=url.rstrip("/"),
-        verify=t.bool("verify", True),
-        timeout=t.float("timeout", 10.0, lo=0.1),
-        batch_size=t.int("batch_size", 500, lo=1, hi=10000),
-        max_backoff=t.float("max_backoff", 60.0, lo=0.1),
+        verify=t.flag("verify", True),
+        timeout=t.number("timeout", 10.0, lo=0.1),
+        batch_size=t.integer("batch_size", 500, lo=1, hi=10000),
+        max_backoff=t.number("max_backoff", 60.0, lo=0.1),
         **paths,
     )
     if cfg.client_key and not cfg.client_cert:
@@ -404,7 +404,7 @@ def _ledger(t: _Table | None, base_dir: Path | None) -> LedgerConfig | None:
 def _feedback(t: _Table | None) -> FeedbackConfig:
     if t is None:
         return FeedbackConfig()
-    pins = {k: t.int(k, None, lo=0, hi=53)
+    pins = {k: t.integer(k, None, lo=0, hi=53)
             for k in ("buzzer_pin", "good_led_pin", "error_led_pin", "warning_led_pin")}
     t.finish()
     return FeedbackConfig(**pins)
@@ -413,11 +413,11 @@ def _feedback(t: _Table | None) -> FeedbackConfig:
 def _metrics(t: _Table | None, base_dir: Path | None) -> MetricsConfig:
     if t is None:
         return MetricsConfig()
-    textfile = t.str("textfile", None)
-    listen = t.str("listen", None)
+    textfile = t.text("textfile", None)
+    listen = t.text("listen", None)
     if listen is not None and not re.match(r"^[^\s:]+:\d{1,5}$", listen):
         raise t.error("listen", f"expected HOST:PORT, got {listen!r}")
-    interval = t.float("interval", 15.0, lo=1.0)
+    interval = t.number("interval", 15.0, lo=1.0)
     t.finish()
     return MetricsConfig(textfile=_path(base_dir, textfile) if textfile else None,
                          listen=listen, interval=interval)
@@ -432,56 +432,56 @@ def _unescape_control(t: _Table, k: str, v: str | None) -> str | None:
 
 
 def _scanner(t: _Table, grammar: GrammarConfig) -> ScannerConfig:
-    name = t.str("name", _REQUIRED)
+    name = t.text("name", _REQUIRED)
     if len(name) > 64 or not name.isprintable():
         raise t.error("name", "must be printable text of at most 64 characters")
     driver = t.choice("driver", ("serial", "evdev", "tcp"), _REQUIRED)
     common: dict[str, Any] = dict(
         name=name,
         driver=driver,
-        debounce_ms=t.int("debounce_ms", 300, lo=0, hi=60000),
-        max_length=t.int("max_length", grammar.max_length, lo=8, hi=1 << 20),
+        debounce_ms=t.integer("debounce_ms", 300, lo=0, hi=60000),
+        max_length=t.integer("max_length", grammar.max_length, lo=8, hi=1 << 20),
         mode=t.choice("mode", MODES, None),
-        location=t.str("location", None),
+        location=t.text("location", None),
     )
     cfg: ScannerConfig
     if driver == "serial":
-        terminator = t.str("terminator", "auto")
+        terminator = t.text("terminator", "auto")
         if terminator not in ("auto", "CR", "LF", "CRLF") and len(terminator) != 1:
             raise t.error("terminator", "must be auto, CR, LF, CRLF or a single character, "
                           f"got {terminator!r}")
         cfg = SerialScannerConfig(
             **common,
-            port=t.str("port", _REQUIRED),
-            baudrate=t.int("baudrate", 9600, lo=50, hi=4_000_000),
-            bytesize=t.int("bytesize", 8, lo=5, hi=8),
+            port=t.text("port", _REQUIRED),
+            baudrate=t.integer("baudrate", 9600, lo=50, hi=4_000_000),
+            bytesize=t.integer("bytesize", 8, lo=5, hi=8),
             parity=t.choice("parity", ("N", "E", "O", "M", "S"), "N"),
-            stopbits=t.float("stopbits", 1.0),
+            stopbits=t.number("stopbits", 1.0),
             terminator=terminator,
-            prefix=t.str("prefix", "", nonempty=False),
-            suffix=t.str("suffix", "", nonempty=False),
-            ack=_unescape_control(t, "ack", t.str("ack", None, nonempty=False)),
-            nak=_unescape_control(t, "nak", t.str("nak", None, nonempty=False)),
-            encoding=_encoding(t, t.str("encoding", "utf-8")),
+            prefix=t.text("prefix", "", nonempty=False),
+            suffix=t.text("suffix", "", nonempty=False),
+            ack=_unescape_control(t, "ack", t.text("ack", None, nonempty=False)),
+            nak=_unescape_control(t, "nak", t.text("nak", None, nonempty=False)),
+            encoding=_encoding(t, t.text("encoding", "utf-8")),
         )
-        if cfg.stopbits not in (1.0, 1.5, 2.0):  # type: ignore[attr-defined]
+        if cfg.stopbits not in (1.0, 1.5, 2.0):
             raise t.error("stopbits", "must be 1, 1.5 or 2")
     elif driver == "evdev":
         vendor = _hex(t, "vendor")
         product = _hex(t, "product")
         cfg = EvdevScannerConfig(
             **common,
-            device=t.str("device", None),
+            device=t.text("device", None),
             vendor=vendor,
             product=product,
-            serial=t.str("serial", None),
-            name_pattern=t.str("match_name", None),
-            layout=t.str("layout", "us"),
+            serial=t.text("serial", None),
+            name_pattern=t.text("match_name", None),
+            layout=t.text("layout", "us"),
             terminator=t.choice("terminator", ("enter", "tab", "timeout"), "enter"),
-            timeout_ms=t.int("timeout_ms", 50, lo=5, hi=5000),
-            grab=t.bool("grab", True),
+            timeout_ms=t.integer("timeout_ms", 50, lo=5, hi=5000),
+            grab=t.flag("grab", True),
         )
-        e: EvdevScannerConfig = cfg  # type: ignore[assignment]
+        e: EvdevScannerConfig = cfg
         if e.device is None and e.name_pattern is None and e.vendor is None:
             # DESIGN section 3: with no device or USB ids, the scanner's name is the pattern
             # (a glob, case-insensitive) that the input device's name must match.
@@ -502,18 +502,18 @@ def _scanner(t: _Table, grammar: GrammarConfig) -> ScannerConfig:
     else:
         cfg = TcpScannerConfig(
             **common,
-            host=t.str("host", _REQUIRED),
-            port=t.int("port", _REQUIRED, lo=1, hi=65535),
+            host=t.text("host", _REQUIRED),
+            port=t.integer("port", _REQUIRED, lo=1, hi=65535),
             framing=t.choice("framing", ("line", "stx-etx"), "line"),
-            trigger=t.str("trigger", None, nonempty=False),
-            encoding=_encoding(t, t.str("encoding", "utf-8")),
+            trigger=t.text("trigger", None, nonempty=False),
+            encoding=_encoding(t, t.text("encoding", "utf-8")),
         )
     t.finish()
     return cfg
 
 
 def _hex(t: _Table, k: str) -> str | None:
-    v = t.str(k, None)
+    v: str | None = t.text(k, None)
     if v is None:
         return None
     s = v.lower().removeprefix("0x")

@@ -20,7 +20,6 @@ from agent.capture import Outcome, Station
 from agent.clock import TimeBase, boot_id, kernel_clock_synced
 from agent.config import Config
 from agent.errors import AgentError, JournalError
-from agent.grammar import printable
 from agent.journal import Journal, JournalWriter
 from drivers import open_scanner
 from drivers.base import Scanner, ScannerState
@@ -106,10 +105,6 @@ class Agent:
 
     def _on_scanner_state(self, st: ScannerState) -> None:
         self.scanner_states[st.scanner] = st
-        if st.connected:
-            log.info("scanner %s connected %s", st.scanner, printable(st.detail))
-        else:
-            log.warning("scanner %s disconnected: %s", st.scanner, printable(st.detail))
         if self.writer is not None and not self.stopping.is_set():
             with contextlib.suppress(AgentError, RuntimeError):
                 asyncio.get_running_loop().create_task(self._save_scanner_state(st))
@@ -134,7 +129,7 @@ class Agent:
             if outcome.status == "failed":
                 with contextlib.suppress(AgentError):
                     assert self.writer is not None
-                    await self.writer.call(lambda j: j.alert("capture", outcome.reason or ""))
+                    await self.writer.call(Journal.alert, "capture", outcome.reason or "")
 
     async def _housekeeping(self) -> None:
         assert self.writer is not None
@@ -166,6 +161,12 @@ class Agent:
                 t.cancel()
         if self.sync is not None:
             await self.sync.close()
+        if self.writer is not None and self.scanners:
+            stopped = time.time()
+            with contextlib.suppress(AgentError):
+                await self.writer.call(lambda j: [
+                    j.set_scanner_state(name, False, "agent stopped", stopped)
+                    for name in self.scanners])
         for t in self._tasks:
             if not t.done():
                 t.cancel()

@@ -177,7 +177,7 @@ def _item(body: str, g: GrammarConfig) -> Token:
                 return Rejected(f"invalid GTIN check digit in {body}: expected {check}, "
                                 f"got {body[-1]}")
             return Item(body.rjust(14, "0"))
-        if len(body) > 16 and body[:2] in ("01", "02"):
+        if len(body) >= 16 and body[:2] in ("01", "02"):  # 16: AI 01/02 + GTIN-14 alone
             return _gs1("]C1" + body, body)
     for pattern in _sku_patterns(g.sku_patterns):
         m = pattern.fullmatch(body)

@@ -26,7 +26,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -90,15 +89,14 @@ def _translate(exc: sqlite3.Error | OSError, doing: str) -> JournalError:
 
 
 def _migrate_v1(db: sqlite_utils.Database) -> None:
-    db["meta"].create({"key": str, "value": str}, pk="key")
-    db["scans"].create(
+    db.table("meta").create({"key": str, "value": str}, pk="key")
+    db.table("scans").create(
         {"id": int, "scanner": str, "wall_time": float, "boot_ns": int, "boot_id": str,
          "text": str, "raw": bytes, "outcome": str, "reason": str, "note": str,
          "event_id": str},
         pk="id", not_null={"scanner", "wall_time", "boot_ns", "boot_id", "text", "outcome"},
     )
-    db["scans"].create_index(["wall_time"])
-    db["movements"].create(
+    db.table("movements").create(
         {"seq": int, "event_id": str, "scanner": str, "type": str, "item": str, "lot": str,
          "serial": str, "expiry": str, "qty": int, "from_location": str, "to_location": str,
          "reference": str, "operator": str, "voids": str, "raw": str, "wall_time": float,
@@ -110,14 +108,13 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
                   "boot_id", "state"},
         defaults={"state": "pending"},
     )
-    db["movements"].create_index(["event_id"], unique=True)
+    db.table("movements").create_index(["event_id"], unique=True)
     db.execute("CREATE INDEX movements_pending ON movements(seq) WHERE state = 'pending'")
-    db["movements"].create_index(["state", "synced_at"])
-    db["sessions"].create({"scanner": str, "state": str, "updated": float}, pk="scanner",
+    db.table("sessions").create({"scanner": str, "state": str, "updated": float}, pk="scanner",
                           not_null={"state"})
-    db["scanners"].create({"scanner": str, "connected": int, "detail": str, "since": float},
+    db.table("scanners").create({"scanner": str, "connected": int, "detail": str, "since": float},
                           pk="scanner")
-    db["alerts"].create({"id": int, "at": float, "source": str, "message": str}, pk="id",
+    db.table("alerts").create({"id": int, "at": float, "source": str, "message": str}, pk="id",
                         not_null={"at", "source", "message"})
 
 
@@ -158,7 +155,10 @@ class Journal:
             self.db = sqlite_utils.Database(conn, execute_plugins=False)
             self._migrate()
             self._check_station()
-            self._next_seq = int(self.get_meta("next_seq") or "1")
+            # next seq: after the highest journaled, and never below the floor that prune
+            # records before it deletes (so pruning the newest rows cannot reuse a seq)
+            top = self.conn.execute("SELECT max(seq) FROM movements").fetchone()[0] or 0
+            self._next_seq = max(top + 1, int(self.get_meta("next_seq") or "1"))
         except (sqlite3.Error, OSError) as exc:
             raise _translate(exc, f"opening {self.path}") from exc
 
@@ -259,8 +259,6 @@ class Journal:
                     if r.session_state is not None:
                         self.conn.execute(_UPSERT_SESSION,
                                           (r.scanner, r.session_state, r.wall_time))
-                if seq != self._next_seq:
-                    self.set_meta("next_seq", str(seq))
         except (sqlite3.Error, OSError) as exc:
             raise _translate(exc, "committing a scan") from exc
         self._next_seq = seq
@@ -352,6 +350,7 @@ class Journal:
         cutoff = (time.time() if now is None else now) - retention_days * 86400
         try:
             with self.transaction():
+                self.set_meta("next_seq", str(self._next_seq))
                 cur = self.conn.execute(
                     "DELETE FROM movements WHERE state = 'synced' AND synced_at < ?", (cutoff,))
                 n = cur.rowcount
@@ -375,6 +374,23 @@ def open_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise JournalError(f"{path}: cannot read the journal: {exc}") from exc
     return conn
+
+
+def _resolve(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], result: Any,
+             exc: BaseException | None) -> None:
+    """Settle ``fut`` on its loop from the writer thread (unless its waiter went away)."""
+
+    def settle() -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    # a closed loop raises RuntimeError: nobody is waiting any more
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(settle)
 
 
 class JournalWriter:
@@ -401,15 +417,17 @@ class JournalWriter:
         await self.close()
 
     async def capture(self, record: Capture) -> Captured:
-        fut: Future[Captured] = Future()
-        self._put(("capture", record, fut))
-        return await asyncio.wrap_future(fut)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Captured] = loop.create_future()
+        self._put(("capture", record, fut, loop))
+        return await fut
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(journal, *args)`` on the writer thread (sync updates, reads, prune)."""
-        fut: Future[T] = Future()
-        self._put(("call", (fn, args), fut))
-        return await asyncio.wrap_future(fut)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._put(("call", (fn, args), fut, loop))
+        return await fut
 
     def _put(self, item: tuple[Any, ...]) -> None:
         if self._closed:
@@ -439,20 +457,20 @@ class JournalWriter:
         if group:
             try:
                 done = self.journal.capture([it[1] for it in group])
-            except BaseException as exc:  # every waiter learns of the failure
+            except Exception as exc:  # every waiter learns of the failure
                 for it in group:
-                    it[2].set_exception(exc)
+                    _resolve(it[3], it[2], None, exc)
             else:
                 for it, res in zip(group, done, strict=True):
-                    it[2].set_result(res)
+                    _resolve(it[3], it[2], res, None)
         for it in items:
             if it[0] != "call":
                 continue
             fn, args = it[1]
             try:
-                it[2].set_result(fn(self.journal, *args))
-            except BaseException as exc:
-                it[2].set_exception(exc)
+                _resolve(it[3], it[2], fn(self.journal, *args), None)
+            except Exception as exc:
+                _resolve(it[3], it[2], None, exc)
 
     async def close(self) -> None:
         """Finish queued work, then close the connection. Idempotent."""

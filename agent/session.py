@@ -14,7 +14,7 @@ the journal, so a failed commit leaves the session exactly as it was.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
@@ -53,6 +53,16 @@ class UndoEntry:
     draft: dict[str, Any]
     count_key: tuple[str, str, str | None] | None = None
     previous_total: int | None = None
+    # This entry as JSON, made once: the state is saved with every scan, the history rarely
+    # changes, and re-encoding it each time would dominate the capture path.
+    encoded: str = field(default="", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.encoded:
+            object.__setattr__(self, "encoded", json.dumps(
+                {"event_id": self.event_id, "draft": self.draft,
+                 "count_key": list(self.count_key) if self.count_key else None,
+                 "previous_total": self.previous_total}, separators=(",", ":")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +79,13 @@ class SessionState:
     context: tuple[str, ...] = ()
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        head = json.dumps({
+            "mode": self.mode, "from_location": self.from_location,
+            "to_location": self.to_location, "qty": self.qty, "reference": self.reference,
+            "operator": self.operator, "counts": [[list(k), v] for k, v in self.counts],
+            "context": list(self.context)}, separators=(",", ":"))
+        history = ",".join(h.encoded for h in self.history)
+        return f'{head[:-1]},"history":[{history}]}}'
 
     @classmethod
     def from_json(cls, text: str) -> SessionState:

@@ -96,7 +96,7 @@ def status(cfg: Config, now: float | None = None) -> dict[str, Any]:
 
 def _float(v: str | None) -> float | None:
     try:
-        return float(v) if v not in (None, "None") else None  # type: ignore[arg-type]
+        return None if v is None or v == "None" else float(v)
     except ValueError:
         return None
 

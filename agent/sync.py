@@ -17,6 +17,7 @@ fixed the first time it is sent and reused on every retry, so a replay is a ``du
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import logging
@@ -360,11 +361,9 @@ class SyncLoop:
     async def _note_error(self, why: str) -> None:
         if why != self.stats.last_error:
             log.warning("sync: %s", why)
-            try:
+            with contextlib.suppress(AgentError):
                 await self.writer.call(lambda j: (j.write_meta({"sync.last_error": why}),
                                                   j.alert("sync", why)))
-            except AgentError:
-                pass
         self.stats.last_error = why
 
     def _token(self) -> str:

@@ -1,0 +1,289 @@
+"""Sync against the real reference ledger on 127.0.0.1, through a proxy that misbehaves.
+
+Every scenario ends the same way: the ledger's balances equal what the station captured,
+exactly, and each movement is stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agent.capture import Station
+from agent.config import Config, parse_config
+from agent.faultproxy import FaultProxy
+from agent.journal import Journal, JournalWriter
+from agent.sync import SyncLoop, backoff_delay, retry_after
+from drivers.base import RawScan
+from ledger.server import LedgerServer
+
+GTINS = ["04006381333931", "00000096385074", "09501101020917", "00012345678905"]
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[LedgerServer]:
+    with LedgerServer(tmp_path / "ledger.db") as srv:
+        yield srv
+
+
+@dataclass
+class Rig:
+    cfg: Config
+    writer: JournalWriter
+    station: Station
+    sync: SyncLoop
+    proxy: FaultProxy
+    ledger: LedgerServer
+    token_file: Path
+    expected: Counter[tuple[str, str]]
+    task: asyncio.Task[None] | None = None
+
+    async def receive(self, n: int, seed: int = 1) -> None:
+        """Capture ``n`` receipts of random items and quantities at DOCK-1."""
+        rng = random.Random(seed)
+        for _ in range(n):
+            gtin = rng.choice(GTINS)
+            qty = rng.randint(1, 5)
+            for text in (f"QTY-{qty}", gtin):
+                o = await self.station.handle(RawScan("h", text, text.encode()))
+                assert o.status == "accepted", o
+            self.expected[(gtin, "DOCK-1")] += qty
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.sync.run())
+
+    async def stop(self) -> None:
+        await self.sync.close()
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 10)
+
+    async def counts(self) -> dict[str, int]:
+        return await self.writer.call(lambda j: j.counts())
+
+    async def wait_drained(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (await self.counts()).get("pending", 0) == 0:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"still pending after {timeout}s: {await self.counts()}; "
+                             f"last error {self.sync.stats.last_error}")
+
+    async def ledger_get(self, path: str) -> Any:
+        async with httpx.AsyncClient(base_url=self.ledger.url) as c:
+            r = await c.get(path)
+            r.raise_for_status()
+            return r.json()
+
+    async def assert_ledger_matches(self) -> None:
+        balances = (await self.ledger_get("/v1/balances?site=WH1"))["balances"]
+        got = {(b["item"], b["location"]): b["on_hand"] for b in balances if b["on_hand"]}
+        assert got == dict(self.expected)
+        events = (await self.ledger_get("/v1/events?station=dock-1&limit=100000"))["events"]
+        ids = [e["event_id"] for e in events]
+        assert len(ids) == len(set(ids)), "an event was stored twice"
+        journal = await self.writer.call(lambda j: j.conn.execute(
+            "SELECT count(*) FROM movements WHERE state = 'synced'").fetchone()[0])
+        assert len(ids) == journal
+
+
+@pytest.fixture
+async def rig(tmp_path: Path, ledger: LedgerServer) -> AsyncIterator[Rig]:
+    token = ledger.add_station("dock-1", site="WH1")
+    token_file = tmp_path / "dock-1.token"
+    token_file.write_text(token + "\n")
+    async with FaultProxy(ledger.url) as proxy:
+        proxy.faults.seed = 7
+        cfg = parse_config({
+            "station": "dock-1", "site": "WH1", "location": "DOCK-1",
+            "database": str(tmp_path / "journal.db"),
+            "ledger": {"url": proxy.url, "token_file": str(token_file), "timeout": 1.0,
+                       "max_backoff": 0.4, "batch_size": 100},
+            "scanners": [{"name": "h", "driver": "serial", "port": "/dev/null",
+                          "debounce_ms": 0}],
+        }, "dock-1.toml")
+        writer = JournalWriter(Journal(cfg.database, cfg.station, cfg.site))
+        station = Station(cfg, writer)
+        await station.start()
+        sync = SyncLoop(cfg, writer, backoff_base=0.02, rng=random.Random(3))
+        station.listeners.append(sync.on_capture)
+        r = Rig(cfg, writer, station, sync, proxy, ledger, token_file, Counter())
+        try:
+            yield r
+        finally:
+            await r.stop()
+            await writer.close()
+
+
+async def test_ledger_down_then_up_loses_nothing(rig: Rig) -> None:
+    """A dock offline for the whole shift keeps every scan and delivers it on return."""
+    rig.proxy.faults.down = True
+    rig.start()
+    await rig.receive(60)
+    await asyncio.sleep(0.5)
+    counts = await rig.counts()
+    assert counts == {"pending": 60}
+    assert rig.sync.stats.last_error is not None and "unreachable" in rig.sync.stats.last_error
+    rig.proxy.faults.down = False
+    await rig.wait_drained()
+    await rig.assert_ledger_matches()
+
+
+async def test_thirty_percent_server_errors(rig: Rig) -> None:
+    rig.proxy.faults.error_rate = 0.3
+    rig.start()
+    await rig.receive(150, seed=2)
+    await rig.wait_drained()
+    assert rig.proxy.counts.injected > 0
+    await rig.assert_ledger_matches()
+
+
+async def test_reset_after_commit_is_a_duplicate_counted_once(rig: Rig) -> None:
+    """The ledger committed but the answer was lost: the retry comes back ``duplicate``."""
+    rig.proxy.faults.reset_after_commit_rate = 0.5
+    rig.start()
+    await rig.receive(80, seed=3)
+    await rig.wait_drained()
+    assert rig.proxy.counts.injected > 0
+    assert rig.sync.stats.duplicate > 0
+    await rig.assert_ledger_matches()
+
+
+async def test_truncated_answers(rig: Rig) -> None:
+    rig.proxy.faults.truncate_rate = 0.4
+    rig.start()
+    await rig.receive(50, seed=4)
+    await rig.wait_drained()
+    await rig.assert_ledger_matches()
+
+
+async def test_slow_answers_past_the_timeout(rig: Rig) -> None:
+    """Answers slower than the 1 s timeout: the station retries; nothing doubles."""
+    rig.proxy.faults.delay = 1.5
+    rig.start()
+    await rig.receive(20, seed=5)
+    await asyncio.sleep(2.5)
+    assert "timed out" in (rig.sync.stats.last_error or "")
+    rig.proxy.faults.delay = 0
+    await rig.wait_drained()
+    assert rig.sync.stats.duplicate > 0
+    await rig.assert_ledger_matches()
+
+
+async def test_429_retry_after_is_honoured(rig: Rig) -> None:
+    rig.proxy.faults.status = 429
+    rig.proxy.faults.status_count = 2
+    rig.proxy.faults.retry_after = "1"
+    await rig.receive(10, seed=6)
+    t0 = time.monotonic()
+    rig.start()
+    await rig.wait_drained()
+    assert time.monotonic() - t0 >= 1.9  # two Retry-After waits of one second each
+    assert rig.proxy.counts.injected == 2
+    await rig.assert_ledger_matches()
+
+
+async def test_poison_event_in_batch_of_500_is_quarantined(rig: Rig) -> None:
+    """A 400 batch is bisected down to the one event the ledger cannot take."""
+    rig.sync._batch = 500
+    await rig.receive(500, seed=8)
+    poison = await rig.writer.call(lambda j: j.conn.execute(
+        "SELECT seq, event_id, item, qty, to_location FROM movements WHERE seq = 321"
+    ).fetchone())
+    rig.proxy.faults.poison = poison[1]
+    rig.start()
+    await rig.wait_drained()
+    counts = await rig.counts()
+    assert counts == {"synced": 499, "rejected": 1}
+    row = await rig.writer.call(lambda j: j.conn.execute(
+        "SELECT state, reason FROM movements WHERE seq = 321").fetchone())
+    assert row[0] == "rejected" and "invalid event in batch" in row[1]
+    rig.expected[(poison[2], poison[4])] -= poison[3]
+    await rig.assert_ledger_matches()
+
+
+async def test_event_the_ledger_rejects_is_quarantined_not_blocking(rig: Rig) -> None:
+    """A movement the ledger refuses by itself (status ``rejected``) is kept, the rest flow."""
+    await rig.receive(5, seed=9)
+    await rig.writer.call(lambda j: j.conn.execute(
+        "UPDATE movements SET qty = -3 WHERE seq = 2"))
+    bad = await rig.writer.call(lambda j: j.conn.execute(
+        "SELECT item FROM movements WHERE seq = 2").fetchone()[0])
+    rig.start()
+    await rig.wait_drained()
+    assert (await rig.counts()) == {"synced": 4, "rejected": 1}
+    # the captured quantity of seq 2 never reached the ledger
+    qty = await rig.writer.call(lambda j: j.conn.execute(
+        "SELECT raw FROM movements WHERE seq = 2").fetchone()[0])
+    rig.expected[(bad, "DOCK-1")] -= int(json.loads(qty)[0].removeprefix("QTY-"))
+    await rig.assert_ledger_matches()
+
+
+async def test_revoked_token_keeps_the_queue_and_recovers_on_rotation(rig: Rig) -> None:
+    rig.ledger.revoke_station("dock-1")
+    rig.start()
+    await rig.receive(10, seed=10)
+    await asyncio.sleep(0.5)
+    assert rig.sync.stats.auth_failed
+    assert "token" in (rig.sync.stats.last_error or "")
+    assert (await rig.counts()) == {"pending": 10}
+    new_token = rig.ledger.add_station("dock-1", site="WH1")
+    rig.token_file.write_text(new_token)
+    await rig.wait_drained()
+    assert not rig.sync.stats.auth_failed
+    await rig.assert_ledger_matches()
+
+
+async def test_token_never_in_logs_or_errors(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    token = rig.token_file.read_text().strip()
+    rig.ledger.revoke_station("dock-1")
+    rig.start()
+    await rig.receive(3, seed=11)
+    await asyncio.sleep(0.5)
+    alerts = await rig.writer.call(lambda j: j.conn.execute(
+        "SELECT group_concat(message) FROM alerts").fetchone()[0])
+    assert token not in caplog.text
+    assert token not in (alerts or "")
+    assert token not in (rig.sync.stats.last_error or "")
+
+
+async def test_watermark_and_clock_sample_from_each_exchange(rig: Rig) -> None:
+    rig.start()
+    await rig.receive(3, seed=12)
+    await rig.wait_drained()
+    assert rig.sync.time_base.best is not None
+    stations = (await rig.ledger_get("/v1/stations"))
+    text = json.dumps(stations)
+    assert "dock-1" in text
+    rows = await rig.writer.call(lambda j: j.conn.execute(
+        "SELECT occurred_at, clock FROM movements").fetchall())
+    for occurred, clock in rows:
+        assert occurred.endswith("Z")
+        assert json.loads(clock)["basis"] == "ledger"
+        assert json.loads(clock)["synced"] is True
+
+
+def test_backoff_is_capped_full_jitter() -> None:
+    rng = random.Random(1)
+    delays = [backoff_delay(n, 0.5, 10.0, rng) for n in range(1, 200)]
+    assert all(0 <= d <= 10.0 for d in delays)
+    assert max(delays[10:]) > 5  # grows to the cap ...
+    assert min(delays[10:]) < 5  # ... with full jitter below it
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    ("3", 3.0), ("0", 0.0), (None, None), ("soon", None), ("100000", 600.0),
+    ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+], ids=["seconds", "zero", "absent", "garbage", "capped", "date-in-past"])
+def test_retry_after_parsing(header: str | None, expected: float | None) -> None:
+    assert retry_after(header, time.time()) == expected
