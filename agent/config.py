@@ -146,7 +146,7 @@ class TcpScannerConfig(ScannerConfig):
     host: str
     port: int
     framing: Literal["line", "stx-etx"] = "line"
-    trigger: str | None = None  # sent on connect (and after each scan, for triggered readers)
+    trigger: str | None = None  # sent on each (re)connect, e.g. to start a reading session
     encoding: str = "utf-8"
 
 

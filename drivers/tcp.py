@@ -1,0 +1,218 @@
+"""Fixed-mount readers that stream scans over TCP, as an async iterator of raw scans.
+
+The driver connects to ``host:port`` (the reader is the server, as fixed-mount readers are),
+sends the optional ``trigger`` string on every connect, and frames what arrives: ``framing =
+"line"`` ends a scan at CR, LF or CRLF, ``"stx-etx"`` takes the bytes between STX (0x02) and ETX
+(0x03). A refused connection, a reset or an end of file is reported through ``state`` and
+retried with capped exponential backoff; the iterator ends only on :meth:`TcpScanner.close`.
+TCP keepalive is on, so a reader that lost power is noticed even when no scan is due.
+
+>>> async def capture(cfg):                       # doctest: +SKIP
+...     async with TcpScanner(cfg) as reader:
+...         async for scan in reader:
+...             print(scan.text)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, Self
+
+from agent.errors import DriverError
+from drivers.base import RawScan, ScannerState, StateCallback, boottime_ns
+from drivers.framing import STX_ETX, Backoff, Framer, encode_setting
+
+if TYPE_CHECKING:
+    from agent.config import TcpScannerConfig
+
+__all__ = ["TcpScanner"]
+
+log = logging.getLogger(__name__)
+
+_READ_SIZE: Final = 4096
+
+
+class _End:
+    """Queued after the last scan: the iterator is finished."""
+
+
+_END: Final = _End()
+
+
+class TcpScanner:
+    """A TCP fixed-mount reader: ``async for scan in reader`` yields :class:`RawScan`.
+
+    ``backoff_start`` and ``backoff_cap`` (seconds) bound the delay between reconnects;
+    ``connect_timeout`` bounds one connection attempt.
+    """
+
+    def __init__(
+        self,
+        cfg: TcpScannerConfig,
+        on_state: StateCallback | None = None,
+        *,
+        backoff_start: float = 0.1,
+        backoff_cap: float = 5.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.name = cfg.name
+        self.cfg = cfg
+        self._on_state = on_state
+        self._connect_timeout = connect_timeout
+        self._address = f"[{cfg.host}]:{cfg.port}" if ":" in cfg.host else f"{cfg.host}:{cfg.port}"
+        try:
+            self._backoff = Backoff(backoff_start, backoff_cap)
+            self._framer = Framer(
+                terminator=STX_ETX if cfg.framing == "stx-etx" else "auto",
+                max_length=cfg.max_length, encoding=cfg.encoding,
+            )
+            self._trigger = (
+                encode_setting("trigger", cfg.trigger, cfg.encoding) if cfg.trigger else None
+            )
+        except (ValueError, LookupError) as exc:
+            raise DriverError(f"scanner {cfg.name!r}: {exc}") from exc
+        self._state = ScannerState(cfg.name, False, "not connected yet")
+        self._queue: asyncio.Queue[RawScan | _End] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._done = asyncio.Event()
+
+    # -- the Scanner protocol ---------------------------------------------------------------
+
+    @property
+    def state(self) -> ScannerState:
+        """Connected or not, and why not."""
+        return self._state
+
+    def __aiter__(self) -> TcpScanner:
+        self._start()
+        return self
+
+    async def __anext__(self) -> RawScan:
+        self._start()
+        item = await self._queue.get()
+        if isinstance(item, _End):
+            self._queue.put_nowait(item)  # every later call ends too
+            raise StopAsyncIteration
+        return item
+
+    async def acknowledge(self, ok: bool) -> None:
+        """Fixed-mount readers signal good reads themselves: nothing to send."""
+
+    async def close(self) -> None:
+        """Stop reading: close the connection, then end the iterator. Idempotent."""
+        if self._closed:
+            await self._done.wait()
+            return
+        self._closed = True
+        task = self._task
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
+        self._set_state(False, "closed")
+        self._queue.put_nowait(_END)
+        self._done.set()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- connection supervision ---------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._task is None and not self._closed:
+            self._task = asyncio.get_running_loop().create_task(
+                self._supervise(), name=f"tcp scanner {self.name}"
+            )
+
+    async def _supervise(self) -> None:
+        """Connect, read until the connection ends, wait, reconnect; until close()."""
+        while True:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.cfg.host, self.cfg.port),
+                    self._connect_timeout,
+                )
+            except (OSError, TimeoutError) as exc:
+                self._set_state(False, f"cannot connect to {self._address}: {_reason(exc)}")
+                await asyncio.sleep(self._backoff.next())
+                continue
+            opened = time.monotonic()
+            received = False
+            try:
+                _keep_alive(writer)
+                if self._trigger:
+                    writer.write(self._trigger)
+                    await writer.drain()
+                self._set_state(True, f"connected to {self._address}")
+                while True:
+                    data = await reader.read(_READ_SIZE)
+                    wall, boot = time.time(), boottime_ns()
+                    if not data:
+                        detail = "connection closed by the reader"
+                        break
+                    received = True
+                    for frame in self._framer.feed(data):
+                        self._queue.put_nowait(frame.scan(self.name, wall_time=wall, boot_ns=boot))
+            except OSError as exc:
+                detail = _reason(exc)
+            finally:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(writer.wait_closed(), 1.0)
+                dropped = self._framer.reset()
+                if dropped:
+                    log.warning("scanner %s: dropped %d bytes of a scan cut off by the disconnect",
+                                self.name, dropped)
+            self._set_state(False, f"{self._address} lost: {detail}")
+            if received or time.monotonic() - opened >= self._backoff.cap:
+                self._backoff.reset()
+            await asyncio.sleep(self._backoff.next())
+
+    def _set_state(self, connected: bool, detail: str) -> None:
+        state = ScannerState(self.name, connected, detail)
+        if state == self._state:
+            return
+        self._state = state
+        if connected:
+            log.info("scanner %s: %s", self.name, detail)
+        else:
+            log.warning("scanner %s: %s", self.name, detail)
+        if self._on_state is not None:
+            try:
+                self._on_state(state)
+            except Exception:
+                log.exception("scanner %s: state callback failed", self.name)
+
+
+def _keep_alive(writer: asyncio.StreamWriter) -> None:
+    """Probe an idle connection after 10 s, so a dead reader shows up within about 25 s."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError) and not exc.args:
+        return "timed out"
+    if isinstance(exc, OSError) and isinstance(exc.errno, int):
+        return os.strerror(exc.errno)  # not asyncio's "Connect call failed ('::1', ...)"
+    return str(exc) or type(exc).__name__
