@@ -1,8 +1,9 @@
 """The station's ledger token: from a systemd credential or from ``[ledger] token_file``.
 
-Under systemd the unit passes the token with ``LoadCredential=ledger-token:/etc/scan-agent/%i.token``
-and the agent reads ``$CREDENTIALS_DIRECTORY/ledger-token`` (a private, read-only copy that only
-the service can see); elsewhere (a shell, a test) it reads ``token_file``.
+Under systemd the unit passes the token with
+``LoadCredential=ledger-token:/etc/scan-agent/%i.token`` and the agent reads
+``$CREDENTIALS_DIRECTORY/ledger-token`` (a private, read-only copy that only the service can
+see); elsewhere (a shell, a test) it reads ``token_file``.
 
 >>> read_token(cfg.ledger)          # doctest: +SKIP
 'st_9c1f...'

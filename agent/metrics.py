@@ -103,13 +103,13 @@ def render_prometheus(snapshot: MetricsSnapshot) -> str:
     family("rejected_events", "gauge", "Events the ledger rejected (quarantined, kept).",
            [({}, s.rejected)])
     family("oldest_pending_age_seconds", "gauge",
-           "Age of the oldest event waiting for sync (0 when none is waiting).",
+           "Age of the oldest unsynced event (0 when none).",
            [({}, s.oldest_pending_age_seconds or 0.0)])
     family("last_sync_success_timestamp_seconds", "gauge",
-           "When a sync with the ledger last succeeded, in Unix seconds (0 = never).",
+           "Last successful sync, Unix time (0 = never).",
            [({}, s.last_sync_success_timestamp or 0.0)])
     family("clock_offset_seconds", "gauge",
-           "Estimated ledger time minus local time, in seconds (absent until estimated).",
+           "Ledger time minus local time (absent until known).",
            [] if s.clock_offset_seconds is None else [({}, s.clock_offset_seconds)])
     family("clock_basis", "gauge", "What the event times are based on (1 for the current basis).",
            [] if s.clock_basis is None else [({"basis": s.clock_basis}, 1)])

@@ -1,0 +1,453 @@
+"""The key-event decoder of keyboard-wedge scanners: ``evdev.InputEvent`` values in, scans out.
+
+Pure: no device, no clock. Every time it needs comes from the events' own timestamps, and the
+driver tells it when its quiet timer fired (:meth:`KeyDecoder.expire`). That keeps it testable
+with events built by hand::
+
+    >>> from evdev import InputEvent, ecodes as e
+    >>> d = KeyDecoder("us")
+    >>> evs = [InputEvent(0, i, e.EV_KEY, c, v)
+    ...        for i, (c, v) in enumerate([(e.KEY_4, 1), (e.KEY_4, 0),
+    ...                                    (e.KEY_2, 1), (e.KEY_2, 0), (e.KEY_ENTER, 1)])]
+    >>> [s.text for ev in evs for s in d.feed(ev)]
+    ['42']
+
+What it understands, as a PC keyboard would:
+
+- key down starts a character, key up only matters for modifiers, auto-repeat is ignored (a
+  scanner never means it; a repeat only shows that a key-up was late);
+- Shift (either), CapsLock (a toggle that affects letters only), AltGr on layouts that have it,
+  dead keys (``^`` then a letter or Space), NumLock and the keypad (``KP0``-``KP9``, ``KPDOT``,
+  ``KPMINUS``, ``KPPLUS``, ``KPASTERISK``, ``KPSLASH``; ``KPENTER`` is Enter);
+- Ctrl+key for control characters: Ctrl+] is GS (0x1D, the GS1 separator), Ctrl+^ RS, Ctrl+D
+  EOT, Ctrl+letter 0x01-0x1A. The character is looked up on the scanner's layout, then at the
+  same key position on US, which is what scanners send for "Ctrl+]" whatever the layout;
+- Alt+numpad decimal codes: Alt held, keypad digits, Alt released. ``Alt+0029`` and ``Alt+029``
+  are GS, ``Alt+065`` is ``A``; with a leading 0, 128-255 are Windows-1252 and above 255 a
+  Unicode code point; without one, 128-255 are code page 437 (Windows' OEM Alt codes);
+- the terminator: Enter, Tab, or a quiet gap of ``timeout_ms`` between keys (in timeout mode
+  Enter and Tab end a scan too, so a scanner with a suffix still works). In enter and tab modes a
+  gap of ``stale_ms`` without the terminator ends the scan with an error instead of gluing it
+  to the next one;
+- ``SYN_DROPPED`` (the kernel's buffer overran): events up to the next ``SYN_REPORT`` are
+  discarded, held modifiers are forgotten (the driver refreshes them with :meth:`resync`), and the
+  scan in progress is flagged so it is never taken as a whole barcode nor glued to the next;
+- keys that type nothing on the layout (F1, arrows, Alt+letter) are flagged, not dropped;
+- at most ``max_length`` characters per scan; more is flagged as over-long.
+
+Each :class:`DecodedScan` carries its text (best effort) and an ``error`` when it is not a
+trustworthy read.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from evdev import InputEvent, ecodes
+
+from drivers.layouts import LAYOUTS, Layout
+
+__all__ = [
+    "DecodedScan",
+    "KeyDecoder",
+    "Terminator",
+    "alt_code_char",
+    "can_type_barcode",
+    "decode_events",
+]
+
+Terminator = Literal["enter", "tab", "timeout"]
+
+_KEY_UP, _KEY_DOWN, _KEY_REPEAT = 0, 1, 2
+
+_SHIFT = frozenset({ecodes.KEY_LEFTSHIFT, ecodes.KEY_RIGHTSHIFT})
+_CTRL = frozenset({ecodes.KEY_LEFTCTRL, ecodes.KEY_RIGHTCTRL})
+_META = frozenset({ecodes.KEY_LEFTMETA, ecodes.KEY_RIGHTMETA})
+_ALTS = frozenset({ecodes.KEY_LEFTALT, ecodes.KEY_RIGHTALT})
+_MODIFIERS = _SHIFT | _CTRL | _META | _ALTS
+_ENTER = frozenset({ecodes.KEY_ENTER, ecodes.KEY_KPENTER})
+
+_KP_DIGITS: dict[int, str] = {
+    ecodes.KEY_KP0: "0", ecodes.KEY_KP1: "1", ecodes.KEY_KP2: "2", ecodes.KEY_KP3: "3",
+    ecodes.KEY_KP4: "4", ecodes.KEY_KP5: "5", ecodes.KEY_KP6: "6", ecodes.KEY_KP7: "7",
+    ecodes.KEY_KP8: "8", ecodes.KEY_KP9: "9",
+}
+# Keypad keys that type the same with NumLock on or off.
+_KP_OPERATORS: dict[int, str] = {
+    ecodes.KEY_KPMINUS: "-", ecodes.KEY_KPPLUS: "+", ecodes.KEY_KPASTERISK: "*",
+    ecodes.KEY_KPSLASH: "/", ecodes.KEY_KPEQUAL: "=", ecodes.KEY_KPCOMMA: ",",
+    ecodes.KEY_KPJPCOMMA: ",", ecodes.KEY_KPLEFTPAREN: "(", ecodes.KEY_KPRIGHTPAREN: ")",
+}
+_IGNORED = frozenset({ecodes.KEY_SCROLLLOCK})
+
+# A dead key's spacing character -> the combining mark it adds to the next letter.
+_COMBINING = {"^": "\u0302", "´": "\u0301", "`": "\u0300", "¨": "\u0308", "~": "\u0303"}
+
+_MAX_ERRORS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedScan:
+    """One scan decoded from key events.
+
+    ``text`` is best effort; ``error`` is set when it is not a trustworthy read (dropped events,
+    unknown keys, over-long, no terminator). ``started_us`` / ``ended_us`` are the timestamps
+    (microseconds, on the events' clock) of its first key and of its end.
+    """
+
+    text: str
+    error: str | None = None
+    started_us: int = 0
+    ended_us: int = 0
+
+
+def can_type_barcode(key_codes: Collection[int]) -> bool:
+    """Whether a device with these keys can type a barcode: Enter and digit keys.
+
+    Tells a scanner's keyboard interface from its extra "consumer control" or "system
+    control" interfaces, which share its USB ids but have no digits.
+    """
+    keys = set(key_codes)
+    return bool(keys & {ecodes.KEY_ENTER, ecodes.KEY_KPENTER}) and bool(
+        keys & {ecodes.KEY_1, ecodes.KEY_KP1})
+
+
+def _key_name(code: int) -> str:
+    name = ecodes.KEY.get(code)
+    if isinstance(name, tuple):
+        name = name[0]
+    return str(name) if name else f"key {code}"
+
+
+def alt_code_char(digits: str) -> str | None:
+    """The character of an Alt+numpad code typed as ``digits``; None if it names none.
+
+    >>> alt_code_char("0029"), alt_code_char("065"), alt_code_char("0228"), alt_code_char("132")
+    ('\\x1d', 'A', 'ä', 'ä')
+    """
+    if not digits or not digits.isdigit():
+        return None
+    n = int(digits)
+    if n < 128:
+        return chr(n)  # control characters too: scanners mean GS by Alt+029 as by Alt+0029
+    if digits.startswith("0"):
+        if n < 256:
+            try:
+                return bytes([n]).decode("cp1252")
+            except UnicodeDecodeError:
+                return chr(n)
+        if n > 0x10FFFF or 0xD800 <= n <= 0xDFFF:
+            return None
+        return chr(n)
+    n %= 256
+    return chr(n) if n < 128 else bytes([n]).decode("cp437")
+
+
+class KeyDecoder:
+    """Turns a stream of key events from one scanner into scans.
+
+    Feed every event read from the device, in order, to :meth:`feed`; it returns the scans that
+    ended. In timeout mode, and to end a scan whose terminator never came, the driver calls
+    :meth:`expire` when it has seen no event for :attr:`quiet_ms`.
+    """
+
+    # The scan in progress (reset by _start_scan_state).
+    _in_scan: bool
+    _started_us: int
+    _text: list[str]
+    _errors: list[str]
+    _dead: str
+    _alt_digits: str
+    _tainted: bool
+    _overflow: bool
+
+    def __init__(
+        self,
+        layout: Layout | str = "us",
+        *,
+        terminator: Terminator = "enter",
+        timeout_ms: int = 50,
+        stale_ms: int = 500,
+        max_length: int = 512,
+        numlock: bool = True,
+        capslock: bool = False,
+    ) -> None:
+        if terminator not in ("enter", "tab", "timeout"):
+            raise ValueError(f"terminator must be enter, tab or timeout, not {terminator!r}")
+        if max_length < 1:
+            raise ValueError("max_length must be at least 1")
+        self.layout = LAYOUTS[layout] if isinstance(layout, str) else layout
+        self.terminator: Terminator = terminator
+        self.timeout_ms = timeout_ms
+        self.stale_ms = stale_ms
+        self.max_length = max_length
+        self.numlock = numlock
+        self.capslock = capslock
+        # On layouts with AltGr the right Alt key is AltGr, not Alt.
+        self._alt_keys = frozenset({ecodes.KEY_LEFTALT}) if self.layout.has_altgr else _ALTS
+        self._held: set[int] = set()
+        self._dropping = False
+        self._resync_needed = False
+        self._last_us: int | None = None
+        self._start_scan_state()
+
+    # -- public surface ---------------------------------------------------------------------
+
+    @property
+    def pending(self) -> bool:
+        """Whether a scan is in progress (keys seen since the last scan ended)."""
+        return self._in_scan
+
+    @property
+    def quiet_ms(self) -> int:
+        """How long without events ends the scan in progress (see :meth:`expire`)."""
+        return self.timeout_ms if self.terminator == "timeout" else self.stale_ms
+
+    @property
+    def resync_needed(self) -> bool:
+        """True after a ``SYN_DROPPED`` window closed: call :meth:`resync` with the held keys."""
+        return self._resync_needed
+
+    def feed(self, event: InputEvent) -> list[DecodedScan]:
+        """Take one event; return the scans it ended (usually none, at most two)."""
+        if event.type == ecodes.EV_SYN:
+            self._on_syn(event)
+            return []
+        if self._dropping or event.type != ecodes.EV_KEY:
+            return []
+        ts = event.sec * 1_000_000 + event.usec
+        out: list[DecodedScan] = []
+        code, value = event.code, event.value
+        if value == _KEY_DOWN and self._in_scan and self._gap_exceeded(ts):
+            self._emit(out, self._finish(self._last_us or ts, self._no_terminator_error()))
+        self._last_us = ts
+        if value == _KEY_DOWN and not self._in_scan:
+            self._in_scan, self._started_us = True, ts
+        if code in _MODIFIERS:
+            self._on_modifier(code, value)
+        elif value == _KEY_DOWN:
+            self._on_key_down(code, ts, out)
+        return out
+
+    def feed_many(self, events: Iterable[InputEvent]) -> list[DecodedScan]:
+        """:meth:`feed` for each event; all the scans they ended, in order."""
+        out: list[DecodedScan] = []
+        for event in events:
+            out.extend(self.feed(event))
+        return out
+
+    def expire(self) -> DecodedScan | None:
+        """End the scan in progress because no event came for :attr:`quiet_ms`.
+
+        In timeout mode that is the normal end of a scan; in enter and tab modes the scan is
+        flagged as having no terminator. Returns None when nothing was in progress.
+        """
+        if not self._in_scan:
+            return None
+        return self._finish(self._last_us or 0, self._no_terminator_error())
+
+    def reset(self, reason: str) -> DecodedScan | None:
+        """Forget all key state (the device went away); the scan in progress, flagged, if any."""
+        scan = self._finish(self._last_us or 0, reason) if self._in_scan else None
+        self._held.clear()
+        self._dropping = self._resync_needed = False
+        self._last_us = None
+        return scan
+
+    def resync(self, held_keys: Iterable[int]) -> None:
+        """Set the held modifiers from the device's current key state (``EVIOCGKEY``)."""
+        self._held = {k for k in held_keys if k in _MODIFIERS}
+        self._resync_needed = False
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _start_scan_state(self) -> None:
+        self._in_scan = False
+        self._started_us = 0
+        self._text = []
+        self._errors = []
+        self._dead = ""
+        self._alt_digits = ""
+        self._tainted = False
+        self._overflow = False
+
+    def _no_terminator_error(self) -> str | None:
+        if self.terminator == "timeout":
+            return None
+        return (f"no {self.terminator.capitalize()} after the last key within "
+                f"{self.stale_ms} ms (check the scanner's suffix setting)")
+
+    def _gap_exceeded(self, ts: int) -> bool:
+        return self._last_us is not None and ts - self._last_us > self.quiet_ms * 1000
+
+    def _on_syn(self, event: InputEvent) -> None:
+        if event.code == ecodes.SYN_DROPPED:
+            # The kernel lost events: whatever scan they belonged to cannot be trusted, and
+            # the key-ups of held modifiers may be among them.
+            self._dropping = True
+            if not self._in_scan:
+                self._in_scan = True
+                self._started_us = event.sec * 1_000_000 + event.usec
+            self._tainted = True
+            self._held.clear()
+            self._dead = self._alt_digits = ""
+        elif event.code == ecodes.SYN_REPORT and self._dropping:
+            self._dropping = False
+            self._resync_needed = True
+
+    def _on_modifier(self, code: int, value: int) -> None:
+        if value == _KEY_DOWN:
+            self._held.add(code)
+        elif value == _KEY_UP:
+            self._held.discard(code)
+            if code in self._alt_keys and not (self._held & self._alt_keys) and self._alt_digits:
+                self._finish_alt_code()
+
+    def _finish_alt_code(self) -> None:
+        digits, self._alt_digits = self._alt_digits, ""
+        ch = alt_code_char(digits)
+        if ch is None:
+            self._error(f"Alt+{digits} is not a character code")
+        else:
+            self._type(ch, composable=False)
+
+    def _on_key_down(self, code: int, ts: int, out: list[DecodedScan]) -> None:
+        if code == ecodes.KEY_CAPSLOCK:
+            self.capslock = not self.capslock
+            return
+        if code == ecodes.KEY_NUMLOCK:
+            self.numlock = not self.numlock
+            return
+        if code in _IGNORED:
+            return
+        held = self._held
+        alt = bool(held & self._alt_keys)
+        ctrl = bool(held & _CTRL)
+        if code in _ENTER:
+            if self.terminator in ("enter", "timeout"):
+                self._emit(out, self._finish(ts, None))
+            else:
+                self._type("\r", composable=False)
+            return
+        if code == ecodes.KEY_TAB:
+            if self.terminator in ("tab", "timeout"):
+                self._emit(out, self._finish(ts, None))
+            else:
+                self._type("\t", composable=False)
+            return
+        if alt and not ctrl:
+            if code in _KP_DIGITS:
+                self._alt_digits += _KP_DIGITS[code]
+            else:
+                self._error(f"Alt+{_key_name(code)} types no character")
+            return
+        if code in _KP_DIGITS or code == ecodes.KEY_KPDOT:
+            if not self.numlock:
+                self._error(f"keypad key {_key_name(code)} with NumLock off types no character")
+                return
+            kp = _KP_DIGITS.get(code, self.layout.keypad_decimal)
+            self._type(kp, composable=True)
+            return
+        if code in _KP_OPERATORS:
+            self._type(_KP_OPERATORS[code], composable=True)
+            return
+        shift = bool(held & _SHIFT)
+        altgr = self.layout.has_altgr and ecodes.KEY_RIGHTALT in held
+        if ctrl:
+            ctl = self._control_char(code, shift=shift, altgr=altgr)
+            if ctl is None:
+                self._error(f"Ctrl+{_key_name(code)} types no control character")
+            else:
+                self._type(ctl, composable=False)
+            return
+        if held & _META:
+            self._error(f"Meta+{_key_name(code)} types no character")
+            return
+        if code not in self.layout:
+            self._error(f"unknown key {_key_name(code)} (no character on the "
+                        f"{self.layout.name!r} layout)")
+            return
+        ch = self.layout.char(code, shift=shift, altgr=altgr, capslock=self.capslock)
+        if not ch:
+            level = "+".join(n for n, on in (("Shift", shift), ("AltGr", altgr)) if on)
+            self._error(f"{_key_name(code)}{'+' + level if level else ''} types no character "
+                        f"on the {self.layout.name!r} layout")
+            return
+        if not self._dead and self.layout.is_dead(code, shift=shift, altgr=altgr):
+            self._dead = ch
+            return
+        self._type(ch, composable=True)
+
+    def _control_char(self, code: int, *, shift: bool, altgr: bool) -> str | None:
+        us = LAYOUTS["us"]
+        for ch in (self.layout.char(code, shift=shift, altgr=altgr),
+                   us.char(code, shift=shift, altgr=False)):
+            c = ch.upper() if ch.isascii() else ch
+            if len(c) == 1 and "@" <= c <= "_":
+                return chr(ord(c) - 0x40)
+        return None
+
+    def _type(self, ch: str, *, composable: bool) -> None:
+        if self._dead:
+            dead, self._dead = self._dead, ""
+            if composable and ch == " ":
+                ch = dead
+            elif composable and dead in _COMBINING:
+                composed = unicodedata.normalize("NFC", ch + _COMBINING[dead])
+                ch = composed if len(composed) == 1 else dead + ch
+            else:
+                ch = dead + ch
+        for c in ch:
+            if len(self._text) >= self.max_length:
+                self._overflow = True
+            else:
+                self._text.append(c)
+
+    def _error(self, message: str) -> None:
+        if message not in self._errors:
+            self._errors.append(message)
+
+    def _emit(self, out: list[DecodedScan], scan: DecodedScan | None) -> None:
+        if scan is not None:
+            out.append(scan)
+
+    def _finish(self, ended_us: int, error: str | None) -> DecodedScan | None:
+        if self._dead:
+            self._type("", composable=False)
+        if self._alt_digits:
+            self._error(f"Alt+{self._alt_digits} was not completed (Alt still held)")
+        problems: list[str] = []
+        if self._tainted:
+            problems.append("key events were dropped (SYN_DROPPED): characters may be missing")
+        problems.extend(self._errors)
+        if self._overflow:
+            problems.append(f"over-long input: more than {self.max_length} characters")
+        text = "".join(self._text)
+        started = self._started_us
+        self._start_scan_state()
+        if not text and not problems:
+            return None  # a lone Enter, lock keys or modifiers only: nothing was scanned
+        errors = ([error] if error else []) + problems
+        if len(errors) > _MAX_ERRORS:
+            errors[_MAX_ERRORS:] = [f"and {len(errors) - _MAX_ERRORS} more"]
+        return DecodedScan(text, "; ".join(errors) or None, started, ended_us)
+
+def decode_events(
+    events: Iterable[InputEvent],
+    layout: Layout | str = "us",
+    *,
+    terminator: Terminator = "enter",
+    timeout_ms: int = 50,
+    max_length: int = 512,
+) -> list[DecodedScan]:
+    """Decode a finished recording of events; a trailing partial scan is expired too."""
+    decoder = KeyDecoder(layout, terminator=terminator, timeout_ms=timeout_ms,
+                         max_length=max_length)
+    scans = decoder.feed_many(events)
+    last = decoder.expire()
+    if last is not None:
+        scans.append(last)
+    return scans
