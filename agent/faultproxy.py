@@ -114,6 +114,8 @@ class FaultProxy:
                     break
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass
+        except asyncio.CancelledError:  # the proxy is closing: end this connection quietly
+            pass
         finally:
             self._conns.discard(writer)
             _abort(writer)

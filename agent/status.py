@@ -25,6 +25,7 @@ def status(cfg: Config, now: float | None = None) -> dict[str, Any]:
         meta = {r["key"]: r["value"] for r in conn.execute("SELECT key, value FROM meta")}
         counts = {r[0]: r[1] for r in conn.execute(
             "SELECT state, count(*) FROM movements GROUP BY state")}
+        top_seq = conn.execute("SELECT max(seq) FROM movements").fetchone()[0] or 0
         oldest = conn.execute("SELECT seq, wall_time FROM movements WHERE state = 'pending'"
                               " ORDER BY seq LIMIT 1").fetchone()
         states = {r["scanner"]: dict(r) for r in conn.execute("SELECT * FROM scanners")}
@@ -70,7 +71,8 @@ def status(cfg: Config, now: float | None = None) -> dict[str, Any]:
             "pending": counts.get("pending", 0), "rejected": counts.get("rejected", 0),
             "synced": counts.get("synced", 0),
             "oldest_pending_age_s": round(now - oldest["wall_time"], 1) if oldest else None,
-            "next_seq": int(meta.get("next_seq", "1")),
+            # meta's next_seq is only the floor prune leaves; the journal's rows are the truth
+            "next_seq": max(top_seq + 1, int(meta.get("next_seq", "1"))),
         },
         "sync": {
             "last_ok": last_ok,

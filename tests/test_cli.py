@@ -1,0 +1,281 @@
+"""The command line (DESIGN section 9): check-config, status, events, and --help everywhere.
+Through click's runner, and once as the installed console script."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from agent.capture import Station
+from agent.cli import main
+from agent.config import load_config
+from agent.journal import Journal, JournalWriter
+from drivers.base import RawScan
+
+SCAN_AGENT = Path(sys.executable).with_name("scan-agent")
+EAN = "4006381333931"
+
+
+def write_config(tmp_path: Path, db: Path | None = None) -> Path:
+    path = tmp_path / "dock-3.toml"
+    path.write_text(f"""\
+station = "dock-3"
+site = "WH1"
+mode = "receipt"
+location = "DOCK-3"
+database = "{db or tmp_path / 'journal.db'}"
+
+[ledger]
+url = "http://127.0.0.1:8080"
+
+[[scanners]]
+name = "handheld"
+driver = "serial"
+port = "/dev/ttyACM0"
+
+[[scanners]]
+name = "fixed"
+driver = "tcp"
+host = "127.0.0.1"
+port = 4001
+""", encoding="utf-8")
+    return path
+
+
+async def _shift(config: Path) -> list[str]:
+    """A short shift: receipts, a move, rejections; returns the movements' event ids."""
+    cfg = load_config(config)
+    writer = JournalWriter(Journal(cfg.database, cfg.station, cfg.site))
+    station = Station(cfg, writer)
+    await station.start()
+    ids: list[str] = []
+    boot = 10**12
+    script = [("handheld", "REF-PO-1"), ("handheld", EAN), ("handheld", "hello"),
+              ("handheld", "QTY-5"), ("handheld", "96385074"), ("fixed", "MODE-MOVE"),
+              ("fixed", "LOC-A-01"), ("fixed", "LOC-B-02"), ("fixed", EAN), ("fixed", "QTY-2"),
+              ("fixed", EAN), ("fixed", "4006381333932")]
+    for scanner, text in script:
+        boot += 10**9
+        out = await station.handle(RawScan(scanner, text, text.encode(), time.time(), boot))
+        if out.event_id:
+            ids.append(out.event_id)
+    # The ledger accepted the first movement and quarantined the second.
+    await writer.call(lambda j: j.record_results(
+        [(1, "accepted", None, []), (2, "rejected", "unknown item", ["check the item"])],
+        time.time()))
+    await writer.call(lambda j: j.alert("sync", "ledger unreachable: connection refused"))
+    await writer.close()
+    return ids
+
+
+@pytest.fixture
+def shift(tmp_path: Path) -> tuple[Path, list[str]]:
+    config = write_config(tmp_path)
+    return config, asyncio.run(_shift(config))
+
+
+def invoke(*args: str) -> click.testing.Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+# -- check-config ----------------------------------------------------------------------------
+
+
+def test_check_config_accepts_a_valid_file(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    result = invoke("check-config", str(path))
+    assert result.exit_code == 0
+    assert result.stdout == (f"{path}: OK: station dock-3, site WH1, handheld (serial), "
+                             "fixed (tcp)\n")
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    pytest.param('station = "dock-3"\nsite = "WH1"\nstaion = "x"\n',
+                 "staion: unknown key (did you mean 'station'?)", id="typo"),
+    pytest.param('site = "WH1"\n', "station: required key is missing", id="missing-station"),
+    pytest.param('station = "dock-3"\nsite = "WH1"\n[[scanners]]\nname = "h"\ndriver = "serial"\n',
+                 "scanners[0].port: required key is missing", id="serial-without-port"),
+    pytest.param("station = \n", "invalid TOML: Invalid value (at line 1, column 11)",
+                 id="invalid-toml"),
+])
+def test_check_config_rejects_a_bad_file_with_one_message(tmp_path: Path, text: str,
+                                                          message: str) -> None:
+    path = tmp_path / "dock-3.toml"
+    path.write_text(text, encoding="utf-8")
+    result = invoke("check-config", str(path))
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr == f"scan-agent: {path}: {message}\n"
+
+
+def test_check_config_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    result = invoke("check-config", str(path))
+    assert result.exit_code == 2
+    assert result.stderr == f"scan-agent: {path}: file not found\n"
+
+
+@pytest.mark.parametrize(("valid", "code"), [pytest.param(True, 0, id="valid"),
+                                             pytest.param(False, 2, id="bad")])
+def test_installed_console_script_check_config(tmp_path: Path, valid: bool, code: int) -> None:
+    """The console script systemd and operators run, as a real process."""
+    path = write_config(tmp_path)
+    if not valid:
+        path.write_text(path.read_text().replace('port = "/dev/ttyACM0"',
+                                                 'port = "/dev/ttyACM0"\nbaudrate = "fast"'))
+    proc = subprocess.run([str(SCAN_AGENT), "check-config", str(path)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == code
+    if valid:
+        assert proc.stdout.startswith(f"{path}: OK: station dock-3")
+        assert proc.stderr == ""
+    else:
+        assert proc.stdout == ""
+        assert proc.stderr == (f"scan-agent: {path}: scanners[0].baudrate: expected an integer,"
+                               " got a string ('fast')\n")
+
+
+# -- status ----------------------------------------------------------------------------------
+
+
+def test_status_json_reports_queue_scanners_and_recent_errors(
+        shift: tuple[Path, list[str]]) -> None:
+    """Regression: next_seq was read from a meta row only prune writes, so status said 1 on
+    a journal holding four movements."""
+    config, ids = shift
+    result = invoke("status", "--config", str(config), "--json")
+    assert result.exit_code == 0, result.stderr
+    s = json.loads(result.stdout)
+    assert (s["station"], s["site"], s["ledger"]) == ("dock-3", "WH1", "http://127.0.0.1:8080")
+    assert len(ids) == 4
+    assert s["queue"]["pending"] == 2
+    assert s["queue"]["rejected"] == 1
+    assert s["queue"]["synced"] == 1
+    assert s["queue"]["next_seq"] == 5
+    assert s["queue"]["oldest_pending_age_s"] is not None
+    rejected = [(r["scanner"], r["text"], r["reason"]) for r in s["recent_rejections"]]
+    assert rejected == [
+        ("fixed", "4006381333932", "invalid GTIN check digit in 4006381333932: expected 1, got 2"),
+        ("handheld", "hello", "unknown barcode 'hello'"),
+    ], "newest first"
+    assert [e["message"] for e in s["recent_errors"]] == ["ledger unreachable: connection refused"]
+    assert s["ledger_warnings"] == [{"seq": 2, "warnings": ["check the item"]}]
+    by_name = {sc["name"]: sc for sc in s["scanners"]}
+    assert (by_name["handheld"]["mode"], by_name["handheld"]["to_location"],
+            by_name["handheld"]["reference"]) == ("receipt", "DOCK-3", "PO-1")
+    assert (by_name["fixed"]["mode"], by_name["fixed"]["from_location"],
+            by_name["fixed"]["to_location"]) == ("move", "A-01", "B-02")
+    assert by_name["fixed"]["last_scan"]["outcome"] == "rejected"
+    assert by_name["handheld"]["last_scan"]["text"] == "96385074"
+
+
+def test_status_text(shift: tuple[Path, list[str]]) -> None:
+    config, _ = shift
+    result = invoke("status", "--config", str(config))
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("station dock-3 (site WH1)")
+    assert "queue:  2 pending, 1 rejected (quarantined), 1 synced" in out
+    assert "mode=move from=A-01 to=B-02" in out
+    assert "recent rejected scans:" in out
+    assert "handheld: 'hello': unknown barcode 'hello'" in out
+    assert "sync: ledger unreachable: connection refused" in out
+    assert "seq 2: check the item" in out
+
+
+def test_status_without_a_journal_says_so(tmp_path: Path) -> None:
+    db = tmp_path / "never" / "journal.db"
+    config = write_config(tmp_path, db)
+    result = invoke("status", "--config", str(config))
+    assert result.exit_code == 1
+    assert result.stderr == (f"scan-agent: {db}: no journal here yet (has the agent run with "
+                             "this config?)\n")
+    assert not db.exists()
+
+
+def test_status_with_a_bad_config_is_the_config_message(tmp_path: Path) -> None:
+    path = tmp_path / "dock.toml"
+    path.write_text('station = "d"\n')
+    result = invoke("status", "--config", str(path))
+    assert result.exit_code == 2
+    assert result.stderr == f"scan-agent: {path}: site: required key is missing\n"
+
+
+# -- events ----------------------------------------------------------------------------------
+
+
+def test_events_json_newest_first(shift: tuple[Path, list[str]]) -> None:
+    config, ids = shift
+    result = invoke("events", "--config", str(config), "--json")
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [r["seq"] for r in rows] == [4, 3, 2, 1]
+    assert [r["event_id"] for r in rows] == ids[::-1]
+    assert [(r["type"], r["qty"], r["state"]) for r in rows] == [
+        ("move", 2, "pending"), ("move", 1, "pending"), ("receipt", 5, "rejected"),
+        ("receipt", 1, "synced")]
+    assert rows[0]["raw"] == ["QTY-2", EAN]
+    assert rows[1]["raw"] == ["LOC-A-01", "LOC-B-02", EAN]
+    assert (rows[0]["from_location"], rows[0]["to_location"]) == ("A-01", "B-02")
+    assert rows[2]["warnings"] == ["check the item"]
+    assert rows[3]["warnings"] == []
+
+
+def test_events_pending_only(shift: tuple[Path, list[str]]) -> None:
+    config, ids = shift
+    result = invoke("events", "--config", str(config), "--json", "--pending")
+    assert result.exit_code == 0, result.stderr
+    assert [r["event_id"] for r in json.loads(result.stdout)] == [ids[3], ids[2]]
+
+
+def test_events_limit(shift: tuple[Path, list[str]]) -> None:
+    config, _ = shift
+    result = invoke("events", "--config", str(config), "--json", "-n", "1")
+    assert [r["seq"] for r in json.loads(result.stdout)] == [4]
+
+
+def test_events_text_newest_first(shift: tuple[Path, list[str]]) -> None:
+    config, _ = shift
+    result = invoke("events", "--config", str(config))
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:4] == ["seq", "time", "(local)", "type"]
+    assert [int(line.split()[0]) for line in lines[1:]] == [4, 3, 2, 1]
+    assert "rejected" in lines[3] and "unknown item" in lines[3]
+
+
+def test_events_on_an_empty_journal(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    cfg = load_config(config)
+    Journal(cfg.database, cfg.station, cfg.site).close()
+    assert invoke("events", "--config", str(config)).stdout == "(no movements)\n"
+    assert json.loads(invoke("events", "--config", str(config), "--json").stdout) == []
+
+
+# -- help ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", sorted(main.commands))
+def test_every_command_has_help(command: str) -> None:
+    result = invoke(command, "--help")
+    assert result.exit_code == 0
+    assert result.stdout.startswith(f"Usage: main {command}")
+    doc = main.commands[command].help
+    assert doc, f"{command} has no help text"
+    assert " ".join(doc.split()) in " ".join(result.stdout.split())
+
+
+def test_top_level_help_lists_the_commands() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("run", "check-config", "status", "events", "devices", "demo"):
+        assert f"  {command}" in result.stdout

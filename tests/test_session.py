@@ -1,0 +1,384 @@
+"""Per-scanner sessions (DESIGN section 4): what each scan does to a scanner's state, and the
+movement it makes. Pure: tokens come from the real grammar, no journal."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.config import GrammarConfig, Mode
+from agent.grammar import interpret
+from agent.session import Defaults, Draft, SessionState, Step, apply, initial_state
+
+G = GrammarConfig(sku_patterns=(r"SKU-(?P<sku>[A-Z0-9]+)",))
+EAN = "4006381333931"
+ITEM = "04006381333931"
+EAN2 = "96385074"
+ITEM2 = "00000096385074"
+DOCK = Defaults(mode="receipt", location="DOCK-3")
+
+
+class Scanner:
+    """One scanner's session driven by barcode texts, keeping every step."""
+
+    def __init__(self, defaults: Defaults = DOCK, state: SessionState | None = None) -> None:
+        self.defaults = defaults
+        self.state = state or initial_state(defaults)
+        self.ids = (f"ev-{n}" for n in itertools.count(1))
+        self.steps: list[Step] = []
+
+    def scan(self, *texts: str) -> Step:
+        step = Step(self.state)
+        for text in texts:
+            step = apply(self.state, interpret(text, G), self.defaults, text,
+                         event_id=next(self.ids))
+            self.state = step.state
+            self.steps.append(step)
+        return step
+
+    def movements(self) -> list[Draft]:
+        return [s.movement for s in self.steps if s.movement is not None]
+
+
+def moved(step: Step) -> Draft:
+    assert step.rejected is None, step.rejected
+    assert step.movement is not None
+    return step.movement
+
+
+def test_initial_state_puts_the_default_location_in_the_modes_slot() -> None:
+    assert initial_state(DOCK) == SessionState(mode="receipt", to_location="DOCK-3")
+    assert initial_state(Defaults("count", "CC-1")) == SessionState(mode="count",
+                                                                      to_location="CC-1")
+    assert initial_state(Defaults("pick", "DOCK-3")) == SessionState(mode="pick",
+                                                                       from_location="DOCK-3")
+    assert initial_state(Defaults("move", None)) == SessionState(mode="move")
+
+
+# -- location rules per mode ---------------------------------------------------------------
+
+
+def test_receipt_lands_on_default_location_until_a_loc_scan() -> None:
+    sc = Scanner()
+    m = moved(sc.scan(EAN))
+    assert (m.type, m.item, m.qty, m.from_location, m.to_location) == (
+        "receipt", ITEM, 1, None, "DOCK-3")
+    m = moved(sc.scan("LOC-A-01", EAN2))
+    assert (m.type, m.item, m.from_location, m.to_location) == ("receipt", ITEM2, None, "A-01")
+    assert m.raw == ("LOC-A-01", EAN2), "the LOC scan is part of the movement's context"
+
+
+def test_receipt_without_any_location_is_rejected() -> None:
+    sc = Scanner(Defaults("receipt", None))
+    step = sc.scan(EAN)
+    assert step.rejected == "no location yet: scan LOC-<code> first"
+    assert step.movement is None
+
+
+def test_pick_takes_from_the_scanned_location() -> None:
+    sc = Scanner()
+    sc.scan("MODE-PICK")
+    assert sc.state.from_location is None and sc.state.to_location is None
+    step = sc.scan(EAN)
+    assert step.rejected == "no location yet: scan LOC-<code> first"
+    m = moved(sc.scan("LOC-B-07", EAN))
+    assert (m.type, m.from_location, m.to_location) == ("pick", "B-07", None)
+    m = moved(sc.scan("LOC-B-08", EAN))
+    assert (m.from_location, m.to_location) == ("B-08", None)
+
+
+def test_move_first_loc_is_from_second_is_to_third_starts_a_new_pair() -> None:
+    sc = Scanner()
+    sc.scan("MODE-MOVE", "LOC-A-01")
+    assert (sc.state.from_location, sc.state.to_location) == ("A-01", None)
+    sc.scan("LOC-B-02")
+    assert (sc.state.from_location, sc.state.to_location) == ("A-01", "B-02")
+    m = moved(sc.scan(EAN))
+    assert (m.type, m.from_location, m.to_location) == ("move", "A-01", "B-02")
+    m = moved(sc.scan(EAN2))
+    assert (m.from_location, m.to_location) == ("A-01", "B-02"), "the pair stays for more items"
+    sc.scan("LOC-C-03")
+    assert (sc.state.from_location, sc.state.to_location) == ("C-03", None)
+    step = sc.scan(EAN)
+    assert step.rejected == "move without a to-location: scan LOC-<to> first"
+    m = moved(sc.scan("LOC-D-04", EAN))
+    assert (m.from_location, m.to_location) == ("C-03", "D-04")
+
+
+def test_move_without_any_location_is_rejected() -> None:
+    sc = Scanner()
+    sc.scan("MODE-MOVE")
+    assert sc.scan(EAN).rejected == "no location yet: scan LOC-<from> then LOC-<to> first"
+
+
+def test_move_to_the_same_location_is_rejected_and_keeps_the_from() -> None:
+    sc = Scanner()
+    sc.scan("MODE-MOVE", "LOC-A-01")
+    before = sc.state
+    step = sc.scan("LOC-A-01")
+    assert step.rejected == "move to the same location A-01: scan a different to-location"
+    assert sc.state == before
+
+
+def test_count_counts_in_the_scanned_bin() -> None:
+    sc = Scanner()
+    sc.scan("MODE-COUNT")
+    assert sc.scan(EAN).rejected == "no bin yet: scan LOC-<bin> before counting"
+    m = moved(sc.scan("LOC-C-01", EAN))
+    assert (m.type, m.from_location, m.to_location, m.qty) == ("count", None, "C-01", 1)
+
+
+def test_mode_switch_clears_locations_but_keeps_reference_and_operator() -> None:
+    sc = Scanner()
+    sc.scan("REF-PO-1", "USER-u17", "LOC-A-01", "MODE-PICK")
+    assert sc.state == SessionState(mode="pick", reference="PO-1", operator="u17",
+                                    history=sc.state.history)
+
+
+# -- defaults and per-scanner overrides ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("mode", "location", "expect"), [
+    pytest.param("receipt", "DOCK-3", ("receipt", None, "DOCK-3"), id="receipt-dock"),
+    pytest.param("pick", "PICK-FACE", ("pick", "PICK-FACE", None), id="pick-face"),
+    pytest.param("count", "CC-1", ("count", None, "CC-1"), id="count-bin"),
+])
+def test_scanner_defaults_decide_the_first_movement(mode: Mode, location: str,
+                                                    expect: tuple[str, str | None, str | None]
+                                                    ) -> None:
+    """A scanner's own mode/location (config overrides) apply with no setup scans."""
+    m = moved(Scanner(Defaults(mode, location)).scan(EAN))
+    assert (m.type, m.from_location, m.to_location) == expect
+
+
+def test_default_move_location_is_the_from_side() -> None:
+    sc = Scanner(Defaults("move", "DOCK-3"))
+    assert sc.scan(EAN).rejected == "move without a to-location: scan LOC-<to> first"
+    m = moved(sc.scan("LOC-A-01", EAN))
+    assert (m.from_location, m.to_location) == ("DOCK-3", "A-01")
+
+
+def test_sessions_are_per_scanner() -> None:
+    """One scanner's LOC/QTY never leaks into another's movements."""
+    a, b = Scanner(), Scanner()
+    a.scan("MODE-PICK", "LOC-B-07", "QTY-5")
+    m = moved(b.scan(EAN))
+    assert (m.type, m.to_location, m.qty) == ("receipt", "DOCK-3", 1)
+    m = moved(a.scan(EAN))
+    assert (m.type, m.from_location, m.qty) == ("pick", "B-07", 5)
+
+
+# -- QTY, REF, USER --------------------------------------------------------------------------
+
+
+def test_qty_applies_to_the_next_item_only() -> None:
+    sc = Scanner()
+    assert moved(sc.scan("QTY-12", EAN)).qty == 12
+    assert sc.state.qty is None
+    assert moved(sc.scan(EAN)).qty == 1
+
+
+def test_qty_survives_a_rejected_item_scan() -> None:
+    """The operator fixes the location and rescans; the quantity they set still applies."""
+    sc = Scanner(Defaults("pick", None))
+    assert sc.scan("QTY-4", EAN).rejected == "no location yet: scan LOC-<code> first"
+    assert moved(sc.scan("LOC-B-07", EAN)).qty == 4
+
+
+def test_gs1_count_multiplies_the_quantity() -> None:
+    sc = Scanner()
+    assert moved(sc.scan("]C10100614141999996" + "3012")).qty == 12
+    assert moved(sc.scan("QTY-3", "]C10100614141999996" + "3012")).qty == 36
+
+
+def test_gs1_lot_serial_and_expiry_reach_the_movement() -> None:
+    m = moved(Scanner().scan("]C10100614141999996" + "17261130" + "10L7\x1d21S9"))
+    assert (m.item, m.lot, m.serial, m.expiry) == ("00614141999996", "L7", "S9", "2026-11-30")
+
+
+def test_site_sku_becomes_the_item() -> None:
+    assert moved(Scanner().scan("SKU-AB12")).item == "AB12"
+
+
+def test_reference_and_operator_stick_until_changed() -> None:
+    sc = Scanner()
+    sc.scan("REF-PO-1", "USER-u17")
+    first, second = moved(sc.scan(EAN)), moved(sc.scan(EAN2))
+    assert (first.reference, first.operator) == ("PO-1", "u17")
+    assert (second.reference, second.operator) == ("PO-1", "u17")
+    m = moved(sc.scan("REF-PO-2", "USER-u18", EAN))
+    assert (m.reference, m.operator) == ("PO-2", "u18")
+
+
+def test_require_operator_rejects_items_until_a_badge_scan() -> None:
+    sc = Scanner(Defaults("receipt", "DOCK-3", require_operator=True))
+    before = sc.state
+    step = sc.scan(EAN)
+    assert step.rejected == "operator badge required: scan USER-<id> first"
+    assert sc.state == before
+    assert moved(sc.scan("USER-u17", EAN)).operator == "u17"
+
+
+# -- CMD-UNDO -----------------------------------------------------------------------------
+
+
+def test_undo_voids_the_last_movement_then_walks_back() -> None:
+    sc = Scanner()
+    first = moved(sc.scan("REF-PO-1", "USER-u17", EAN))
+    second = moved(sc.scan("LOC-A-01", "QTY-3", EAN2))
+    void = moved(sc.scan("CMD-UNDO"))
+    assert void.type == "void" and void.voids == second.event_id
+    assert (void.item, void.qty, void.to_location) == (ITEM2, 3, "A-01")
+    assert (void.reference, void.operator) == ("PO-1", "u17")
+    assert void.event_id not in (first.event_id, second.event_id)
+    void2 = moved(sc.scan("CMD-UNDO"))
+    assert void2.voids == first.event_id
+    assert (void2.item, void2.qty, void2.to_location) == (ITEM, 1, "DOCK-3")
+    step = sc.scan("CMD-UNDO")
+    assert step.rejected == "nothing to undo on this scanner"
+    assert step.movement is None
+
+
+def test_undo_with_nothing_to_undo_changes_nothing() -> None:
+    sc = Scanner()
+    before = sc.state
+    assert sc.scan("CMD-UNDO").rejected == "nothing to undo on this scanner"
+    assert sc.state == before
+
+
+def test_undo_is_per_scanner() -> None:
+    a, b = Scanner(), Scanner()
+    moved(a.scan(EAN))
+    assert b.scan("CMD-UNDO").rejected == "nothing to undo on this scanner"
+
+
+def test_undo_keeps_the_current_locations() -> None:
+    sc = Scanner()
+    sc.scan("MODE-MOVE", "LOC-A-01", "LOC-B-02", EAN)
+    void = moved(sc.scan("CMD-UNDO"))
+    assert (void.from_location, void.to_location) == ("A-01", "B-02")
+    assert (sc.state.from_location, sc.state.to_location) == ("A-01", "B-02")
+
+
+# -- count semantics ------------------------------------------------------------------------
+
+
+def test_count_sends_the_running_total_per_item_and_bin() -> None:
+    """DESIGN section 5: each count event carries the counted on-hand so far, absolute."""
+    sc = Scanner()
+    sc.scan("MODE-COUNT", "LOC-C-01")
+    assert [moved(sc.scan(EAN)).qty for _ in range(3)] == [1, 2, 3]
+    assert moved(sc.scan("QTY-10", EAN)).qty == 13
+    assert moved(sc.scan(EAN2)).qty == 1, "another item has its own total"
+    assert moved(sc.scan("LOC-C-02", EAN)).qty == 1, "another bin has its own total"
+    assert moved(sc.scan("LOC-C-01", EAN)).qty == 14, "back in the first bin, the count goes on"
+
+
+def test_count_totals_are_per_lot() -> None:
+    sc = Scanner()
+    sc.scan("MODE-COUNT", "LOC-C-01")
+    lot_a = "]C10100614141999996" + "10A"
+    lot_b = "]C10100614141999996" + "10B"
+    assert [moved(sc.scan(t)).qty for t in (lot_a, lot_a, lot_b)] == [1, 2, 1]
+
+
+def test_mode_switch_starts_a_new_count() -> None:
+    sc = Scanner()
+    sc.scan("MODE-COUNT", "LOC-C-01", EAN, EAN)
+    sc.scan("MODE-COUNT", "LOC-C-01")
+    assert moved(sc.scan(EAN)).qty == 1
+
+
+def test_undo_of_a_count_restores_the_running_total() -> None:
+    sc = Scanner()
+    sc.scan("MODE-COUNT", "LOC-C-01", EAN, "QTY-5")
+    third = moved(sc.scan(EAN))
+    assert third.qty == 6
+    void = moved(sc.scan("CMD-UNDO"))
+    assert (void.type, void.voids, void.qty) == ("void", third.event_id, 6)
+    assert moved(sc.scan(EAN)).qty == 2, "counting resumes from 1, not from 6"
+    sc.scan("CMD-UNDO", "CMD-UNDO")
+    assert moved(sc.scan(EAN)).qty == 1, "undoing the first count leaves nothing counted"
+
+
+# -- CMD-RESET ------------------------------------------------------------------------------
+
+
+def test_reset_returns_to_defaults_and_clears_qty_and_reference() -> None:
+    sc = Scanner()
+    sc.scan("REF-PO-1", "USER-u17", "MODE-COUNT", "LOC-C-01", EAN, "QTY-7")
+    step = sc.scan("CMD-RESET")
+    assert step.rejected is None and step.movement is None
+    s = sc.state
+    assert (s.mode, s.from_location, s.to_location, s.qty, s.reference, s.counts) == (
+        "receipt", None, "DOCK-3", None, None, ())
+    m = moved(sc.scan(EAN))
+    assert (m.type, m.to_location, m.qty, m.reference) == ("receipt", "DOCK-3", 1, None)
+
+
+def test_reset_keeps_the_operator_and_what_can_be_undone() -> None:
+    """The badge stays logged in, and an item scanned just before a reset can still be voided."""
+    sc = Scanner()
+    last = moved(sc.scan("USER-u17", EAN))
+    sc.scan("CMD-RESET")
+    assert sc.state.operator == "u17"
+    assert moved(sc.scan("CMD-UNDO")).voids == last.event_id
+
+
+# -- rejections leave the state alone -------------------------------------------------------
+
+
+@pytest.mark.parametrize("setup", [
+    pytest.param(("MODE-PICK",), id="pick-without-location"),
+    pytest.param(("MODE-MOVE",), id="move-without-any-location"),
+    pytest.param(("MODE-MOVE", "LOC-A-01"), id="move-without-to-location"),
+    pytest.param(("MODE-COUNT",), id="count-without-bin"),
+])
+@pytest.mark.parametrize("scan", [EAN, "4006381333932", "hello", "QTY-0", "LOC-"])
+def test_rejections_leave_state_unchanged(setup: tuple[str, ...], scan: str) -> None:
+    sc = Scanner()
+    sc.scan("REF-PO-1", "QTY-3", *setup)
+    before = sc.state
+    step = sc.scan(scan)
+    assert step.rejected is not None
+    assert step.movement is None
+    assert step.state == before
+    assert sc.state == before
+
+
+# -- persistence -----------------------------------------------------------------------------
+
+
+def states_after(texts: Iterable[str], defaults: Defaults) -> SessionState:
+    sc = Scanner(defaults)
+    sc.scan(*texts)
+    return sc.state
+
+
+def test_json_round_trip_of_a_busy_session() -> None:
+    s = states_after(["USER-u1", "REF-R", "MODE-COUNT", "LOC-C", EAN, "]C10100614141999996"
+                      "10L1", "QTY-3", "MODE-MOVE", "LOC-A", "LOC-B", EAN2], DOCK)
+    assert s.history and s.context == () and s.operator == "u1"
+    assert SessionState.from_json(s.to_json()) == s
+
+
+_scans = st.sampled_from([
+    "MODE-RECEIPT", "MODE-PICK", "MODE-MOVE", "MODE-COUNT", "LOC-A-01", "LOC-B-02", "LOC-C",
+    "QTY-2", "QTY-9999", "REF-PO-1", "USER-u17", "CMD-UNDO", "CMD-RESET", EAN, EAN2,
+    "]C10100614141999996" + "10LOT\x1d21SER", "SKU-X1", "hello", "4006381333932",
+])
+_defaults = st.builds(Defaults, st.sampled_from(["receipt", "pick", "move", "count"]),
+                      st.sampled_from([None, "DOCK-3"]), st.booleans())
+
+
+@settings(max_examples=150, deadline=None)
+@given(texts=st.lists(_scans, max_size=40), defaults=_defaults)
+def test_any_session_survives_a_json_round_trip(texts: list[str], defaults: Defaults) -> None:
+    """The journal stores each scanner's state as JSON; a restart must restore it exactly,
+    including what CMD-UNDO can still reach and the running counts."""
+    s = states_after(texts, defaults)
+    assert SessionState.from_json(s.to_json()) == s
