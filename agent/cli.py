@@ -58,6 +58,7 @@ def run(config_path: str) -> None:
     cfg = _load(config_path)
     logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
     from agent.daemon import run as run_daemon
 
     try:

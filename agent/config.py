@@ -385,7 +385,8 @@ def _ledger(t: _Table | None, base_dir: Path | None) -> LedgerConfig | None:
     url = t.text("url", _REQUIRED)
     if not re.match(r"^https?://[^\s/]+", url):
         raise t.error("url", f"expected an http:// or https:// URL, got {url!r}")
-    opt_path = {k: t.text(k, None) for k in ("token_file", "ca_bundle", "client_cert", "client_key")}
+    opt_path = {k: t.text(k, None)
+                for k in ("token_file", "ca_bundle", "client_cert", "client_key")}
     paths = {k: (_path(base_dir, v) if v else None) for k, v in opt_path.items()}
     cfg = LedgerConfig(
         url=url.rstrip("/"),

@@ -20,7 +20,16 @@ from agent.capture import Outcome, Station
 from agent.clock import TimeBase, boot_id, kernel_clock_synced
 from agent.config import Config
 from agent.errors import AgentError, JournalError
+from agent.feedback import Feedback, build_feedback
 from agent.journal import Journal, JournalWriter
+from agent.metrics import (
+    MetricsServer,
+    MetricsSnapshot,
+    parse_listen,
+    serve_metrics,
+    textfile_task,
+)
+from agent.notify import Notifier, watchdog_task
 from drivers import open_scanner
 from drivers.base import Scanner, ScannerState
 
@@ -31,6 +40,7 @@ __all__ = ["Agent", "run"]
 
 log = logging.getLogger("scan_agent")
 _PRUNE_EVERY = 3600.0
+_REPORT_EVERY = 5.0
 
 
 @dataclass
@@ -48,6 +58,10 @@ class Agent:
     station: Station | None = None
     sync: SyncLoop | None = None
     scanners: dict[str, Scanner] = field(default_factory=dict)
+    notifier: Notifier = field(default_factory=Notifier.from_env)
+    feedback: Feedback | None = None
+    queue_gauge: dict[str, Any] = field(default_factory=dict)
+    _metrics_server: MetricsServer | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _time_base: TimeBase = field(default_factory=lambda: TimeBase(boot_id()))
 
@@ -79,12 +93,15 @@ class Agent:
         self.station.listeners.append(self._count)
         await self.station.start()
         await self.writer.call(lambda j: j.prune(cfg.retention_days))
+        await self._refresh_queue()
+        self.feedback = build_feedback(cfg.feedback, log_line=False)
 
         if cfg.ledger is not None:
             from agent.sync import SyncLoop
 
             self.sync = SyncLoop(cfg, self.writer)
             self.station.listeners.append(self.sync.on_capture)
+            self.sync.warning_listeners.append(self.feedback.warning)
             self._tasks.append(asyncio.create_task(self.sync.run(), name="sync"))
 
         for sc in cfg.scanners:
@@ -93,9 +110,75 @@ class Agent:
             self.scanner_states[sc.name] = scanner.state
             self._tasks.append(asyncio.create_task(self._read(scanner), name=f"scan:{sc.name}"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        self._tasks.append(asyncio.create_task(self._report(), name="report"))
+        self._tasks.append(asyncio.create_task(
+            watchdog_task(self.notifier, self.stopping), name="watchdog"))
+        if cfg.metrics.textfile:
+            self._tasks.append(asyncio.create_task(textfile_task(
+                cfg.metrics.textfile, cfg.metrics.interval, self.snapshot, self.stopping),
+                name="metrics-textfile"))
+        if cfg.metrics.listen:
+            host, port = parse_listen(cfg.metrics.listen)
+            self._metrics_server = await serve_metrics(host, port, self.snapshot)
         self.ready.set()
+        self.notifier.ready(self.status_line())
         log.info("station %s (%s) ready: %d scanner(s), journal %s", cfg.station, cfg.site,
                  len(cfg.scanners), cfg.database)
+
+    async def _refresh_queue(self) -> None:
+        """Queue depth for metrics and STATUS=, read on the writer thread (never the loop)."""
+        assert self.writer is not None
+
+        def read(j: Journal) -> dict[str, Any]:
+            counts = j.counts()
+            oldest = j.oldest_pending()
+            return {"pending": counts.get("pending", 0), "rejected": counts.get("rejected", 0),
+                    "oldest_wall": oldest["wall_time"] if oldest else None}
+
+        with contextlib.suppress(AgentError):
+            self.queue_gauge = await self.writer.call(read)
+
+    def snapshot(self) -> MetricsSnapshot:
+        """The station's numbers, from memory (cheap enough to call on the event loop)."""
+        now = time.time()
+        scans = {k.removeprefix("scans_"): v for k, v in self.counters.items()
+                 if k.startswith("scans_")}
+        moves = {k.removeprefix("movements_"): v for k, v in self.counters.items()
+                 if k.startswith("movements_")}
+        q = self.queue_gauge
+        best = self.time_base.best
+        return MetricsSnapshot(
+            station=self.config.station, site=self.config.site, scans_total=scans,
+            movements_total=moves, pending=q.get("pending", 0), rejected=q.get("rejected", 0),
+            oldest_pending_age_seconds=(now - q["oldest_wall"]) if q.get("oldest_wall") else None,
+            last_sync_success_timestamp=self.sync.stats.last_ok if self.sync else None,
+            clock_offset_seconds=best.wall_offset_ms / 1000 if best else None,
+            clock_basis="ledger" if best else "wall",
+            scanner_connected={n: st.connected for n, st in self.scanner_states.items()},
+            start_time=self.started_at,
+        )
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: scanners up, pending, last sync."""
+        up = sum(1 for st in self.scanner_states.values() if st.connected)
+        parts = [f"{up}/{len(self.scanner_states)} scanners up",
+                 f"{self.queue_gauge.get('pending', 0)} pending"]
+        if self.sync is not None:
+            last = self.sync.stats.last_ok
+            parts.append("last sync " + (f"{time.time() - last:.0f}s ago" if last else "never"))
+            if self.sync.stats.last_error:
+                parts.append(f"sync error: {self.sync.stats.last_error}")
+        return ", ".join(parts)
+
+    async def _report(self) -> None:
+        """Every few seconds: refresh the queue gauge and tell systemd how the dock is."""
+        while not self.stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), _REPORT_EVERY)
+            if self.stopping.is_set():
+                return
+            await self._refresh_queue()
+            self.notifier.status(self.status_line())
 
     def _count(self, o: Outcome) -> None:
         self.counters[f"scans_{o.status}"] += 1
@@ -126,6 +209,11 @@ class Agent:
                 await scanner.acknowledge(outcome.ok)
             except AgentError as exc:
                 log.warning("scanner %s: feedback failed: %s", scanner.name, exc)
+            if self.feedback is not None:
+                if outcome.ok:
+                    self.feedback.good(outcome.note)
+                else:
+                    self.feedback.error(outcome.reason or outcome.status)
             if outcome.status == "failed":
                 with contextlib.suppress(AgentError):
                     assert self.writer is not None
@@ -150,7 +238,13 @@ class Agent:
 
     async def close(self) -> None:
         """Stop in order: scanners, capture in flight, sync, journal. Idempotent."""
+        if not self.stopping.is_set():
+            self.notifier.stopping()
         self.stopping.set()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            await self._metrics_server.wait_closed()
+            self._metrics_server = None
         for scanner in self.scanners.values():
             with contextlib.suppress(AgentError, OSError):
                 await scanner.close()
@@ -175,6 +269,10 @@ class Agent:
         if self.writer is not None:
             await self.writer.close()
             self.writer = None
+        if self.feedback is not None:
+            self.feedback.close()
+            self.feedback = None
+        self.notifier.close()
 
 
 async def run(config: Config) -> None:

@@ -233,7 +233,7 @@ class Shift:
         self.scan("recv", "USER-maria", "REF-PO-4711", "QTY-10", g["A"], "QTY-5", g["B"],
                   "QTY-1", g["F"], "hello-world")
         n.stage("put-away (its clock is 10 minutes behind) moves them to their bins")
-        self.scan("putaway", "USER-tom", "LOC-DOCK-1", "LOC-A-01", "QTY-10", g["A"],
+        self.scan("putaway", "USER-tom", "LOC-A-01", "QTY-10", g["A"],
                   "LOC-DOCK-1", "LOC-B-01", "QTY-5", g["B"], "LOC-DOCK-1", "LOC-F-01", g["F"])
         self.wait_drained(["recv", "putaway"])
         n.stage("picking starts")
@@ -366,6 +366,7 @@ def run_demo(*, keep: bool = False, speed: float = 1.0, workdir: str | None = No
         proxy_thread = threading.Thread(target=loop.run_forever, name="proxies", daemon=True)
         proxy_thread.start()
         lines: queue.Queue[tuple[str, str]] = queue.Queue()
+        pumps: list[threading.Thread] = []
         try:
             for d in docks.values():
                 d.token = ledger.add_station(d.station, site=SITE)
@@ -376,8 +377,10 @@ def run_demo(*, keep: bool = False, speed: float = 1.0, workdir: str | None = No
                 cmd, env, how = _agent_command(d)
                 d.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                          text=True, errors="replace")
-                threading.Thread(target=_pump, args=(d, n, lines), daemon=True).start()
+                                          text=True, errors="replace", start_new_session=True)
+                pump = threading.Thread(target=_pump, args=(d, n, lines), daemon=True)
+                pump.start()
+                pumps.append(pump)
                 extra = f", wall clock {SKEW_S // 60:+d} min via {how}" if how else ""
                 n.line("demo", f"started {d.station} ({d.role}, default {d.mode} at "
                        f"{d.location}, scanner on {d.port}{extra})")
@@ -386,6 +389,9 @@ def run_demo(*, keep: bool = False, speed: float = 1.0, workdir: str | None = No
                     raise click.ClickException(f"{d.station} did not start; see its log above")
             shift = Shift(docks, n, ledger.url, speed)
             shift.run()
+            _stop_agents(docks)
+            for t in pumps:
+                t.join(5)
             lines_out, facts = _summary(docks, shift.http)
             for line in lines_out:
                 click.echo(line)
@@ -405,7 +411,6 @@ def run_demo(*, keep: bool = False, speed: float = 1.0, workdir: str | None = No
             click.echo(f"Dashboard: {ledger.url}/   (shift took {elapsed:.1f}s)")
             if keep:
                 click.echo("--keep: the ledger keeps running; press Ctrl-C to stop.")
-                _stop_agents(docks)
                 with contextlib.suppress(KeyboardInterrupt):
                     signal.pause()
             return not fails
@@ -426,13 +431,16 @@ def run_demo(*, keep: bool = False, speed: float = 1.0, workdir: str | None = No
 
 
 def _stop_agents(docks: dict[str, Dock]) -> None:
+    # each agent runs in its own process group, so faketime and its child both get the signal
     for d in docks.values():
         if d.proc is not None and d.proc.poll() is None:
-            d.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(d.proc.pid, signal.SIGTERM)
     for d in docks.values():
         if d.proc is not None:
             try:
                 d.proc.wait(10)
             except subprocess.TimeoutExpired:
-                d.proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(d.proc.pid, signal.SIGKILL)
                 d.proc.wait()

@@ -220,15 +220,17 @@ class CombinedFeedback:
 
 
 def build_feedback(cfg: FeedbackConfig, *, logger: logging.Logger | None = None,
-                   pin_factory: Any = None, strict: bool = False) -> Feedback:
-    """The feedback a dock's ``[feedback]`` table asks for: always the log line, plus GPIO
-    when any pin is set.
+                   pin_factory: Any = None, strict: bool = False,
+                   log_line: bool = True) -> Feedback:
+    """The feedback a dock's ``[feedback]`` table asks for: the log line (unless ``log_line``
+    is False, for a caller that logs each outcome itself), plus GPIO when any pin is set.
 
     When the GPIO pins cannot be opened the error is logged and the dock goes on with the log
     line only (a broken buzzer must not stop capture); with ``strict=True`` it is raised instead
     (for ``scan-agent check-config``-style checks).
     """
-    line = LogFeedback(logger)
+    lines: list[Feedback] = [LogFeedback(logger)] if log_line else []
+    line: Feedback = lines[0] if lines else CombinedFeedback([])
     pins = (cfg.buzzer_pin, cfg.good_led_pin, cfg.error_led_pin, cfg.warning_led_pin)
     if all(p is None for p in pins):
         return line
@@ -237,6 +239,6 @@ def build_feedback(cfg: FeedbackConfig, *, logger: logging.Logger | None = None,
     except AgentError as exc:
         if strict:
             raise
-        log.error("%s; continuing with log feedback only", exc)
+        log.error("%s; continuing without GPIO feedback", exc)
         return line
-    return CombinedFeedback([gpio, line])
+    return CombinedFeedback([gpio, *lines])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -86,7 +87,7 @@ def test_agent_ten_minutes_off_still_stamps_true_time(tmp_path: Path) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = subprocess.Popen(
             ["faketime", "-f", "-600s", sys.executable, "-m", "agent.cli", "run", "--config",
-             str(cfg)], env=env, stderr=subprocess.PIPE, text=True)
+             str(cfg)], env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             written: list[float] = []
             time.sleep(2.0)  # start-up (libfaketime slows nothing, but the import takes time)
@@ -102,7 +103,7 @@ def test_agent_ten_minutes_off_still_stamps_true_time(tmp_path: Path) -> None:
                                    params={"station": "dock-9"}).json()["events"]
                 time.sleep(0.2)
         finally:
-            proc.terminate()
+            os.killpg(proc.pid, signal.SIGTERM)  # faketime and the agent it runs
             _, err = proc.communicate(timeout=20)
             os.close(master)
             os.close(slave)

@@ -151,9 +151,13 @@ async def test_thirty_percent_server_errors(rig: Rig) -> None:
 
 async def test_reset_after_commit_is_a_duplicate_counted_once(rig: Rig) -> None:
     """The ledger committed but the answer was lost: the retry comes back ``duplicate``."""
-    rig.proxy.faults.reset_after_commit_rate = 0.5
     rig.start()
-    await rig.receive(80, seed=3)
+    await rig.receive(1, seed=3)
+    await rig.wait_drained()  # clock sampled: from here on every request carries events
+    rig.proxy.faults.reset_after_commit_rate = 0.5
+    for i in range(40):  # one batch per scan, so about half of them lose their answer
+        await rig.receive(1, seed=100 + i)
+        await asyncio.sleep(0.02)
     await rig.wait_drained()
     assert rig.proxy.counts.injected > 0
     assert rig.sync.stats.duplicate > 0
