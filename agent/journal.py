@@ -393,11 +393,29 @@ def _resolve(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], result: 
         loop.call_soon_threadsafe(settle)
 
 
+def _settle_all(loop: asyncio.AbstractEventLoop, futs: list[asyncio.Future[Captured]],
+                outcomes: list[Captured | Exception]) -> None:
+    """Settle a committed group's futures with one wake-up of the loop."""
+
+    def settle() -> None:
+        for fut, outcome in zip(futs, outcomes, strict=True):
+            if fut.done():
+                continue
+            if isinstance(outcome, Exception):
+                fut.set_exception(outcome)
+            else:
+                fut.set_result(outcome)
+
+    with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+        loop.call_soon_threadsafe(settle)
+
+
 class JournalWriter:
     """The journal on its own thread, for the asyncio daemon; the single writer.
 
-    ``await writer.capture(c)`` resolves once ``c`` is committed. Captures that queue up while
-    a commit is in flight are committed together in the next transaction.
+    ``await writer.capture(c)`` resolves once ``c`` is committed. Captures made in the same
+    turn of the event loop travel to the writer together, and captures that queue up while a
+    commit is in flight are committed together in the next transaction (group commit).
 
     >>> async with JournalWriter(journal) as w:      # doctest: +SKIP
     ...     captured = await w.capture(record)
@@ -408,6 +426,7 @@ class JournalWriter:
         self._q: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
         self._closed = False
+        self._outbox: list[tuple[Capture, asyncio.Future[Captured]]] = []
         self._thread.start()
 
     async def __aenter__(self) -> JournalWriter:
@@ -417,10 +436,19 @@ class JournalWriter:
         await self.close()
 
     async def capture(self, record: Capture) -> Captured:
+        if self._closed:
+            raise JournalError("journal is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Captured] = loop.create_future()
-        self._put(("capture", record, fut, loop))
+        if not self._outbox:
+            loop.call_soon(self._flush, loop)
+        self._outbox.append((record, fut))
         return await fut
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hand this loop turn's captures to the writer thread as one group."""
+        batch, self._outbox = self._outbox, []
+        self._q.put(("capture", batch, loop))
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(journal, *args)`` on the writer thread (sync updates, reads, prune)."""
@@ -452,17 +480,27 @@ class JournalWriter:
             pending.clear()
         self.journal.close()
 
+    def _capture_one(self, record: Capture) -> Captured | Exception:
+        try:
+            return self.journal.capture([record])[0]
+        except Exception as exc:
+            return exc
+
     def _process(self, items: list[tuple[Any, ...]]) -> None:
-        group = [it for it in items if it[0] == "capture"]
+        group = [c for it in items if it[0] == "capture" for c in it[1]]
         if group:
+            loop = next(it[2] for it in items if it[0] == "capture")
+            outcomes: list[Captured | Exception]
             try:
-                done = self.journal.capture([it[1] for it in group])
-            except Exception as exc:  # every waiter learns of the failure
-                for it in group:
-                    _resolve(it[3], it[2], None, exc)
-            else:
-                for it, res in zip(group, done, strict=True):
-                    _resolve(it[3], it[2], res, None)
+                outcomes = list(self.journal.capture([c[0] for c in group]))
+            except JournalFullError as exc:  # no single record is to blame
+                outcomes = [exc] * len(group)
+            except Exception as exc:
+                # One bad record must not fail the scans that shared its transaction:
+                # commit them one by one, so only the bad one is refused.
+                outcomes = [exc] if len(group) == 1 else [
+                    self._capture_one(c[0]) for c in group]
+            _settle_all(loop, [c[1] for c in group], outcomes)
         for it in items:
             if it[0] != "call":
                 continue

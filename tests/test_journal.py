@@ -214,6 +214,20 @@ async def test_a_failing_capture_fails_its_group_but_not_later_ones(path: Path) 
     assert seqs(path) == [1, 2]
 
 
+async def test_a_bad_record_in_a_group_does_not_fail_the_scans_sharing_its_commit(
+        path: Path) -> None:
+    """Regression: scans from other scanners committed in the same group as a record the
+    journal refuses must still be committed and acknowledged, not NAKed with it."""
+    journal = Journal(path, "dock-3", "WH1")
+    async with JournalWriter(journal) as writer:
+        good1, bad, good2 = capture(draft()), capture(draft(item=None)), capture(draft())
+        results = await asyncio.gather(writer.capture(good1), writer.capture(bad),
+                                       writer.capture(good2), return_exceptions=True)
+        assert isinstance(results[1], JournalError)
+        assert [r.seq for r in (results[0], results[2])] == [1, 2]  # type: ignore[union-attr]
+    assert seqs(path) == [1, 2]
+
+
 async def test_writer_close_is_idempotent_and_refuses_new_work(path: Path) -> None:
     writer = JournalWriter(Journal(path, "dock-3", "WH1"))
     await writer.capture(capture(draft()))
