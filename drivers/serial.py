@@ -31,15 +31,15 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final
 
 import serial
 from serial.urlhandler import protocol_socket
 
 from agent.errors import DriverError
-from drivers.base import RawScan, ScannerState, StateCallback, boottime_ns
+from drivers.base import StateCallback, boottime_ns
 from drivers.framing import Backoff, Framer, encode_setting
+from drivers.supervised import SupervisedScanner
 
 if TYPE_CHECKING:
     from agent.config import SerialScannerConfig
@@ -52,13 +52,6 @@ _READ_SIZE: Final = 4096
 #: How long a reader thread waits in one read, i.e. how soon it notices close().
 _THREAD_READ_TIMEOUT: Final = 0.1
 _WRITE_TIMEOUT: Final = 1.0
-
-
-class _End:
-    """Queued after the last scan: the iterator is finished."""
-
-
-_END: Final = _End()
 
 
 # pyserial flushes the input on open. A scan that arrived while the driver was reopening the
@@ -92,12 +85,14 @@ class _Connection:
     received: bool = False
 
 
-class SerialScanner:
+class SerialScanner(SupervisedScanner):
     """A serial barcode scanner: ``async for scan in scanner`` yields :class:`RawScan`.
 
     ``backoff_start`` and ``backoff_cap`` (seconds) bound the delay between reopen attempts;
     ``watch_interval`` is how often an idle device path is checked for having vanished.
     """
+
+    kind = "serial"
 
     def __init__(
         self,
@@ -108,9 +103,8 @@ class SerialScanner:
         backoff_cap: float = 5.0,
         watch_interval: float = 1.0,
     ) -> None:
-        self.name = cfg.name
+        super().__init__(cfg.name, on_state, "not opened yet")
         self.cfg = cfg
-        self._on_state = on_state
         self._watch_interval = watch_interval
         try:
             self._backoff = Backoff(backoff_start, backoff_cap)
@@ -132,31 +126,9 @@ class SerialScanner:
                     f"scanner {cfg.name!r}: port {cfg.port!r}: unknown pyserial URL scheme "
                     f"{scheme!r} (e.g. socket://, rfc2217://, loop://)"
                 ) from None
-        self._state = ScannerState(cfg.name, False, "not opened yet")
-        self._queue: asyncio.Queue[RawScan | _End] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
         self._conn: _Connection | None = None
-        self._closed = False
-        self._done = asyncio.Event()
 
-    # -- the Scanner protocol ---------------------------------------------------------------
-
-    @property
-    def state(self) -> ScannerState:
-        """Connected or not, and why not."""
-        return self._state
-
-    def __aiter__(self) -> SerialScanner:
-        self._start()
-        return self
-
-    async def __anext__(self) -> RawScan:
-        self._start()
-        item = await self._queue.get()
-        if isinstance(item, _End):
-            self._queue.put_nowait(item)  # every later call ends too
-            raise StopAsyncIteration
-        return item
+    # -- the Scanner protocol (the rest is SupervisedScanner's) -------------------------------
 
     async def acknowledge(self, ok: bool) -> None:
         """Send ``ack`` (``ok``) or ``nak`` to the scanner, if configured. Never raises."""
@@ -180,38 +152,7 @@ class SerialScanner:
         except Exception as exc:  # a vanished port must never break the capture loop
             log.warning("scanner %s: %s not sent: %s", self.name, what, exc)
 
-    async def close(self) -> None:
-        """Stop reading: remove the reader, close the port, then end the iterator. Idempotent."""
-        if self._closed:
-            await self._done.wait()
-            return
-        self._closed = True
-        task = self._task
-        if task is not None:
-            task.cancel()
-            await asyncio.wait({task})
-        self._set_state(False, "closed")
-        self._queue.put_nowait(_END)
-        self._done.set()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     # -- connection supervision ---------------------------------------------------------------
-
-    def _start(self) -> None:
-        if self._task is None and not self._closed:
-            self._task = asyncio.get_running_loop().create_task(
-                self._supervise(), name=f"serial scanner {self.name}"
-            )
 
     async def _supervise(self) -> None:
         """Open, read until the device goes away, wait, reopen; until cancelled by close()."""
@@ -361,21 +302,6 @@ class SerialScanner:
             asyncio.get_running_loop().remove_reader(conn.fd)
         if not conn.gone.done():
             conn.gone.set_result(detail)
-
-    def _set_state(self, connected: bool, detail: str) -> None:
-        state = ScannerState(self.name, connected, detail)
-        if state == self._state:
-            return
-        self._state = state
-        if connected:
-            log.info("scanner %s: %s", self.name, detail)
-        else:
-            log.warning("scanner %s: %s", self.name, detail)
-        if self._on_state is not None:
-            try:
-                self._on_state(state)
-            except Exception:
-                log.exception("scanner %s: state callback failed", self.name)
 
 
 def _readable_fd(port: Any) -> int | None:

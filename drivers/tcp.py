@@ -21,12 +21,12 @@ import logging
 import os
 import socket
 import time
-from types import TracebackType
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Final
 
 from agent.errors import DriverError
-from drivers.base import RawScan, ScannerState, StateCallback, boottime_ns
+from drivers.base import StateCallback, boottime_ns
 from drivers.framing import STX_ETX, Backoff, Framer, encode_setting
+from drivers.supervised import SupervisedScanner
 
 if TYPE_CHECKING:
     from agent.config import TcpScannerConfig
@@ -38,19 +38,14 @@ log = logging.getLogger(__name__)
 _READ_SIZE: Final = 4096
 
 
-class _End:
-    """Queued after the last scan: the iterator is finished."""
-
-
-_END: Final = _End()
-
-
-class TcpScanner:
+class TcpScanner(SupervisedScanner):
     """A TCP fixed-mount reader: ``async for scan in reader`` yields :class:`RawScan`.
 
     ``backoff_start`` and ``backoff_cap`` (seconds) bound the delay between reconnects;
     ``connect_timeout`` bounds one connection attempt.
     """
+
+    kind = "tcp"
 
     def __init__(
         self,
@@ -61,9 +56,8 @@ class TcpScanner:
         backoff_cap: float = 5.0,
         connect_timeout: float = 5.0,
     ) -> None:
-        self.name = cfg.name
+        super().__init__(cfg.name, on_state, "not connected yet")
         self.cfg = cfg
-        self._on_state = on_state
         self._connect_timeout = connect_timeout
         self._address = f"[{cfg.host}]:{cfg.port}" if ":" in cfg.host else f"{cfg.host}:{cfg.port}"
         try:
@@ -77,66 +71,8 @@ class TcpScanner:
             )
         except (ValueError, LookupError) as exc:
             raise DriverError(f"scanner {cfg.name!r}: {exc}") from exc
-        self._state = ScannerState(cfg.name, False, "not connected yet")
-        self._queue: asyncio.Queue[RawScan | _End] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
-        self._done = asyncio.Event()
 
-    # -- the Scanner protocol ---------------------------------------------------------------
-
-    @property
-    def state(self) -> ScannerState:
-        """Connected or not, and why not."""
-        return self._state
-
-    def __aiter__(self) -> TcpScanner:
-        self._start()
-        return self
-
-    async def __anext__(self) -> RawScan:
-        self._start()
-        item = await self._queue.get()
-        if isinstance(item, _End):
-            self._queue.put_nowait(item)  # every later call ends too
-            raise StopAsyncIteration
-        return item
-
-    async def acknowledge(self, ok: bool) -> None:
-        """Fixed-mount readers signal good reads themselves: nothing to send."""
-
-    async def close(self) -> None:
-        """Stop reading: close the connection, then end the iterator. Idempotent."""
-        if self._closed:
-            await self._done.wait()
-            return
-        self._closed = True
-        task = self._task
-        if task is not None:
-            task.cancel()
-            await asyncio.wait({task})
-        self._set_state(False, "closed")
-        self._queue.put_nowait(_END)
-        self._done.set()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    # -- connection supervision ---------------------------------------------------------------
-
-    def _start(self) -> None:
-        if self._task is None and not self._closed:
-            self._task = asyncio.get_running_loop().create_task(
-                self._supervise(), name=f"tcp scanner {self.name}"
-            )
+    # -- connection supervision (the Scanner protocol is SupervisedScanner's) ----------------
 
     async def _supervise(self) -> None:
         """Connect, read until the connection ends, wait, reconnect; until close()."""
@@ -181,21 +117,6 @@ class TcpScanner:
             if received or time.monotonic() - opened >= self._backoff.cap:
                 self._backoff.reset()
             await asyncio.sleep(self._backoff.next())
-
-    def _set_state(self, connected: bool, detail: str) -> None:
-        state = ScannerState(self.name, connected, detail)
-        if state == self._state:
-            return
-        self._state = state
-        if connected:
-            log.info("scanner %s: %s", self.name, detail)
-        else:
-            log.warning("scanner %s: %s", self.name, detail)
-        if self._on_state is not None:
-            try:
-                self._on_state(state)
-            except Exception:
-                log.exception("scanner %s: state callback failed", self.name)
 
 
 def _keep_alive(writer: asyncio.StreamWriter) -> None:
