@@ -1,0 +1,207 @@
+"""Ledger benchmarks: ingest throughput and the cost of one late (backdated) event.
+
+Run from the repository root::
+
+    .venv/bin/python bench/ledger.py            # full run (about two minutes)
+    .venv/bin/python bench/ledger.py --quick    # smaller sizes, a few seconds
+
+It prints:
+
+1. ingest events/s through the store + engine (``LedgerService.ingest``: JSON parsing,
+   validation, engine, one SQLite transaction per batch of 500) and over HTTP (a real
+   ``LedgerServer`` on 127.0.0.1), for in-order history and with 1% and 10% late events;
+2. the cost of one late event as the history of ONE item-location grows from 10k to 100k to
+   1M events, measured on the engine, with its ratio to the 10k cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from ledger.engine import Ledger  # noqa: E402
+from ledger.events import Movement, format_time, now_us  # noqa: E402
+from ledger.server import tune_gc  # noqa: E402
+from ledger.service import LedgerService  # noqa: E402
+
+BASE_US = 1_795_000_000_000_000  # 2026-11-18
+BATCH = 500
+
+
+def _uuid7(t_us: int, rnd: random.Random) -> str:
+    """A version-7 UUID (time-ordered, as the agent sends) for time t_us."""
+    value = ((t_us // 1000) << 80) | (0x7 << 76) | (rnd.getrandbits(12) << 64) \
+        | (0b10 << 62) | rnd.getrandbits(62)
+    return str(uuid.UUID(int=value))
+
+
+def make_events(n: int, late_fraction: float, seed: int = 1,
+                station: str = "dock-1") -> list[dict[str, Any]]:
+    """n events over 100 items x 10 locations, 100 ms apart (a busy site: 36,000 scans an
+    hour); a fraction backdated by 1 to 60 minutes (a dock that was offline)."""
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        t = BASE_US + i * 100_000
+        if rnd.random() < late_fraction:
+            t -= rnd.randint(60, 3600) * 1_000_000
+        item = f"{rnd.randrange(100):014d}"
+        a, b = f"A-{rnd.randrange(10):02d}", f"B-{rnd.randrange(10):02d}"
+        r = rnd.random()
+        if r < 0.6:
+            kind, frm, to, qty = "receipt", None, a, rnd.randint(1, 5)
+        elif r < 0.9:
+            kind, frm, to, qty = "pick", a, None, rnd.randint(1, 3)
+        else:
+            kind, frm, to, qty = "move", a, b, 1
+        out.append({
+            "event_id": _uuid7(t, rnd),
+            "station": station, "site": "WH1", "scanner": "handheld", "seq": i + 1,
+            "type": kind, "item": item, "lot": None, "serial": None, "qty": qty,
+            "from_location": frm, "to_location": to, "occurred_at": format_time(t),
+            "reference": None, "operator": None, "voids": None,
+            "clock": {"synced": True, "offset_ms": 0.0, "basis": "ntp"}, "raw": [],
+        })
+    return out
+
+
+def bodies(events: list[dict[str, Any]], station: str = "dock-1") -> list[bytes]:
+    out = []
+    for i in range(0, len(events), BATCH):
+        chunk = events[i:i + BATCH]
+        out.append(json.dumps({"station": station, "sent_at": format_time(now_us()),
+                               "watermark": chunk[-1]["occurred_at"], "events": chunk}).encode())
+    return out
+
+
+def ingest_direct(n: int, late: float, workdir: Path) -> tuple[float, int]:
+    db = workdir / f"direct-{late}.db"
+    batches = bodies(make_events(n, late))
+    tune_gc()  # as `scan-ledger serve` does
+    with LedgerService(db) as svc:
+        token = svc.run(svc.add_station, "dock-1", "WH1")
+        t0 = time.perf_counter()
+        for body in batches:
+            reply = svc.run(svc.ingest, token, body, now_us())
+            assert reply.status == 200, reply.body
+        rate = n / (time.perf_counter() - t0)
+        return rate, len(svc.engine.incidents)
+
+
+def ingest_http(n: int, late: float, workdir: Path) -> float:
+    """Against ``scan-ledger serve`` in its own process, as a station would post to it."""
+    db = workdir / f"http-{late}.db"
+    batches = bodies(make_events(n, late))
+    ledger = [sys.executable, "-m", "ledger"]
+    add = subprocess.run([*ledger, "station", "add", "dock-1", "--site", "WH1", "--db", str(db)],
+                         capture_output=True, text=True, check=True, cwd=ROOT)
+    token = add.stdout.splitlines()[-1]
+    proc = subprocess.Popen([*ledger, "serve", "--db", str(db), "--port", "0",
+                             "--log-level", "warning"], stdout=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[-1]
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        with httpx.Client(base_url=url, timeout=120) as http:
+            t0 = time.perf_counter()
+            for body in batches:
+                r = http.post("/v1/events", content=body, headers=headers)
+                assert r.status_code == 200, r.text
+            return n / (time.perf_counter() - t0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def _movement(i: int, t: int, kind: str, qty: int) -> Movement:
+    return Movement(event_id=f"e{i}", station="dock-1", site="WH1", scanner="handheld", seq=i,
+                    type=kind, item="00000000000017", qty=qty,
+                    from_location="A-01" if kind == "pick" else None,
+                    to_location=None if kind == "pick" else "A-01",
+                    occurred_at=format_time(t), t=t, voids=None, digest=b"")
+
+
+def late_event_cost(history: int, late: int, rounds: int = 3) -> float:
+    """Mean seconds to ingest one late event into one item-location holding ``history``
+    events (receipts of 2 and picks of 1, so the bin never goes negative); the late events
+    land at random earlier times, alternately picks and receipts. Best of ``rounds``."""
+    engine = Ledger()
+    for i in range(history):
+        kind = "pick" if i % 3 == 0 else "receipt"
+        engine.submit(_movement(i, BASE_US + i * 1000, kind, 1 if kind == "pick" else 2), 0)
+    gc.collect()
+    gc.freeze()  # as the service does after rebuilding: the history is long-lived
+    rnd = random.Random(7)
+    best = float("inf")
+    n = history
+    for _ in range(rounds):
+        todo = []
+        for j in range(late):
+            n += 1
+            pos = rnd.randrange(history)
+            kind = "pick" if j % 2 else "receipt"
+            todo.append(_movement(n, BASE_US + pos * 1000 + 1 + j % 997, kind, 1))
+        t0 = time.perf_counter()
+        for m in todo:
+            engine.submit(m, 0)
+        best = min(best, (time.perf_counter() - t0) / late)
+    gc.unfreeze()
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    args = ap.parse_args()
+    n_direct = 20_000 if args.quick else 100_000
+    n_http = 10_000 if args.quick else 50_000
+    sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
+
+    print(f"machine: nproc={os.cpu_count()} arch={platform.machine()} "
+          f"python={platform.python_version()}")
+    print(f"ingest: batches of {BATCH} events over 100 items x 10 locations; SQLite WAL, "
+          "synchronous=FULL")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for late in (0.0, 0.01, 0.10):
+            label = "in order" if late == 0 else f"{late:.0%} late"
+            direct, incidents = ingest_direct(n_direct, late, work)
+            http = ingest_http(n_http, late, work)
+            print(f"  {label:>9}: store+engine {direct:>9,.0f} events/s   "
+                  f"HTTP {http:>9,.0f} events/s   ({incidents:,} incidents opened "
+                  f"in {n_direct:,} events)")
+
+    print("one late event on one item-location (engine), best of 3 x 2000:")
+    base = None
+    costs = []
+    for size in sizes:
+        cost = late_event_cost(size, 2000)
+        base = base or cost
+        costs.append(cost)
+        print(f"  history {size:>9,}: {cost * 1e6:7.1f} µs per late event   "
+              f"ratio vs 10k {cost / base:4.2f}")
+    if statistics.fmean(costs) and costs[-1] / costs[0] > 2:
+        print("  WARNING: late-event cost grew more than 2x")
+
+
+if __name__ == "__main__":
+    main()

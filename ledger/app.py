@@ -1,0 +1,147 @@
+"""The HTTP API (DESIGN section 6) and the dashboard, on Starlette.
+
+A thin layer: it reads the request, enforces the size limit, and hands the work to
+:class:`~ledger.service.LedgerService`, whose single worker thread does everything that
+touches SQLite or the engine, so the event loop never blocks.
+
+Reads (``GET /v1/...`` and the dashboard ``/``) are open on the LAN by default, so the demo and
+the dashboard work without setup; with ``read_token`` in the config they need
+``Authorization: Bearer <read_token>`` (or ``?token=`` for a browser).
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from ledger.dashboard import render_main, render_page
+from ledger.errors import StoreError
+from ledger.events import format_time, now_us
+from ledger.service import LedgerService, Reply
+
+__all__ = ["create_app"]
+
+
+def _bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _json(reply: Reply) -> JSONResponse:
+    return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+
+
+def create_app(service: LedgerService) -> Starlette:
+    """The ASGI application over a started service."""
+    config = service.config
+
+    def read_allowed(request: Request) -> bool:
+        if config.read_token is None:
+            return True
+        given = _bearer(request) or request.query_params.get("token") or ""
+        return hmac.compare_digest(given.encode(), config.read_token.encode())
+
+    def denied() -> JSONResponse:
+        return JSONResponse({"error": "reading needs the read token"}, status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"})
+
+    async def unavailable(exc: StoreError) -> JSONResponse:
+        return JSONResponse({"error": f"ledger storage unavailable: {exc}"}, status_code=503,
+                            headers={"Retry-After": "5"})
+
+    async def post_events(request: Request) -> Response:
+        received = now_us()
+        limit = config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return JSONResponse({"error": f"request body larger than {limit} bytes"},
+                                status_code=413)
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return JSONResponse({"error": f"request body larger than {limit} bytes"},
+                                    status_code=413)
+            chunks.append(chunk)
+        try:
+            reply = await service.call(service.ingest, _bearer(request), b"".join(chunks),
+                                       received)
+        except StoreError as exc:
+            return await unavailable(exc)
+        return _json(reply)
+
+    async def read(request: Request, fn: Any, *args: Any) -> Response:
+        if not read_allowed(request):
+            return denied()
+        try:
+            return _json(await service.call(fn, *args))
+        except StoreError as exc:
+            return await unavailable(exc)
+
+    async def negatives(request: Request) -> Response:
+        return await read(request, service.negatives, request.query_params.get("status"))
+
+    async def balances(request: Request) -> Response:
+        q = request.query_params
+        return await read(request, service.balances, q.get("site"), q.get("item"),
+                          q.get("location"), q.get("by"))
+
+    async def events(request: Request) -> Response:
+        q = request.query_params
+        raw = q.get("limit", "100")
+        if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+            return JSONResponse({"error": f"limit: expected 1 to 10000, got {raw!r}"},
+                                status_code=400)
+        return await read(request, service.events, q.get("station"), int(raw))
+
+    async def held(request: Request) -> Response:
+        return await read(request, service.held)
+
+    async def stations(request: Request) -> Response:
+        return await read(request, service.stations)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"ok": True, "server_time": format_time(now_us())})
+
+    def dashboard_main() -> str:
+        incidents = service.negatives().body["incidents"]
+        held_events = service.held().body["held"]
+        station_rows = service.stations().body["stations"]
+        return render_main(incidents, held_events, station_rows, format_time(now_us()))
+
+    async def dashboard(request: Request) -> Response:
+        if not read_allowed(request):
+            return HTMLResponse("<!doctype html><title>scan-ledger</title>"
+                                "<p>This dashboard needs the read token: add ?token=...</p>",
+                                status_code=401)
+        raw = request.query_params.get("refresh", "5")
+        refresh = max(1, min(3600, int(raw))) if raw.isdigit() else 5
+        try:
+            main = await service.call(dashboard_main)
+        except StoreError as exc:
+            return HTMLResponse(f"<p>ledger storage unavailable: {exc}</p>", status_code=503)
+        headers = {"Cache-Control": "no-store"}
+        if request.headers.get("x-ledger-fragment") == "1":
+            return HTMLResponse(main, headers=headers)
+        return HTMLResponse(render_page(main, refresh), headers=headers)
+
+    routes = [
+        Route("/", dashboard, methods=["GET"]),
+        Route("/v1/events", post_events, methods=["POST"]),
+        Route("/v1/events", events, methods=["GET"]),
+        Route("/v1/negatives", negatives, methods=["GET"]),
+        Route("/v1/balances", balances, methods=["GET"]),
+        Route("/v1/held", held, methods=["GET"]),
+        Route("/v1/stations", stations, methods=["GET"]),
+        Route("/v1/health", health, methods=["GET"]),
+    ]
+    return Starlette(routes=routes)

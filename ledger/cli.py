@@ -1,0 +1,145 @@
+"""``scan-ledger``: the reference central ledger's command line (DESIGN section 9).
+
+Every command is a thin call into the library; only this module prints and exits.
+Exit codes: 0 ok, 1 operation failed, 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from ledger import __version__
+from ledger.config import load_config
+from ledger.errors import ConfigError, LedgerError
+from ledger.events import format_time, now_us
+from ledger.service import hash_token, new_token, valid_station_name
+from ledger.store import open_store
+
+__all__ = ["cli", "main"]
+
+_DB = click.option("--db", "db", required=True, type=click.Path(dir_okay=False),
+                   help="SQLite database of the ledger (created if missing).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="scan-ledger")
+def cli() -> None:
+    """The reference central ledger for scan-agent stations."""
+
+
+@cli.command()
+@_DB
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port; 0 picks a free one (printed on the 'listening' line).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Ledger TOML config (site policies, limits, webhook, read token).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(db: str, host: str, port: int, config_path: str | None, log_level: str) -> None:
+    """Run the ledger HTTP server in the foreground until SIGTERM or SIGINT.
+
+    Once listening, prints one line to standard output:
+    ``scan-ledger listening on http://HOST:PORT``.
+    """
+    from ledger.server import serve as run_server
+
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_config(config_path)
+    run_server(db, host=host, port=port, config=config,
+               log_level="warning" if log_level in ("info", "debug") else log_level)
+
+
+@cli.command("check-config")
+@click.argument("file", type=click.Path(dir_okay=False))
+def check_config(file: str) -> None:
+    """Validate a ledger config file."""
+    cfg = load_config(file)
+    click.echo(f"{file}: ok ({len(cfg.sites)} site policies)")
+
+
+@cli.group()
+def station() -> None:
+    """Register, list and revoke stations."""
+
+
+@station.command("add")
+@click.argument("name")
+@click.option("--site", required=True, help="Site (warehouse) the station belongs to.")
+@_DB
+def station_add(name: str, site: str, db: str) -> None:
+    """Register station NAME; prints its token once, alone on the last line.
+
+    Only a hash of the token is stored: keep the printed token (e.g. in the dock's
+    token_file). Adding a revoked station again issues a new token.
+    """
+    for what, value in (("station", name), ("site", site)):
+        if not valid_station_name(value):
+            raise click.BadParameter(f"{value!r} is not a valid {what} id (letters, digits, "
+                                     "'.', '_', '-'; at most 64)")
+    token = new_token()
+    with open_store(db) as store:
+        store.add_station(name, site, hash_token(token), format_time(now_us()))
+    click.echo(f"station {name} added at site {site}; its token follows (shown once, "
+               "only a hash is kept):")
+    click.echo(token)
+
+
+@station.command("list")
+@_DB
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def station_list(db: str, as_json: bool) -> None:
+    """List stations with their last contact and watermark."""
+    with open_store(db) as store:
+        stations = store.stations()
+    if as_json:
+        click.echo(json.dumps([{
+            "name": s.name, "site": s.site, "created_at": s.created_at,
+            "revoked_at": s.revoked_at, "last_contact": s.last_contact,
+            "watermark": s.watermark, "clock_offset_ms": s.clock_offset_ms} for s in stations],
+            indent=2))
+        return
+    if not stations:
+        click.echo("no stations")
+        return
+    click.echo(f"{'STATION':<20} {'SITE':<10} {'STATE':<8} {'LAST CONTACT':<28} WATERMARK")
+    for s in stations:
+        state = "revoked" if s.revoked_at else "active"
+        click.echo(f"{s.name:<20} {s.site:<10} {state:<8} {s.last_contact or '-':<28} "
+                   f"{s.watermark or '-'}")
+
+
+@station.command("revoke")
+@click.argument("name")
+@_DB
+def station_revoke(name: str, db: str) -> None:
+    """Revoke station NAME's token; a running server refuses it at once."""
+    with open_store(db) as store:
+        store.revoke_station(name, format_time(now_us()))
+    click.echo(f"station {name} revoked")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``scan-ledger`` console script."""
+    try:
+        cli.main(args=argv, prog_name="scan-ledger", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return 2
+    except ConfigError as exc:
+        click.echo(f"scan-ledger: {exc}", err=True)
+        return 2
+    except LedgerError as exc:
+        click.echo(f"scan-ledger: {exc}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

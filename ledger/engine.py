@@ -1,0 +1,476 @@
+"""The ledger's core: balances in two orders, negatives, their classes, holds. Pure, no I/O.
+
+:class:`Ledger` takes validated :class:`~ledger.events.Movement` objects one at a time, in the
+order they reach the ledger (recorded order), together with the time of arrival, and keeps:
+
+* recorded-order balances per (site, item, location): running sums, a count posting the
+  difference to the balance it found, a void posting the reverse of its target;
+* occurrence-order balances per (site, item, location) in a :class:`~ledger.balances.Track`,
+  where a count is a reset at its ``occurred_at`` and a void removes its target's legs;
+* incidents (DESIGN section 8): one per depletion that was ever below zero in either order,
+  classified ``ordering`` / ``location`` / ``item`` from the occurrence-order balances and
+  re-evaluated when anything arrives at or before the depletion's time for that item;
+* held depletions for sites that do not allow negative stock, released in occurrence order as
+  soon as the location's balance covers them.
+
+Nothing here reads a clock, a socket or a database: times come in as arguments, and what has
+to be persisted or announced comes back in :class:`Outcome` and :attr:`Ledger.changes`.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ledger.balances import Leg, Track
+from ledger.events import Movement, format_time
+
+__all__ = ["CLASSES", "Change", "Incident", "Ledger", "Outcome", "legs_of"]
+
+Class = Literal["ordering", "location", "item"]
+CLASSES: tuple[Class, ...] = ("ordering", "location", "item")
+Status = Literal["accepted", "duplicate", "held", "rejected"]
+Key3 = tuple[str, str, str]
+Key2 = tuple[str, str]
+
+
+class Incident:
+    """A depletion that left its location below zero, in either order, at some point."""
+
+    __slots__ = ("balance", "cls", "id", "movement", "opened_at", "resolved_at", "resolved_by",
+                 "status")
+
+    def __init__(self, id: int, movement: Movement, opened_at: int) -> None:
+        self.id = id
+        self.movement = movement
+        self.opened_at = opened_at
+        self.cls: Class = "location"
+        self.status: Literal["open", "resolved"] = "open"
+        self.resolved_at: int | None = None
+        self.resolved_by: str | None = None
+        self.balance = 0
+
+    @property
+    def location(self) -> str:
+        loc = self.movement.from_location
+        assert loc is not None
+        return loc
+
+    def to_json(self, *, confirmed: bool, suspected_duplicate: bool) -> dict[str, Any]:
+        m = self.movement
+        return {
+            "id": self.id, "site": m.site, "item": m.item, "location": self.location,
+            "class": self.cls, "status": self.status, "confirmed": confirmed,
+            "depletion_event_id": m.event_id, "balance": self.balance,
+            "opened_at": format_time(self.opened_at),
+            "resolved_at": None if self.resolved_at is None else format_time(self.resolved_at),
+            "resolved_by_event_id": self.resolved_by,
+            "suspected_duplicate": suspected_duplicate,
+            # not in the contract, but what a manager asks next:
+            "occurred_at": m.occurred_at, "station": m.station, "type": m.type, "qty": m.qty,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Something a webhook should hear about: ``opened``, ``class_changed``, ``resolved`` or
+    ``reopened`` (an ordering incident that a later event made negative again)."""
+
+    kind: str
+    incident: Incident
+    previous_class: str | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The result for one submitted event, and what the caller must persist."""
+
+    status: Status
+    reason: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    applied_seq: int | None = None  # position in recorded order, when applied now
+    released: list[tuple[Movement, int]] = field(default_factory=list)  # (event, applied_seq)
+
+
+def legs_of(m: Movement) -> list[tuple[str, bool, int, bool]]:
+    """A movement's legs as (location, is_reset, value, is_depletion)."""
+    if m.type == "receipt":
+        return [(m.to_location or "", False, m.qty, False)]
+    if m.type == "pick":
+        return [(m.from_location or "", False, -m.qty, True)]
+    if m.type == "move":
+        return [(m.from_location or "", False, -m.qty, True),
+                (m.to_location or "", False, m.qty, False)]
+    if m.type == "count":
+        return [(m.to_location or "", True, m.qty, False)]
+    return []
+
+
+def _dup_key(m: Movement) -> tuple[Any, ...]:
+    return (m.site, m.station, m.scanner, m.item, m.qty, m.type, m.from_location, m.to_location)
+
+
+class Ledger:
+    """The in-memory ledger. Feed it with :meth:`submit`; read it with the query methods.
+
+    ``allow_negative(site)`` is the per-site policy; ``duplicate_window_us`` the window for
+    ``suspected_duplicate``.
+    """
+
+    def __init__(self, allow_negative: Callable[[str], bool] = lambda site: True,
+                 duplicate_window_us: int = 10_000_000) -> None:
+        self.allow_negative = allow_negative
+        self.duplicate_window_us = duplicate_window_us
+        self.events: dict[str, Movement] = {}
+        self.tracks: dict[Key3, Track] = {}
+        self.locations: dict[Key2, list[str]] = {}
+        self.recorded: dict[Key3, int] = {}
+        self.counts: dict[Key3, list[tuple[int, str]]] = {}
+        self.incidents: list[Incident] = []
+        self._by_item: dict[Key2, list[tuple[tuple[int, str, int, str], int]]] = {}
+        self.held: dict[Key2, list[Movement]] = {}
+        self._pending_voids: dict[str, Movement] = {}
+        self._dups: dict[tuple[Any, ...], list[int]] = {}
+        self.applied_seq = 0
+        self.changes: list[Change] = []
+
+    # ---------------------------------------------------------------- ingest
+
+    def submit(self, m: Movement, now: int, *, replay: bool = False) -> Outcome:
+        """Take one event in recorded order. ``now`` is its arrival time (µs).
+
+        With ``replay`` the event is re-applied from the log at start: no hold decision
+        (the log already knows it), no automatic release.
+        """
+        old = self.events.get(m.event_id)
+        if old is not None:
+            if old.digest == m.digest:
+                return Outcome("duplicate", "already received with the same content")
+            return Outcome("rejected", "event_id: already used by a different event "
+                                       "(same id, different content)")
+        if m.type == "void":
+            target = self.events.get(m.voids or "")
+            if target is not None:
+                if target.type == "void":
+                    return Outcome("rejected", f"voids: {target.event_id} is itself a void; "
+                                               "a void cannot be voided")
+                if target.site != m.site:
+                    return Outcome("rejected", f"voids: {target.event_id} belongs to site "
+                                               f"{target.site!r}, not {m.site!r}")
+            self.events[m.event_id] = m
+            out = Outcome("accepted", applied_seq=self._next_seq())
+            self._void(m, now, out.warnings)
+            if target is not None and target.item is not None and not replay:
+                self._release(target.site, target.item, now, out)
+            return out
+
+        self.events[m.event_id] = m
+        void = self._pending_voids.pop(m.event_id, None)
+        if void is not None and void.site == m.site:
+            m.voided_by = void.event_id
+            return Outcome("accepted", applied_seq=self._next_seq(),
+                           warnings=[f"already voided by {void.event_id}"])
+        assert m.item is not None
+        self._index_dup(m, add=True)
+        if (not replay and m.is_depletion and not self.allow_negative(m.site)
+                and not self._covered(m)):
+            loc = m.from_location or ""
+            have = self._track((m.site, m.item, loc)).balance_after(m.t)
+            m.held = True
+            insort(self.held.setdefault((m.site, m.item), []), m, key=_key_of)
+            return Outcome("held", f"held: {loc} has {have} at {m.occurred_at}, {m.qty} to "
+                                   f"take; site {m.site} does not allow negative stock")
+        out = Outcome("accepted", applied_seq=self._next_seq())
+        self._apply(m, now, out.warnings)
+        if not replay:
+            self._release(m.site, m.item, now, out)
+        return out
+
+    def restore_held(self, m: Movement) -> None:
+        """At start: put back an event the log says is still held."""
+        self.events[m.event_id] = m
+        void = self._pending_voids.pop(m.event_id, None)
+        if void is not None and void.site == m.site:
+            m.voided_by = void.event_id
+            return
+        assert m.item is not None
+        self._index_dup(m, add=True)
+        m.held = True
+        insort(self.held.setdefault((m.site, m.item), []), m, key=_key_of)
+
+    def release_all(self, now: int) -> Outcome:
+        """Release every held depletion that is covered now (after a start or a policy change)."""
+        out = Outcome("accepted")
+        for site, item in list(self.held):
+            self._release(site, item, now, out)
+        return out
+
+    def _next_seq(self) -> int:
+        self.applied_seq += 1
+        return self.applied_seq
+
+    def _track(self, key: Key3) -> Track:
+        tr = self.tracks.get(key)
+        if tr is None:
+            tr = self.tracks[key] = Track()
+            self.locations.setdefault((key[0], key[1]), []).append(key[2])
+        return tr
+
+    def _index_dup(self, m: Movement, *, add: bool) -> None:
+        """Depletions by (what, who, where) and window-sized time bucket: O(1) per event."""
+        if not m.is_depletion:
+            return
+        k = (_dup_key(m), m.t // max(1, self.duplicate_window_us))
+        if add:
+            self._dups.setdefault(k, []).append(m.t)
+        else:
+            self._dups[k].remove(m.t)
+
+    def _apply(self, m: Movement, now: int, warnings: list[str]) -> None:
+        site, item = m.site, m.item or ""
+        legs = []
+        deltas = []
+        lowered: list[Key3] = []
+        for i, (loc, reset, value, depletion) in enumerate(legs_of(m)):
+            key = (site, item, loc)
+            leg = Leg((m.station, m.seq, m.event_id, i), reset=reset, value=value,
+                      depletion=depletion, owner=m)
+            tr = self._track(key)
+            at_end = tr.last_time is None or m.t > tr.last_time
+            tr.add(leg, m.t)
+            legs.append(leg)
+            rec = self.recorded.get(key, 0)
+            delta = value - rec if reset else value
+            self.recorded[key] = rec + delta
+            deltas.append((loc, delta))
+            if reset:
+                insort(self.counts.setdefault(key, []), (m.t, m.event_id))
+            if (value < 0 or reset) and not at_end:
+                lowered.append(key)
+        m.legs = tuple(legs)
+        m.rec_deltas = tuple(deltas)
+        m.applied = True
+
+        if m.is_depletion:
+            key = (site, item, m.from_location or "")
+            occ = self.tracks[key].balance_after(m.t)
+            rec = self.recorded[key]
+            if occ < 0 or rec < 0:
+                inc = self._open(m, now, trigger=m)
+                shown = occ if occ < 0 else rec
+                order = "" if occ < 0 else " in recorded order"
+                warnings.append(f"negative balance at {key[2]}: {shown}{order} "
+                                f"(class {inc.cls})")
+        for key in lowered:
+            self._open_new_negatives(key, m.t, now, m, warnings)
+        count_at = m.to_location if m.type == "count" else None
+        self._reevaluate(site, item, m.t, now, m, count_at)
+
+    def _open_new_negatives(self, key: Key3, t: int, now: int, trigger: Movement,
+                            warnings: list[str]) -> None:
+        found = self.tracks[key].find_negative(t)
+        for leg in found:
+            owner: Movement = leg.owner
+            if owner.incident is None:
+                self._open(owner, now, trigger=trigger)
+        if found:
+            warnings.append(f"made {len(found)} depletion(s) at {key[2]} negative")
+
+    def _void(self, v: Movement, now: int, warnings: list[str]) -> None:
+        target_id = v.voids or ""
+        target = self.events.get(target_id)
+        if target is None:
+            if target_id in self._pending_voids:
+                warnings.append(f"{target_id} is already to be voided by "
+                                f"{self._pending_voids[target_id].event_id}")
+            else:
+                self._pending_voids[target_id] = v
+                warnings.append(f"{target_id} not received yet; it is voided when it arrives")
+            return
+        if target.voided_by is not None:
+            warnings.append(f"{target_id} already voided by {target.voided_by}")
+            return
+        target.voided_by = v.event_id
+        if target.held:
+            target.held = False
+            held = self.held[(target.site, target.item or "")]
+            held.remove(target)
+            self._index_dup(target, add=False)
+            warnings.append(f"cancels held {target.type} {target_id}")
+            return
+        if not target.applied:
+            return
+        site, item = target.site, target.item or ""
+        lowered: list[Key3] = []
+        for leg, (loc, reset, value, _dep) in zip(target.legs, legs_of(target), strict=True):
+            key = (site, item, loc)
+            self.tracks[key].remove(leg, target.t)
+            if reset:
+                self.counts[key].remove((target.t, target.event_id))
+            if value > 0 or reset:
+                lowered.append(key)
+        for loc, delta in target.rec_deltas:
+            self.recorded[(site, item, loc)] -= delta
+        target.applied = False
+        self._index_dup(target, add=False)
+        if target.incident is not None:
+            self._evaluate(target.incident, now, v, born=False)
+        for key in lowered:
+            self._open_new_negatives(key, target.t, now, v, warnings)
+        count_at = target.to_location if target.type == "count" else None
+        self._reevaluate(site, item, target.t, now, v, count_at)
+
+    def _covered(self, m: Movement) -> bool:
+        """Would applying depletion m keep every balance at its location >= 0 from m on?"""
+        key = (m.site, m.item or "", m.from_location or "")
+        tr = self._track(key)
+        probe = Leg((m.station, m.seq, m.event_id, 0), reset=False, value=-m.qty,
+                    depletion=True, owner=m)
+        tr.add(probe, m.t)
+        try:
+            return not tr.find_negative(m.t)
+        finally:
+            tr.remove(probe, m.t)
+
+    def _release(self, site: str, item: str, now: int, out: Outcome) -> None:
+        held = self.held.get((site, item))
+        while held:
+            released = False
+            for m in list(held):
+                if self._covered(m):
+                    held.remove(m)
+                    m.held = False
+                    seq = self._next_seq()
+                    self._apply(m, now, [])
+                    out.released.append((m, seq))
+                    released = True
+            if not released:
+                break
+
+    # ------------------------------------------------------------ incidents
+
+    def _open(self, m: Movement, now: int, trigger: Movement) -> Incident:
+        inc = Incident(len(self.incidents) + 1, m, now)
+        self.incidents.append(inc)
+        m.incident = inc
+        leg = m.legs[0]
+        leg.watched = False
+        self.tracks[(m.site, m.item or "", m.from_location or "")].refresh(m.t)
+        insort(self._by_item.setdefault((m.site, m.item or ""), []), (m.key, inc.id))
+        self._evaluate(inc, now, trigger, born=True)
+        self.changes.append(Change("opened", inc))
+        return inc
+
+    def _reevaluate(self, site: str, item: str, t: int, now: int, trigger: Movement,
+                    count_at: str | None = None) -> None:
+        """Re-evaluate the item's incidents at or after t: nothing earlier can change them,
+        except that a count (``count_at``, its location) settles the ones before it too."""
+        lst = self._by_item.get((site, item))
+        if not lst:
+            return
+        start = 0 if count_at is not None else bisect_left(lst, ((t,),))
+        for key, inc_id in lst[start:]:
+            inc = self.incidents[inc_id - 1]
+            if key[0] < t and inc.location != count_at:
+                continue
+            if inc.movement.voided_by is None or inc.status == "open":
+                self._evaluate(inc, now, trigger, born=False)
+
+    def classify(self, m: Movement) -> tuple[Class, int]:
+        """Class of depletion m with everything received so far, and its location balance."""
+        site, item = m.site, m.item or ""
+        bal = self.tracks[(site, item, m.from_location or "")].balance_after(m.t)
+        if bal >= 0:
+            return "ordering", bal
+        total = sum(self.tracks[(site, item, loc)].balance_after(m.t)
+                    for loc in self.locations[(site, item)])
+        return ("item" if total < 0 else "location"), bal
+
+    def settling_count(self, m: Movement) -> str | None:
+        """The first count of m's item at m's location at or after m, if any."""
+        counts = self.counts.get((m.site, m.item or "", m.from_location or ""))
+        if not counts:
+            return None
+        i = bisect_left(counts, (m.t, ""))
+        return counts[i][1] if i < len(counts) else None
+
+    def _evaluate(self, inc: Incident, now: int, trigger: Movement, *, born: bool) -> None:
+        m = inc.movement
+        before_cls, before_status = inc.cls, inc.status
+        if m.voided_by is not None:
+            if inc.status == "open":
+                inc.status, inc.resolved_at, inc.resolved_by = "resolved", now, m.voided_by
+        else:
+            cls, inc.balance = self.classify(m)
+            inc.cls = cls
+            count = self.settling_count(m)
+            if cls == "ordering" or count is not None:
+                if inc.status == "open" or born:
+                    inc.status, inc.resolved_at = "resolved", now
+                    if cls != "ordering":
+                        inc.resolved_by = count
+                    else:
+                        inc.resolved_by = None if trigger is m else trigger.event_id
+            elif inc.status == "resolved":
+                inc.status, inc.resolved_at, inc.resolved_by = "open", None, None
+        if born:
+            return
+        if before_status == "resolved" and inc.status == "open":
+            self.changes.append(Change("reopened", inc, before_cls))
+        elif before_status == "open" and inc.status == "resolved":
+            self.changes.append(Change("resolved", inc, before_cls))
+        elif before_cls != inc.cls:
+            self.changes.append(Change("class_changed", inc, before_cls))
+
+    def take_changes(self) -> list[Change]:
+        changes, self.changes = self.changes, []
+        return changes
+
+    # --------------------------------------------------------------- queries
+
+    def suspected_duplicate(self, m: Movement) -> bool:
+        """Another live event with the same station, scanner, item, qty, type and locations
+        occurred within the duplicate window of m."""
+        w = self.duplicate_window_us
+        key = _dup_key(m)
+        bucket = m.t // max(1, w)
+        n = sum(1 for b in (bucket - 1, bucket, bucket + 1)
+                for t in self._dups.get((key, b), ()) if abs(t - m.t) <= w)
+        return n >= (2 if (m.applied or m.held) else 1)
+
+    def iter_incidents(self, status: str | None = None) -> Iterator[Incident]:
+        for inc in self.incidents:
+            if status is None or inc.status == status:
+                yield inc
+
+    def balances(self, site: str | None = None, item: str | None = None,
+                 location: str | None = None) -> list[tuple[str, str, str, int, int]]:
+        """(site, item, location, on_hand in occurrence order, recorded-order balance)."""
+        rows = []
+        for key, tr in self.tracks.items():
+            s, i, loc = key
+            if ((site is None or s == site) and (item is None or i == item)
+                    and (location is None or loc == location)):
+                rows.append((s, i, loc, tr.balance, self.recorded.get(key, 0)))
+        rows.sort()
+        return rows
+
+    def item_total(self, site: str, item: str, t: int | None = None) -> int:
+        """The item's total over all locations of the site (at time t, or now)."""
+        return sum(self.tracks[(site, item, loc)].balance if t is None
+                   else self.tracks[(site, item, loc)].balance_after(t)
+                   for loc in self.locations.get((site, item), ()))
+
+    def held_events(self) -> list[Movement]:
+        out = [m for lst in self.held.values() for m in lst]
+        out.sort(key=_key_of)
+        return out
+
+    def live(self) -> Iterable[Movement]:
+        return (m for m in self.events.values() if m.applied)
+
+
+def _key_of(m: Movement) -> tuple[int, str, int, str]:
+    return m.key

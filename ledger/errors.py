@@ -1,0 +1,49 @@
+"""The ledger's exceptions: one tree, so callers can catch what they mean.
+
+::
+
+    LedgerError                     root of everything the ledger raises on purpose
+    ├── ConfigError (ValueError)    the ledger's TOML config is wrong: names file, key, problem
+    ├── StoreError                  the database could not be opened, read or written
+    ├── StationError (ValueError)   a station command was refused (unknown name, duplicate, bad id)
+    └── ServerError                 the HTTP server could not start or stop
+
+Lower layers translate ``OSError`` and ``sqlite3.Error`` into these with ``raise ... from exc``
+at the boundary. Only the CLI turns them into messages and exit codes. Problems with a single
+posted event are not exceptions: they become a ``rejected`` result with a reason.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConfigError", "LedgerError", "ServerError", "StationError", "StoreError"]
+
+
+class LedgerError(Exception):
+    """Root of every error the ledger raises on purpose."""
+
+
+class ConfigError(LedgerError, ValueError):
+    """The ledger config file is invalid.
+
+    The message always names the file, the key and what is wrong, e.g.
+    ``ledger.toml: sites.WH1.allow_negative: expected true or false, got a string ('no')``.
+    """
+
+    def __init__(self, file: str, key: str, problem: str) -> None:
+        self.file = file
+        self.key = key
+        self.problem = problem
+        where = f"{file}: {key}: " if key else f"{file}: "
+        super().__init__(where + problem)
+
+
+class StoreError(LedgerError):
+    """The ledger database could not be opened, read or written."""
+
+
+class StationError(LedgerError, ValueError):
+    """A station could not be added, found or revoked."""
+
+
+class ServerError(LedgerError):
+    """The HTTP server could not be started or stopped."""

@@ -1,0 +1,278 @@
+"""Movement events as posted by stations (DESIGN section 5): validation and canonical form.
+
+Pure functions over plain values. :func:`validate_event` turns one posted JSON object into a
+:class:`Movement` or a reason string naming the field and the problem; a bad event never spoils
+its batch. Content equality for idempotency compares :func:`canonical_json` (sorted keys,
+compact) of the event exactly as posted; fields the ledger does not know are kept, not refused,
+so that a newer agent can add information without breaking an older ledger.
+
+>>> m = validate_event({"event_id": "0192b3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b", "station": "d1",
+...     "site": "WH1", "scanner": "h", "seq": 1, "type": "receipt", "item": "A", "qty": 2,
+...     "to_location": "DOCK", "occurred_at": "2026-11-22T10:15:30.123456Z"}, "d1", "WH1")
+>>> (m.type, m.qty, m.to_location, format_time(m.t))
+('receipt', 2, 'DOCK', '2026-11-22T10:15:30.123456Z')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+__all__ = [
+    "DEPLETIONS",
+    "TYPES",
+    "Movement",
+    "canonical_json",
+    "format_time",
+    "parse_time",
+    "validate_event",
+]
+
+TYPES = ("receipt", "pick", "move", "count", "void")
+DEPLETIONS = ("pick", "move")
+MAX_QTY = 10**9
+MAX_TEXT = 256
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_MIN_T = int((datetime(2000, 1, 1, tzinfo=UTC) - _EPOCH) / _US)
+_MAX_T = int((datetime(2100, 1, 1, tzinfo=UTC) - _EPOCH) / _US)
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class Movement:
+    """One validated event, with the ledger's view of it.
+
+    ``t`` is ``occurred_at`` in microseconds since the epoch; ``key`` orders events in occurrence
+    order (time, station, seq, event id). ``digest`` identifies the posted content. The engine
+    fills in the mutable part (status, voids, incident, recorded-order deltas).
+    """
+
+    __slots__ = ("applied", "body", "digest", "event_id", "from_location", "held", "incident",
+                 "item", "legs", "occurred_at", "qty", "rec_deltas", "scanner", "seq", "site",
+                 "station", "t", "to_location", "type", "voided_by", "voids")
+
+    def __init__(self, *, event_id: str, station: str, site: str, scanner: str, seq: int,
+                 type: str, item: str | None, qty: int, from_location: str | None,
+                 to_location: str | None, occurred_at: str, t: int, voids: str | None,
+                 digest: bytes, body: str | None = None) -> None:
+        self.event_id = event_id
+        self.station = station
+        self.site = site
+        self.scanner = scanner
+        self.seq = seq
+        self.type = type
+        self.item = item
+        self.qty = qty
+        self.from_location = from_location
+        self.to_location = to_location
+        self.occurred_at = occurred_at
+        self.t = t
+        self.voids = voids
+        self.digest = digest
+        self.body = body  # canonical JSON as posted; dropped once stored
+        self.applied = False  # its legs are in the balances (not held, not voided)
+        self.held = False
+        self.voided_by: str | None = None
+        self.incident: Any = None
+        self.legs: tuple[Any, ...] = ()
+        self.rec_deltas: tuple[tuple[str, int], ...] = ()  # (location, delta) in recorded order
+
+    @property
+    def key(self) -> tuple[int, str, int, str]:
+        return (self.t, self.station, self.seq, self.event_id)
+
+    @property
+    def is_depletion(self) -> bool:
+        return self.type in DEPLETIONS
+
+    def __repr__(self) -> str:
+        return f"<Movement {self.type} {self.event_id} {self.item} x{self.qty} @{self.occurred_at}>"
+
+
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical_json(obj: Any) -> str:
+    """Sorted keys, no spaces, UTF-8 kept: the form compared for idempotency and stored."""
+    return _CANONICAL.encode(obj)
+
+
+def digest_of(canonical: str) -> bytes:
+    return hashlib.blake2b(canonical.encode(), digest_size=16).digest()
+
+
+def parse_time(value: Any) -> int:
+    """An ISO 8601 timestamp with a UTC offset -> microseconds since the epoch.
+
+    Raises ``ValueError`` with a short reason (the caller adds the field name).
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"expected a UTC timestamp string, got {_kind(value)}")
+    if not _TIME.match(value):
+        raise ValueError(f"expected a timestamp like 2026-11-22T10:15:30.123456Z, got {value!r}")
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"not a valid date and time: {value!r}") from None
+    t = (dt - _EPOCH) // _US
+    if not _MIN_T <= t < _MAX_T:
+        raise ValueError(f"out of range (years 2000 to 2099): {value!r}")
+    return int(t)
+
+
+def format_time(t: int) -> str:
+    """Microseconds since the epoch -> ``2026-11-22T10:15:30.123456Z``."""
+    return (_EPOCH + t * _US).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def now_us() -> int:
+    """The current UTC time in microseconds (the only clock read in this module)."""
+    return int((datetime.now(UTC) - _EPOCH) // _US)
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int | float):
+        return f"a number ({v!r})"
+    if isinstance(v, str):
+        return f"a string ({v[:40]!r})"
+    if isinstance(v, list):
+        return "an array"
+    if isinstance(v, dict):
+        return "an object"
+    return type(v).__name__
+
+
+class _Bad(Exception):
+    pass
+
+
+def _text(ev: dict[str, Any], field: str, *, required: bool) -> str | None:
+    v = ev.get(field)
+    if (v.__class__ is str and 0 < len(v) <= MAX_TEXT and not v.isspace()
+            and _CONTROL.search(v) is None):
+        return v  # the common case, checked in one go
+    if v is None:
+        if required:
+            raise _Bad(f"{field}: required" if field not in ev else f"{field}: must not be null")
+        return None
+    if not isinstance(v, str):
+        raise _Bad(f"{field}: expected a string, got {_kind(v)}")
+    if not v.strip():
+        raise _Bad(f"{field}: must not be empty")
+    if len(v) > MAX_TEXT:
+        raise _Bad(f"{field}: longer than {MAX_TEXT} characters")
+    if _CONTROL.search(v):
+        raise _Bad(f"{field}: contains control characters")
+    return v
+
+
+def _uuid(ev: dict[str, Any], field: str) -> str:
+    v = ev.get(field)
+    if v is None:
+        raise _Bad(f"{field}: required")
+    if not isinstance(v, str) or not _UUID.match(v):
+        raise _Bad(f"{field}: expected a UUID like 0192b3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b, "
+                   f"got {_kind(v)}")
+    return v.lower()
+
+
+_LOCATIONS: dict[str, tuple[bool, bool]] = {
+    # type: (from_location wanted, to_location wanted)
+    "receipt": (False, True),
+    "pick": (True, False),
+    "move": (True, True),
+    "count": (False, True),
+}
+
+
+def validate_event(ev: Any, station: str, site: str) -> Movement | str:
+    """Check one posted event of ``station`` (registered at ``site``); a Movement or a reason."""
+    if not isinstance(ev, dict):
+        return f"event: expected a JSON object, got {_kind(ev)}"
+    try:
+        return _validate(ev, station, site)
+    except _Bad as bad:
+        return str(bad)
+
+
+def _validate(ev: dict[str, Any], station: str, site: str) -> Movement:
+    event_id = _uuid(ev, "event_id")
+    ev_station = _text(ev, "station", required=True)
+    if ev_station != station:
+        raise _Bad(f"station: {ev_station!r} is not the batch's station {station!r}")
+    ev_site = _text(ev, "site", required=True)
+    if ev_site != site:
+        raise _Bad(f"site: station {station!r} is registered at site {site!r}, not {ev_site!r}")
+    scanner = _text(ev, "scanner", required=True)
+    seq = ev.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int):
+        raise _Bad(f"seq: expected an integer, got {_kind(seq)}")
+    if seq < 1:
+        raise _Bad(f"seq: must be at least 1, got {seq}")
+    typ = ev.get("type")
+    if typ not in TYPES:
+        raise _Bad(f"type: must be one of {', '.join(TYPES)}; got {_kind(typ)}")
+    try:
+        t = parse_time(ev.get("occurred_at"))
+    except ValueError as exc:
+        raise _Bad(f"occurred_at: {exc}") from None
+    for field in ("lot", "serial", "reference", "operator"):
+        _text(ev, field, required=False)
+    clock = ev.get("clock")
+    if clock is not None and not isinstance(clock, dict):
+        raise _Bad(f"clock: expected an object or null, got {_kind(clock)}")
+    raw = ev.get("raw")
+    if raw is not None and not (isinstance(raw, list) and all(isinstance(r, str) for r in raw)):
+        raise _Bad("raw: expected an array of strings or null")
+
+    if typ == "void":
+        voids = _uuid(ev, "voids")
+        if voids == event_id:
+            raise _Bad("voids: an event cannot void itself")
+        item = _text(ev, "item", required=False)
+        frm = _text(ev, "from_location", required=False)
+        to = _text(ev, "to_location", required=False)
+        qty = 0
+    else:
+        if ev.get("voids") is not None:
+            raise _Bad(f"voids: only a void event names an event to void, this is a {typ}")
+        item = _text(ev, "item", required=True)
+        qty_v = ev.get("qty")
+        if isinstance(qty_v, bool) or not isinstance(qty_v, int):
+            raise _Bad(f"qty: expected an integer, got {_kind(qty_v)}")
+        lowest = 0 if typ == "count" else 1
+        if qty_v < lowest:
+            what = "a count must be at least 0" if typ == "count" else "must be at least 1"
+            raise _Bad(f"qty: {what}, got {qty_v}")
+        if qty_v > MAX_QTY:
+            raise _Bad(f"qty: must be at most {MAX_QTY}, got {qty_v}")
+        qty = qty_v
+        want_from, want_to = _LOCATIONS[typ]
+        for field, wanted in (("from_location", want_from), ("to_location", want_to)):
+            if wanted and ev.get(field) is None:
+                raise _Bad(f"{field}: a {typ} needs a {field.replace('_location', '')}-location")
+        frm = _text(ev, "from_location", required=False)
+        to = _text(ev, "to_location", required=False)
+        if frm is not None and not want_from:
+            raise _Bad(f"from_location: a {typ} has no from-location (use to_location)")
+        if to is not None and not want_to:
+            raise _Bad(f"to_location: a {typ} has no to-location (use from_location)")
+        if typ == "move" and frm == to:
+            raise _Bad(f"to_location: a move needs two different locations, got {frm!r} twice")
+        voids = None
+    assert scanner is not None and ev_station is not None
+    return Movement(
+        event_id=event_id, station=station, site=site, scanner=scanner, seq=seq, type=typ,
+        item=item, qty=qty, from_location=frm, to_location=to,
+        occurred_at=ev["occurred_at"], t=t, voids=voids,
+        digest=digest_of(body := canonical_json(ev)), body=body,
+    )

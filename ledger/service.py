@@ -1,0 +1,364 @@
+"""The ledger as a service: store + engine + stations + alerts, owned by one worker thread.
+
+Every operation runs on a single dedicated thread (``ledger-writer``), so ingest has exactly
+one writer, reads see a consistent engine, and the event loop never waits on SQLite or on the
+engine. :meth:`LedgerService.call` hands an operation to that thread from async code.
+
+The HTTP layer (:mod:`ledger.app`) is a thin translation of these methods; the CLI and
+:class:`~ledger.server.LedgerServer` use the same ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ledger.alerts import WebhookNotifier
+from ledger.config import LedgerConfig
+from ledger.engine import Change, Ledger
+from ledger.errors import LedgerError, StationError, StoreError
+from ledger.events import Movement, format_time, now_us, parse_time, validate_event
+from ledger.store import Contact, NewEvent, StationRecord, Store, StoredEvent, open_store
+
+__all__ = ["LedgerService", "Reply", "hash_token", "new_token", "valid_station_name"]
+
+log = logging.getLogger("ledger")
+T = TypeVar("T")
+
+
+def new_token() -> str:
+    """32 random bytes, URL-safe base64: a station's bearer token."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    """What the database keeps instead of the token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def valid_station_name(name: str) -> bool:
+    import re
+
+    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An HTTP answer, independent of the web framework."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] | None = None
+
+
+def _error(status: int, message: str, **headers: str) -> Reply:
+    return Reply(status, {"error": message}, headers or None)
+
+
+class LedgerService:
+    """Owns the store and the engine; every method runs on the worker thread.
+
+    >>> with LedgerService("ledger.db", LedgerConfig()) as svc:   # doctest: +SKIP
+    ...     token = svc.run(svc.add_station, "dock-3", "WH1")
+    """
+
+    def __init__(self, db_path: str | Path, config: LedgerConfig | None = None, *,
+                 store_factory: Callable[[str | Path], Store] = open_store) -> None:
+        self.db_path = db_path
+        self.config = config or LedgerConfig()
+        self._store_factory = store_factory
+        self._executor: ThreadPoolExecutor | None = None
+        self._store: Store | None = None
+        self.engine = self._new_engine()
+        self.notifier: WebhookNotifier | None = None
+        self._closed = False
+
+    def _new_engine(self) -> Ledger:
+        return Ledger(self.config.allow_negative,
+                      duplicate_window_us=int(self.config.duplicate_window_s * 1_000_000))
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> LedgerService:
+        """Open the database and rebuild the engine from the event log."""
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="ledger-writer")
+        try:
+            self.run(self._open)
+        except BaseException:
+            self.close()
+            raise
+        if self.config.webhook_url:
+            self.notifier = WebhookNotifier(self.config.webhook_url,
+                                            timeout=self.config.webhook_timeout_s,
+                                            max_attempts=self.config.webhook_max_attempts)
+        return self
+
+    def close(self) -> None:
+        """Stop alerts, then the worker, then close the database; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.notifier is not None:
+            self.notifier.close()
+        if self._executor is not None:
+            if self._store is not None:
+                self._executor.submit(self._store.close).result()
+            self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> LedgerService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the worker thread and wait for it (for sync callers)."""
+        if self._executor is None:
+            raise LedgerError("the ledger service is not started")
+        return self._executor.submit(fn, *args).result()
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the worker thread without blocking the event loop."""
+        if self._executor is None:
+            raise LedgerError("the ledger service is not started")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise LedgerError("the ledger service is not started")
+        return self._store
+
+    def _open(self) -> None:
+        self._store = self._store_factory(self.db_path)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Replay the event log into a fresh engine (at start, or after a failed write)."""
+        engine = self._new_engine()
+        n = 0
+        for stored in self.store.log():
+            m = validate_event(json.loads(stored.body), stored.station, stored.site)
+            if not isinstance(m, Movement):
+                log.error("event %s in the log no longer validates (%s); skipped",
+                          stored.event_id, m)
+                continue
+            if stored.applied_seq is None:
+                engine.restore_held(m)
+            else:
+                engine.applied_seq = stored.applied_seq - 1
+                engine.submit(m, parse_time(stored.applied_at), replay=True)
+            m.body = None
+            n += 1
+        engine.take_changes()
+        self.engine = engine
+        # The rebuilt history lives as long as the process: keep the cyclic GC from
+        # rescanning it on every full collection.
+        gc.collect()
+        gc.freeze()
+        now = now_us()
+        out = engine.release_all(now)
+        if out.released:
+            at = format_time(now)
+            self.store.save_batch([], [(m.event_id, seq, at) for m, seq in out.released], None)
+        self._announce(engine.take_changes())
+        log.info("ledger rebuilt from %d events (%d incidents, %d held)", n,
+                 len(engine.incidents), len(engine.held_events()))
+
+    # -------------------------------------------------------------- stations
+
+    def add_station(self, name: str, site: str) -> str:
+        """Register a station; returns its token (only the hash is stored)."""
+        if not valid_station_name(name):
+            raise StationError(f"{name!r} is not a valid station id (letters, digits, '.', "
+                               "'_', '-'; at most 64)")
+        if not valid_station_name(site):
+            raise StationError(f"{site!r} is not a valid site id")
+        token = new_token()
+        self.store.add_station(name, site, hash_token(token), format_time(now_us()))
+        return token
+
+    def revoke_station(self, name: str) -> None:
+        self.store.revoke_station(name, format_time(now_us()))
+
+    # ---------------------------------------------------------------- ingest
+
+    def ingest(self, token: str | None, body: bytes, received: int) -> Reply:
+        """``POST /v1/events`` (DESIGN section 6)."""
+        if not token:
+            return _error(401, "missing bearer token", **{"WWW-Authenticate": "Bearer"})
+        station = self.store.station_by_token(hash_token(token))
+        if station is None:
+            return _error(401, "unknown or revoked token", **{"WWW-Authenticate": "Bearer"})
+        try:
+            batch = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _error(400, f"malformed JSON: {exc}")
+        shape = _batch_shape(batch)
+        if shape is not None:
+            return _error(400, shape)
+        if batch["station"] != station.name:
+            return _error(403, f"this token belongs to station {station.name!r}, "
+                               f"not {batch['station']!r}")
+        events = batch["events"]
+        if len(events) > self.config.max_batch_events:
+            return _error(413, f"{len(events)} events in one batch; at most "
+                               f"{self.config.max_batch_events}")
+        sent_at = batch.get("sent_at")
+        watermark = batch.get("watermark")
+        offset = None if sent_at is None else (received - parse_time(sent_at)) / 1000.0
+
+        engine = self.engine
+        received_at = format_time(received)
+        results: list[dict[str, Any]] = []
+        rows: list[NewEvent] = []
+        released: list[tuple[str, int, str]] = []
+        fresh: list[Movement] = []
+        for ev in events:
+            m = validate_event(ev, station.name, station.site)
+            if not isinstance(m, Movement):
+                eid = ev.get("event_id") if isinstance(ev, dict) else None
+                results.append({"event_id": eid if isinstance(eid, str) else None,
+                                "status": "rejected", "reason": m, "warnings": []})
+                continue
+            out = engine.submit(m, received)
+            results.append({"event_id": m.event_id, "status": out.status, "reason": out.reason,
+                            "warnings": out.warnings})
+            if out.status in ("accepted", "held"):
+                assert m.body is not None
+                rows.append(NewEvent(m.event_id, m.station, m.site, m.seq, m.type, m.item,
+                                     m.occurred_at, received_at, out.status, out.applied_seq,
+                                     received_at if out.applied_seq else None, m.body))
+                fresh.append(m)
+            released.extend((r.event_id, seq, received_at) for r, seq in out.released)
+        contact = Contact(station.name, received_at, sent_at, watermark, offset, len(events))
+        try:
+            self.store.save_batch(rows, released, contact)
+        except StoreError:
+            log.exception("could not save a batch of %s; rebuilding from the log",
+                          station.name)
+            self._rebuild()
+            return _error(503, "the ledger could not save this batch; retry", **{
+                "Retry-After": "2"})
+        for m in fresh:
+            m.body = None
+        self._announce(engine.take_changes())
+        return Reply(200, {"server_time": format_time(now_us()), "received_at": received_at,
+                           "results": results})
+
+    def _announce(self, changes: list[Change]) -> None:
+        if self.notifier is None or not changes:
+            return
+        confirmed = self._confirmation()
+        for ch in changes:
+            self.notifier.notify({
+                "kind": ch.kind, "previous_class": ch.previous_class,
+                "incident": self._incident_json(ch.incident.movement, ch.incident, confirmed)})
+
+    # ----------------------------------------------------------------- reads
+
+    def _confirmation(self) -> dict[str, int]:
+        """site -> the oldest watermark over its active stations (absent if one has none)."""
+        low: dict[str, int | None] = {}
+        for s in self.store.stations():
+            if s.revoked_at is not None:
+                continue
+            wm = None if s.watermark is None else parse_time(s.watermark)
+            if s.site not in low:
+                low[s.site] = wm
+            else:
+                cur = low[s.site]
+                low[s.site] = None if cur is None or wm is None else min(cur, wm)
+        return {site: wm for site, wm in low.items() if wm is not None}
+
+    def _incident_json(self, m: Movement, inc: Any, confirmed: dict[str, int]) -> dict[str, Any]:
+        wm = confirmed.get(m.site)
+        out: dict[str, Any] = inc.to_json(
+            confirmed=wm is not None and wm > m.t,
+            suspected_duplicate=self.engine.suspected_duplicate(m))
+        return out
+
+    def negatives(self, status: str | None = None) -> Reply:
+        if status not in (None, "open", "resolved"):
+            return _error(400, f"status: must be open or resolved, got {status!r}")
+        confirmed = self._confirmation()
+        return Reply(200, {"incidents": [self._incident_json(inc.movement, inc, confirmed)
+                                         for inc in self.engine.iter_incidents(status)]})
+
+    def balances(self, site: str | None = None, item: str | None = None,
+                 location: str | None = None, by: str | None = None) -> Reply:
+        rows = self.engine.balances(site, item, location)
+        if by is None or by == "location":
+            return Reply(200, {"balances": [
+                {"site": s, "item": i, "location": loc, "on_hand": bal, "recorded": rec}
+                for s, i, loc, bal, rec in rows]})
+        if by != "item":
+            return _error(400, f"by: must be location or item, got {by!r}")
+        totals: dict[tuple[str, str], list[int]] = {}
+        for s, i, _loc, bal, rec in rows:
+            t = totals.setdefault((s, i), [0, 0])
+            t[0] += bal
+            t[1] += rec
+        return Reply(200, {"balances": [
+            {"site": s, "item": i, "location": None, "on_hand": v[0], "recorded": v[1]}
+            for (s, i), v in sorted(totals.items())]})
+
+    def _event_json(self, stored: StoredEvent) -> dict[str, Any]:
+        ev: dict[str, Any] = json.loads(stored.body)
+        m = self.engine.events.get(stored.event_id)
+        ev["received_at"] = stored.received_at
+        ev["status"] = stored.status
+        ev["applied_at"] = stored.applied_at
+        ev["voided_by"] = None if m is None else m.voided_by
+        return ev
+
+    def events(self, station: str | None = None, limit: int = 100) -> Reply:
+        stored = self.store.events(station, limit)
+        return Reply(200, {"events": [self._event_json(s) for s in stored]})
+
+    def held(self) -> Reply:
+        ids = [m.event_id for m in self.engine.held_events()]
+        return Reply(200, {"held": [self._event_json(s) for s in self.store.events_by_id(ids)]})
+
+    def stations(self) -> Reply:
+        now = now_us()
+        return Reply(200, {"stations": [_station_json(s, now) for s in self.store.stations()]})
+
+
+def _station_json(s: StationRecord, now: int) -> dict[str, Any]:
+    lag = None if s.watermark is None else round((now - parse_time(s.watermark)) / 1e6, 3)
+    return {
+        "name": s.name, "site": s.site, "created_at": s.created_at,
+        "revoked": s.revoked_at is not None, "revoked_at": s.revoked_at,
+        "last_contact": s.last_contact, "sent_at": s.sent_at, "watermark": s.watermark,
+        "clock_offset_ms": s.clock_offset_ms, "lag_s": lag,
+        "last_batch_events": s.last_batch_events,
+    }
+
+
+def _batch_shape(batch: Any) -> str | None:
+    """Why a parsed body is not a batch, or None."""
+    if not isinstance(batch, dict):
+        return "body: expected a JSON object {station, sent_at, watermark, events}"
+    station = batch.get("station")
+    if not isinstance(station, str) or not station:
+        return "station: required, a string"
+    if not isinstance(batch.get("events"), list):
+        return "events: required, an array of events"
+    for field in ("sent_at", "watermark"):
+        v = batch.get(field)
+        if v is not None:
+            try:
+                parse_time(v)
+            except ValueError as exc:
+                return f"{field}: {exc}"
+    return None

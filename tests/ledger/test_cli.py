@@ -1,0 +1,88 @@
+"""``scan-ledger`` as a user runs it: real processes, real signals."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ledger.cli import cli, main
+from tests.ledger.factory import batch, pick
+
+LEDGER = [sys.executable, "-m", "ledger"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*LEDGER, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_station_add_prints_the_token_alone_on_the_last_line_and_stores_a_hash(
+        tmp_path: Path) -> None:
+    db = tmp_path / "l.db"
+    out = run("station", "add", "dock-3", "--site", "WH1", "--db", str(db))
+    assert out.returncode == 0, out.stderr
+    token = out.stdout.splitlines()[-1]
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", token)
+    assert token not in db.read_bytes().decode("latin-1")
+    again = run("station", "add", "dock-3", "--site", "WH1", "--db", str(db))
+    assert again.returncode == 1
+    assert again.stderr.strip() == ("scan-ledger: station 'dock-3' already exists; revoke it "
+                                    "first to issue a new token")
+    listed = run("station", "list", "--db", str(db))
+    assert "dock-3" in listed.stdout and "active" in listed.stdout
+    assert run("station", "revoke", "dock-3", "--db", str(db)).returncode == 0
+    assert run("station", "revoke", "dock-3", "--db", str(db)).stderr.strip() == (
+        "scan-ledger: no active station named 'dock-3'")
+
+
+def test_serve_on_port_0_prints_one_parseable_line_and_stops_on_sigterm(tmp_path: Path) -> None:
+    db = tmp_path / "l.db"
+    token = run("station", "add", "dock-1", "--site", "WH1", "--db", str(db)).stdout.split()[-1]
+    proc = subprocess.Popen([*LEDGER, "serve", "--db", str(db), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = re.fullmatch(r"scan-ledger listening on (http://127\.0\.0\.1:(\d+))\n", line)
+        assert m, line
+        r = httpx.post(m.group(1) + "/v1/events", json=batch([pick(1, "A", 1)]),
+                       headers={"Authorization": f"Bearer {token}"})
+        assert r.json()["results"][0]["warnings"] == ["negative balance at A: -1 (class item)"]
+        proc.send_signal(signal.SIGTERM)
+        rest, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert rest == ""  # exactly one line on stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_with_a_bad_config_names_file_and_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "ledger.toml"
+    cfg.write_text("[sites.WH1]\nallow_negative = 1\n")
+    out = run("serve", "--db", str(tmp_path / "l.db"), "--port", "0", "--config", str(cfg))
+    assert out.returncode == 2
+    assert out.stderr.strip() == (f"scan-ledger: {cfg}: sites.WH1.allow_negative: expected "
+                                  "true or false, got a number (1)")
+    assert out.stdout == ""
+
+
+def test_station_names_are_checked(tmp_path: Path) -> None:
+    assert main(["station", "add", "bad name", "--site", "WH1", "--db",
+                 str(tmp_path / "l.db")]) == 2
+
+
+@pytest.mark.parametrize("path", [["serve"], ["station", "add"], ["station", "list"],
+                                  ["station", "revoke"], ["check-config"]],
+                         ids=lambda p: "-".join(p))
+def test_every_command_has_help(path: list[str]) -> None:
+    group = cli
+    for name in path:
+        group = group.commands[name]  # type: ignore[attr-defined]
+    assert group.help

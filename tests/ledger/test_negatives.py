@@ -1,0 +1,264 @@
+"""Each class of negative, with hand-built sequences posted over HTTP to a real server.
+
+Times are minutes after 10:00 on the test day; the arrival order is the order of ``post`` calls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.ledger.factory import at, count, move, pick, receipt, void
+
+
+def test_late_receipt_turns_a_shortage_into_an_ordering_incident(ledger: Any) -> None:
+    """The pick (10:05) reaches the ledger before the receipt (10:01) that fed it."""
+    dock = ledger.dock()
+    p = pick(3, "A-01", 5)
+    (res,) = dock.post(p)
+    assert res["status"] == "accepted"
+    assert res["warnings"] == ["negative balance at A-01: -3 (class item)"]
+    inc = ledger.incident_of(p)
+    assert (inc["class"], inc["status"], inc["balance"]) == ("item", "open", -3)
+
+    r = receipt(5, "A-01", 1)
+    dock.post(r)
+    inc = ledger.incident_of(p)
+    assert inc["class"] == "ordering"
+    assert inc["status"] == "resolved"
+    assert inc["resolved_by_event_id"] == r["event_id"]
+    assert inc["balance"] == 2
+    assert ledger.on_hand("A-01") == 2
+    assert ledger.incidents(status="open") == []
+
+
+def test_late_bin_to_bin_move_explains_a_negative_bin(ledger: Any) -> None:
+    dock = ledger.dock()
+    dock.post(receipt(5, "A-01", 0))
+    p = pick(3, "B-02", 10)
+    (res,) = dock.post(p)
+    assert res["warnings"] == ["negative balance at B-02: -3 (class location)"]
+    assert ledger.incident_of(p)["class"] == "location"
+
+    m = move(5, "A-01", "B-02", 5)
+    (res,) = dock.post(m)
+    assert res["status"] == "accepted" and res["warnings"] == []
+    inc = ledger.incident_of(p)
+    assert (inc["class"], inc["status"], inc["resolved_by_event_id"]) == (
+        "ordering", "resolved", m["event_id"])
+    assert (ledger.on_hand("A-01"), ledger.on_hand("B-02")) == (0, 2)
+
+
+def test_wrong_bin_pick_stays_open_as_location(ledger: Any) -> None:
+    dock = ledger.dock()
+    dock.post(receipt(5, "A-01", 0))
+    p = pick(2, "C-03", 1)
+    dock.post(p)
+    inc = ledger.incident_of(p)
+    assert (inc["class"], inc["status"], inc["location"]) == ("location", "open", "C-03")
+    totals = ledger.get("/v1/balances", by="item")["balances"]
+    assert totals == [{"site": "WH1", "item": "04006381333931", "location": None,
+                       "on_hand": 3, "recorded": 3}]
+
+
+def test_true_shortage_is_item_class_and_a_second_pick_opens_a_second_incident(
+        ledger: Any) -> None:
+    dock = ledger.dock()
+    first, second = pick(2, "A-01", 1), pick(1, "A-01", 2)
+    dock.post(first)
+    dock.post(second)
+    incs = ledger.incidents(status="open")
+    assert [(i["depletion_event_id"], i["class"], i["balance"]) for i in incs] == [
+        (first["event_id"], "item", -2), (second["event_id"], "item", -3)]
+
+
+def test_a_tie_never_manufactures_a_negative(ledger: Any) -> None:
+    """Receipt and pick at the same instant from two stations: the pick's station sorts
+    first, so applied one by one it would dip to -3; as one group it does not."""
+    receiving, picking = ledger.dock("dock-9"), ledger.dock("dock-0")
+    r = receipt(3, "A-01", 7, station="dock-9")
+    p = pick(3, "A-01", 7, station="dock-0")
+    receiving.post(r)
+    (res,) = picking.post(p)
+    assert res["warnings"] == []
+    assert ledger.incidents() == []
+    assert ledger.on_hand("A-01") == 0
+
+
+def test_a_count_settles_a_negative_location(ledger: Any) -> None:
+    dock = ledger.dock()
+    p = pick(4, "A-01", 1)
+    dock.post(p)
+    c = count(6, "A-01", 30)
+    dock.post(c)
+    inc = ledger.incident_of(p)
+    assert inc["status"] == "resolved"
+    assert inc["resolved_by_event_id"] == c["event_id"]
+    assert inc["class"] == "item"  # still what it was at 10:01; the count settled it
+    assert ledger.on_hand("A-01") == 6
+
+
+def test_a_late_count_below_later_picks_opens_incidents_for_them(ledger: Any) -> None:
+    dock = ledger.dock()
+    dock.post(receipt(10, "A-01", 0))
+    p = pick(4, "A-01", 20)
+    dock.post(p)
+    (res,) = dock.post(count(2, "A-01", 10))
+    assert res["warnings"] == ["made 1 depletion(s) at A-01 negative"]
+    inc = ledger.incident_of(p)
+    assert (inc["class"], inc["status"], inc["balance"]) == ("item", "open", -2)
+
+
+def test_a_void_resolves_its_depletion_and_removes_it_from_balances(ledger: Any) -> None:
+    dock = ledger.dock()
+    p = pick(2, "A-01", 1)
+    dock.post(p)
+    v = void(p, 2)
+    (res,) = dock.post(v)
+    assert res["status"] == "accepted"
+    inc = ledger.incident_of(p)
+    assert (inc["status"], inc["resolved_by_event_id"]) == ("resolved", v["event_id"])
+    assert ledger.on_hand("A-01") == 0
+
+
+def test_a_void_that_arrives_before_its_target_still_cancels_it(ledger: Any) -> None:
+    dock = ledger.dock()
+    p = pick(2, "A-01", 1)
+    v = void(p, 2)
+    (res,) = dock.post(v)
+    assert res["warnings"] == [f"{p['event_id']} not received yet; it is voided when it arrives"]
+    (res,) = dock.post(p)
+    assert res["status"] == "accepted"
+    assert res["warnings"] == [f"already voided by {v['event_id']}"]
+    assert ledger.incidents() == []
+    assert ledger.on_hand("A-01") == 0
+
+
+def test_voiding_a_receipt_reopens_what_it_explained(ledger: Any) -> None:
+    dock = ledger.dock()
+    p = pick(3, "A-01", 5)
+    dock.post(p)
+    r = receipt(5, "A-01", 1)
+    dock.post(r)
+    assert ledger.incident_of(p)["status"] == "resolved"
+    dock.post(void(r, 6))
+    inc = ledger.incident_of(p)
+    assert (inc["class"], inc["status"], inc["resolved_by_event_id"]) == ("item", "open", None)
+
+
+def test_a_replayed_batch_is_never_counted_twice(ledger: Any) -> None:
+    dock = ledger.dock()
+    events = [receipt(5, "A-01", 0), pick(2, "A-01", 1), move(1, "A-01", "B-01", 2)]
+    assert [r["status"] for r in dock.post(*events)] == ["accepted"] * 3
+    again = dock.post(*events)
+    assert [r["status"] for r in again] == ["duplicate"] * 3
+    assert [r["event_id"] for r in again] == [e["event_id"] for e in events]
+    assert (ledger.on_hand("A-01"), ledger.on_hand("B-01")) == (2, 1)
+    assert len(ledger.get("/v1/events")["events"]) == 3
+
+
+def test_a_conflicting_replay_is_rejected_with_a_reason(ledger: Any) -> None:
+    dock = ledger.dock()
+    r = receipt(5, "A-01", 0)
+    dock.post(r)
+    (res,) = dock.post({**r, "qty": 50})
+    assert res == {"event_id": r["event_id"], "status": "rejected", "reason":
+                   "event_id: already used by a different event (same id, different content)",
+                   "warnings": []}
+    assert ledger.on_hand("A-01") == 5
+
+
+def test_a_station_posts_only_its_own_events(ledger: Any) -> None:
+    one, two = ledger.dock("dock-1"), ledger.dock("dock-2")
+    r = one.post_raw({"station": "dock-2", "events": []})
+    assert r.status_code == 403
+    assert r.json() == {"error": "this token belongs to station 'dock-1', not 'dock-2'"}
+    (res,) = one.post(receipt(1, "A-01", 0, station="dock-2"))
+    assert res["status"] == "rejected"
+    assert res["reason"] == "station: 'dock-2' is not the batch's station 'dock-1'"
+    assert two.post_raw({"station": "dock-2", "events": []}).status_code == 200
+
+
+def test_a_held_depletion_is_released_when_stock_arrives(make_ledger: Any) -> None:
+    ledger = make_ledger("[sites.WH1]\nallow_negative = false\n")
+    dock = ledger.dock()
+    p = pick(3, "A-01", 5)
+    (res,) = dock.post(p)
+    assert res["status"] == "held"
+    assert res["reason"] == ("held: A-01 has 0 at 2026-11-22T10:05:00.000000Z, 3 to take; "
+                             "site WH1 does not allow negative stock")
+    held = ledger.get("/v1/held")["held"]
+    assert [h["event_id"] for h in held] == [p["event_id"]]
+    assert ledger.on_hand("A-01") == 0
+
+    dock.post(receipt(2, "A-01", 1))
+    assert len(ledger.get("/v1/held")["held"]) == 1  # 2 do not cover 3
+    dock.post(receipt(2, "A-01", 2))
+    assert ledger.get("/v1/held")["held"] == []
+    assert ledger.on_hand("A-01") == 1
+    assert ledger.incidents() == []
+    (stored,) = [e for e in ledger.get("/v1/events")["events"] if e["event_id"] == p["event_id"]]
+    assert stored["status"] == "accepted"
+
+
+def test_held_depletions_are_released_in_occurrence_order(make_ledger: Any) -> None:
+    ledger = make_ledger("[sites.WH1]\nallow_negative = false\n")
+    dock = ledger.dock()
+    late, early = pick(2, "A-01", 9), pick(2, "A-01", 4)
+    assert [r["status"] for r in dock.post(late, early)] == ["held", "held"]
+    dock.post(receipt(3, "A-01", 1))
+    (still,) = ledger.get("/v1/held")["held"]
+    assert still["event_id"] == late["event_id"]
+    assert ledger.on_hand("A-01") == 1
+
+
+def test_other_sites_still_allow_negative(make_ledger: Any) -> None:
+    ledger = make_ledger("[sites.WH2]\nallow_negative = false\n")
+    (res,) = ledger.dock().post(pick(1, "A-01", 1))
+    assert res["status"] == "accepted"
+
+
+def test_confirmed_once_every_station_of_the_site_has_synced_past_it(ledger: Any) -> None:
+    one, two = ledger.dock("dock-1"), ledger.dock("dock-2")
+    p = pick(1, "A-01", 5)
+    one.post(p, watermark=at(10))
+    assert ledger.incident_of(p)["confirmed"] is False  # dock-2 never synced
+    two.post(watermark=at(4))
+    assert ledger.incident_of(p)["confirmed"] is False  # dock-2 may still send 10:04..10:05
+    two.post(watermark=at(6))
+    assert ledger.incident_of(p)["confirmed"] is True
+    ledger.dock("dock-3", site="WH2")  # another site's station does not matter
+    assert ledger.incident_of(p)["confirmed"] is True
+
+
+def test_a_repeated_scan_is_flagged_as_suspected_duplicate(ledger: Any) -> None:
+    dock = ledger.dock()
+    a = pick(1, "A-01", 1.0)
+    b = pick(1, "A-01", 1.05)  # 3 seconds later, same scanner
+    c = pick(1, "A-01", 3.0)  # two minutes later: a real second pick
+    dock.post(a, b, c)
+    flags = {i["depletion_event_id"]: i["suspected_duplicate"] for i in ledger.incidents()}
+    assert flags == {a["event_id"]: True, b["event_id"]: True, c["event_id"]: False}
+
+
+def test_everything_survives_a_restart(make_ledger: Any, tmp_path: Any) -> None:
+    first = make_ledger("[sites.WH1]\nallow_negative = true\n")
+    dock = first.dock()
+    p = pick(3, "A-01", 5)
+    dock.post(p, receipt(1, "A-01", 1), move(1, "A-01", "B-01", 2))
+    before = (first.incidents(), first.get("/v1/balances"))
+    first.close()
+    first.server.stop()
+    second = make_ledger(db=tmp_path / "ledger.db")
+    assert (second.incidents(), second.get("/v1/balances")) == before
+    (res,) = post_with_token(second, dock.token, p)
+    assert res["status"] == "duplicate"
+
+
+def post_with_token(ledger: Any, token: str, *events: dict[str, Any]) -> list[dict[str, Any]]:
+    from tests.ledger.factory import batch
+
+    r = ledger.http.post("/v1/events", json=batch(list(events)),
+                         headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    out: list[dict[str, Any]] = r.json()["results"]
+    return out
