@@ -285,7 +285,9 @@ class SyncLoop:
         wall_ns, t0 = self._clock()
         body = {
             "station": self.config.station,
-            "sent_at": format_utc(self.time_base.ledger_ns(t0) or wall_ns),
+            # the station's own wall clock, so the ledger shows how far off each Pi's clock
+            # is; occurred_at never depends on it
+            "sent_at": format_utc(wall_ns),
             "watermark": self._watermark(more),
             "events": [event_json(r, self.config.station, self.config.site) for r in rows],
         }

@@ -337,7 +337,7 @@ class LedgerService:
 def _station_json(s: StationRecord, now: int) -> dict[str, Any]:
     lag = None if s.watermark is None else round((now - parse_time(s.watermark)) / 1e6, 3)
     return {
-        "name": s.name, "site": s.site, "created_at": s.created_at,
+        "station": s.name, "name": s.name, "site": s.site, "created_at": s.created_at,
         "revoked": s.revoked_at is not None, "revoked_at": s.revoked_at,
         "last_contact": s.last_contact, "sent_at": s.sent_at, "watermark": s.watermark,
         "clock_offset_ms": s.clock_offset_ms, "lag_s": lag,
