@@ -195,9 +195,11 @@ class Shift:
             dup = " (suspected duplicate scan)" if inc.get("suspected_duplicate") else ""
             state = "provisional" if not inc.get("confirmed") else "confirmed"
             if inc["status"] == "resolved":
-                text = (f"incident {item}@{inc['location']} resolved as {inc['class']}"
-                        + (" (self-correcting: a timing artefact)" if inc["class"] == "ordering"
-                           else ""))
+                if inc["class"] == "ordering":
+                    why = " (self-correcting: a timing artefact)"
+                else:
+                    why = f" by {self.describe_event(inc.get('resolved_by_event_id'))}"
+                text = f"incident {item}@{inc['location']} resolved as {inc['class']}{why}"
                 color = "green"
             elif first:
                 text = (f"NEGATIVE {item}@{inc['location']} balance {inc['balance']}: class "
@@ -207,6 +209,18 @@ class Shift:
                 text = f"incident {item}@{inc['location']} is now class {inc['class']}"
                 color = "magenta"
             self.n.line("ledger", text, color)
+
+    def describe_event(self, event_id: str | None) -> str:
+        """'a void from pick' for an event id, for the narration."""
+        try:
+            events = self.http.get("/v1/events", params={"limit": 1000}).json()["events"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            events = []
+        for e in events:
+            if e["event_id"] == event_id:
+                what = "a void (CMD-UNDO)" if e["type"] == "void" else f"a {e['type']}"
+                return f"{what} from {e['station']}"
+        return "a later event"
 
     def wait_drained(self, stations: list[str], timeout: float = 15) -> bool:
         from agent.journal import open_readonly
