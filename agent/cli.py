@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -17,6 +16,7 @@ import click
 
 from agent.config import Config, load_config
 from agent.errors import AgentError, ConfigError
+from agent.logs import setup_logging
 
 __all__ = ["main"]
 
@@ -56,9 +56,7 @@ def main() -> None:
 def run(config_path: str) -> None:
     """Run the station daemon in the foreground (what systemd runs)."""
     cfg = _load(config_path)
-    logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
+    setup_logging(cfg.log_level)
     from agent.daemon import run as run_daemon
 
     try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -279,3 +281,19 @@ def test_top_level_help_lists_the_commands() -> None:
     assert result.exit_code == 0
     for command in ("run", "check-config", "status", "events", "devices", "demo"):
         assert f"  {command}" in result.stdout
+
+
+def test_log_lines_carry_journal_priorities_under_systemd(tmp_path: Path) -> None:
+    """Under systemd (JOURNAL_STREAM set) warnings are tagged <4> so journalctl -p works."""
+    cfg = tmp_path / "dock.toml"
+    cfg.write_text(f'station = "d1"\nsite = "WH1"\ndatabase = "{tmp_path / "j.db"}"\n'
+                   '[[scanners]]\nname = "h"\ndriver = "tcp"\nhost = "127.0.0.1"\nport = 9\n')
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
+                            env=dict(os.environ, JOURNAL_STREAM="8:12345"),
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    lines = err.splitlines()
+    assert any(line.startswith("<6>INFO scan_agent: station d1") for line in lines), err
+    assert any(line.startswith("<4>WARNING") and "cannot connect" in line for line in lines), err
