@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 import time
 
+__all__ = ["main"]
+
 
 def main() -> None:
     offset = float(sys.argv[1])
