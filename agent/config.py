@@ -13,13 +13,13 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from agent.errors import ConfigError
+from agent.tomltable import REQUIRED, TomlTable, read_toml
 
 __all__ = [
     "MODES",
@@ -38,7 +38,6 @@ __all__ = [
 
 Mode = Literal["receipt", "pick", "move", "count"]
 MODES: tuple[Mode, ...] = ("receipt", "pick", "move", "count")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_STATE_ROOT = "/var/lib/scan-agent"
 
 
@@ -179,130 +178,8 @@ class Config:
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a dock config file; raises :class:`ConfigError`."""
     p = Path(path)
-    name = str(p)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(name, "", "file not found") from None
-    except PermissionError:
-        raise ConfigError(name, "", "permission denied") from None
-    except IsADirectoryError:
-        raise ConfigError(name, "", "is a directory, expected a TOML file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(name, "", f"not UTF-8 text (byte {exc.start})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(name, "", f"invalid TOML: {exc}") from None
-    return parse_config(data, name, base_dir=p.parent)
-
-
-T = TypeVar("T")
-
-
-class _Table:
-    """Reads one TOML table, tracking which keys were used so leftovers are reported."""
-
-    def __init__(self, file: str, data: Any, prefix: str) -> None:
-        if not isinstance(data, Mapping):
-            raise ConfigError(file, prefix or "(top level)", f"expected a table, got {_kind(data)}")
-        self.file, self.data, self.prefix = file, data, prefix
-        self.used: set[str] = set()
-
-    def key(self, k: str) -> str:
-        return f"{self.prefix}.{k}" if self.prefix else k
-
-    def error(self, k: str, problem: str) -> ConfigError:
-        return ConfigError(self.file, self.key(k), problem)
-
-    def get(self, k: str, types: tuple[type, ...], expected: str, default: Any) -> Any:
-        self.used.add(k)
-        if k not in self.data:
-            if default is _REQUIRED:
-                raise self.error(k, "required key is missing")
-            return default
-        v = self.data[k]
-        if isinstance(v, bool) and bool not in types:
-            raise self.error(k, f"expected {expected}, got {_kind(v)}")
-        if not isinstance(v, types):
-            raise self.error(k, f"expected {expected}, got {_kind(v)}")
-        return v
-
-    def text(self, k: str, default: Any = None, *, nonempty: bool = True) -> Any:
-        v = self.get(k, (str,), "a string", default)
-        if isinstance(v, str) and nonempty and not v.strip():
-            raise self.error(k, "must not be empty")
-        return v
-
-    def ident(self, k: str, default: Any = None) -> Any:
-        v = self.text(k, default)
-        if isinstance(v, str) and not _ID.match(v):
-            raise self.error(
-                k, f"{v!r} is not a valid id (letters, digits, '.', '_', '-'; at most 64)"
-            )
-        return v
-
-    def integer(self, k: str, default: Any = None, *, lo: int | None = None,
-            hi: int | None = None) -> Any:
-        v = self.get(k, (int,), "an integer", default)
-        if isinstance(v, int):
-            if lo is not None and v < lo:
-                raise self.error(k, f"must be at least {lo}, got {v}")
-            if hi is not None and v > hi:
-                raise self.error(k, f"must be at most {hi}, got {v}")
-        return v
-
-    def number(self, k: str, default: Any = None, *, lo: float | None = None) -> Any:
-        v = self.get(k, (int, float), "a number", default)
-        if isinstance(v, int | float):
-            if lo is not None and v < lo:
-                raise self.error(k, f"must be at least {lo}, got {v}")
-            return float(v)
-        return v
-
-    def flag(self, k: str, default: Any = None) -> Any:
-        return self.get(k, (bool,), "true or false", default)
-
-    def choice(self, k: str, choices: tuple[str, ...], default: Any = None) -> Any:
-        v = self.text(k, default)
-        if v is not None and v not in choices:
-            raise self.error(k, f"must be one of {', '.join(choices)}; got {v!r}")
-        return v
-
-    def table(self, k: str) -> _Table | None:
-        self.used.add(k)
-        if k not in self.data:
-            return None
-        return _Table(self.file, self.data[k], self.key(k))
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            k = unknown[0]
-            hint = _close_match(k, self.used)
-            raise self.error(k, "unknown key" + (f" (did you mean {hint!r}?)" if hint else ""))
-
-
-_REQUIRED: Any = object()
-
-
-def _kind(v: Any) -> str:
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, int | float):
-        return f"a number ({v!r})"
-    if isinstance(v, str):
-        return f"a string ({v!r})"
-    if isinstance(v, list):
-        return "an array"
-    if isinstance(v, dict):
-        return "a table"
-    return type(v).__name__
-
-
-def _close_match(k: str, known: set[str]) -> str | None:
-    import difflib
-
-    m = difflib.get_close_matches(k, sorted(known), n=1, cutoff=0.6)
-    return m[0] if m else None
+    data = read_toml(p, ConfigError)
+    return parse_config(data, str(p), base_dir=p.parent)
 
 
 def _path(base_dir: Path | None, v: str) -> str:
@@ -315,9 +192,9 @@ def _path(base_dir: Path | None, v: str) -> str:
 def parse_config(data: Mapping[str, Any], file: str = "<config>",
                  base_dir: Path | None = None) -> Config:
     """Validate an already-parsed TOML mapping (``load_config`` without the file read)."""
-    top = _Table(file, data, "")
-    station = top.ident("station", _REQUIRED)
-    site = top.ident("site", _REQUIRED)
+    top = TomlTable(file, data, "", ConfigError)
+    station = top.ident("station", REQUIRED)
+    site = top.ident("site", REQUIRED)
     mode = top.choice("mode", MODES, "receipt")
     location = top.text("location", None)
     database = top.text("database", None)
@@ -341,7 +218,7 @@ def parse_config(data: Mapping[str, Any], file: str = "<config>",
         raise top.error("scanners", "expected an array of tables ([[scanners]])")
     scanners: list[ScannerConfig] = []
     for i, raw in enumerate(raw_scanners):
-        s = _scanner(_Table(file, raw, f"scanners[{i}]"), grammar)
+        s = _scanner(TomlTable(file, raw, f"scanners[{i}]", ConfigError), grammar)
         if any(o.name == s.name for o in scanners):
             raise ConfigError(file, f"scanners[{i}].name", f"duplicate scanner name {s.name!r}")
         scanners.append(s)
@@ -354,7 +231,7 @@ def parse_config(data: Mapping[str, Any], file: str = "<config>",
     )
 
 
-def _grammar(t: _Table | None) -> GrammarConfig:
+def _grammar(t: TomlTable | None) -> GrammarConfig:
     if t is None:
         return GrammarConfig()
     d = GrammarConfig()
@@ -379,10 +256,10 @@ def _grammar(t: _Table | None) -> GrammarConfig:
                          max_length=max_length)
 
 
-def _ledger(t: _Table | None, base_dir: Path | None) -> LedgerConfig | None:
+def _ledger(t: TomlTable | None, base_dir: Path | None) -> LedgerConfig | None:
     if t is None:
         return None
-    url = t.text("url", _REQUIRED)
+    url = t.text("url", REQUIRED)
     if not re.match(r"^https?://[^\s/]+", url):
         raise t.error("url", f"expected an http:// or https:// URL, got {url!r}")
     opt_path = {k: t.text(k, None)
@@ -402,7 +279,7 @@ def _ledger(t: _Table | None, base_dir: Path | None) -> LedgerConfig | None:
     return cfg
 
 
-def _feedback(t: _Table | None) -> FeedbackConfig:
+def _feedback(t: TomlTable | None) -> FeedbackConfig:
     if t is None:
         return FeedbackConfig()
     pins = {k: t.integer(k, None, lo=0, hi=53)
@@ -411,7 +288,7 @@ def _feedback(t: _Table | None) -> FeedbackConfig:
     return FeedbackConfig(**pins)
 
 
-def _metrics(t: _Table | None, base_dir: Path | None) -> MetricsConfig:
+def _metrics(t: TomlTable | None, base_dir: Path | None) -> MetricsConfig:
     if t is None:
         return MetricsConfig()
     textfile = t.text("textfile", None)
@@ -424,7 +301,7 @@ def _metrics(t: _Table | None, base_dir: Path | None) -> MetricsConfig:
                          listen=listen, interval=interval)
 
 
-def _unescape_control(t: _Table, k: str, v: str | None) -> str | None:
+def _unescape_control(t: TomlTable, k: str, v: str | None) -> str | None:
     # TOML already turns "\u0006" into the character; also accept the names operators use.
     names = {"ACK": "\x06", "NAK": "\x15", "BEL": "\x07", "CR": "\r", "LF": "\n"}
     if v is None:
@@ -432,11 +309,11 @@ def _unescape_control(t: _Table, k: str, v: str | None) -> str | None:
     return names.get(v, v)
 
 
-def _scanner(t: _Table, grammar: GrammarConfig) -> ScannerConfig:
-    name = t.text("name", _REQUIRED)
+def _scanner(t: TomlTable, grammar: GrammarConfig) -> ScannerConfig:
+    name = t.text("name", REQUIRED)
     if len(name) > 64 or not name.isprintable():
         raise t.error("name", "must be printable text of at most 64 characters")
-    driver = t.choice("driver", ("serial", "evdev", "tcp"), _REQUIRED)
+    driver = t.choice("driver", ("serial", "evdev", "tcp"), REQUIRED)
     common: dict[str, Any] = dict(
         name=name,
         driver=driver,
@@ -453,7 +330,7 @@ def _scanner(t: _Table, grammar: GrammarConfig) -> ScannerConfig:
                           f"got {terminator!r}")
         cfg = SerialScannerConfig(
             **common,
-            port=t.text("port", _REQUIRED),
+            port=t.text("port", REQUIRED),
             baudrate=t.integer("baudrate", 9600, lo=50, hi=4_000_000),
             bytesize=t.integer("bytesize", 8, lo=5, hi=8),
             parity=t.choice("parity", ("N", "E", "O", "M", "S"), "N"),
@@ -503,8 +380,8 @@ def _scanner(t: _Table, grammar: GrammarConfig) -> ScannerConfig:
     else:
         cfg = TcpScannerConfig(
             **common,
-            host=t.text("host", _REQUIRED),
-            port=t.integer("port", _REQUIRED, lo=1, hi=65535),
+            host=t.text("host", REQUIRED),
+            port=t.integer("port", REQUIRED, lo=1, hi=65535),
             framing=t.choice("framing", ("line", "stx-etx"), "line"),
             trigger=t.text("trigger", None, nonempty=False),
             encoding=_encoding(t, t.text("encoding", "utf-8")),
@@ -513,7 +390,7 @@ def _scanner(t: _Table, grammar: GrammarConfig) -> ScannerConfig:
     return cfg
 
 
-def _hex(t: _Table, k: str) -> str | None:
+def _hex(t: TomlTable, k: str) -> str | None:
     v: str | None = t.text(k, None)
     if v is None:
         return None
@@ -523,7 +400,7 @@ def _hex(t: _Table, k: str) -> str | None:
     return s.rjust(4, "0")
 
 
-def _encoding(t: _Table, enc: str) -> str:
+def _encoding(t: TomlTable, enc: str) -> str:
     import codecs
 
     try:
