@@ -41,6 +41,7 @@ __all__ = ["Agent", "run"]
 log = logging.getLogger("scan_agent")
 _PRUNE_EVERY = 3600.0
 _REPORT_EVERY = 5.0
+_FIRST_OPEN_WAIT = 5.0
 
 
 @dataclass
@@ -63,6 +64,8 @@ class Agent:
     queue_gauge: dict[str, Any] = field(default_factory=dict)
     _metrics_server: MetricsServer | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _state_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _stopping_sent: bool = False
     _time_base: TimeBase = field(default_factory=lambda: TimeBase(boot_id()))
 
     async def __aenter__(self) -> Agent:
@@ -109,6 +112,7 @@ class Agent:
             self.scanners[sc.name] = scanner
             self.scanner_states[sc.name] = scanner.state
             self._tasks.append(asyncio.create_task(self._read(scanner), name=f"scan:{sc.name}"))
+        await self._first_open_attempts()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         self._tasks.append(asyncio.create_task(self._report(), name="report"))
         self._tasks.append(asyncio.create_task(
@@ -124,6 +128,18 @@ class Agent:
         self.notifier.ready(self.status_line())
         log.info("station %s (%s) ready: %d scanner(s), journal %s", cfg.station, cfg.site,
                  len(cfg.scanners), cfg.database)
+
+    async def _first_open_attempts(self) -> None:
+        """Wait until every scanner has tried to open once (connected, or failed with a
+        reason), so that READY=1 and its STATUS= say how the scanners really are. A missing
+        scanner does not hold the dock back: its failed attempt counts, and the wait is bounded
+        for a slow network handshake (rfc2217://, tcp)."""
+        initial = dict(self.scanner_states)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_FIRST_OPEN_WAIT):
+                while any(self.scanner_states[n] == st for n, st in initial.items()):
+                    self._state_changed.clear()
+                    await self._state_changed.wait()
 
     async def _refresh_queue(self) -> None:
         """Queue depth for metrics and STATUS=, read on the writer thread (never the loop)."""
@@ -188,6 +204,7 @@ class Agent:
 
     def _on_scanner_state(self, st: ScannerState) -> None:
         self.scanner_states[st.scanner] = st
+        self._state_changed.set()
         if self.writer is not None and not self.stopping.is_set():
             with contextlib.suppress(AgentError, RuntimeError):
                 asyncio.get_running_loop().create_task(self._save_scanner_state(st))
@@ -238,7 +255,9 @@ class Agent:
 
     async def close(self) -> None:
         """Stop in order: scanners, capture in flight, sync, journal. Idempotent."""
-        if not self.stopping.is_set():
+        # Not keyed on ``stopping``: SIGTERM sets that event before close() runs.
+        if not self._stopping_sent:
+            self._stopping_sent = True
             self.notifier.stopping()
         self.stopping.set()
         if self._metrics_server is not None:
