@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections import Counter
@@ -41,6 +42,7 @@ __all__ = ["Agent", "run"]
 log = logging.getLogger("scan_agent")
 _PRUNE_EVERY = 3600.0
 _REPORT_EVERY = 5.0
+_ALERTS_HELD = 50  # capture failures kept in memory while the journal cannot take them
 _FIRST_OPEN_WAIT = 5.0
 
 
@@ -64,6 +66,7 @@ class Agent:
     queue_gauge: dict[str, Any] = field(default_factory=dict)
     _metrics_server: MetricsServer | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _alerts_due: list[tuple[float, str]] = field(default_factory=list)
     _state_changed: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping_sent: bool = False
     _time_base: TimeBase = field(default_factory=lambda: TimeBase(boot_id()))
@@ -96,6 +99,9 @@ class Agent:
         self.station.listeners.append(self._count)
         await self.station.start()
         await self.writer.call(lambda j: j.prune(cfg.retention_days))
+        me = {"agent.pid": str(os.getpid()), "agent.boot_id": boot_id(),
+              "agent.started_at": repr(self.started_at)}
+        await self.writer.call(lambda j: j.write_meta(me))
         await self._refresh_queue()
         self.feedback = build_feedback(cfg.feedback, log_line=False)
 
@@ -232,9 +238,29 @@ class Agent:
                 else:
                     self.feedback.error(outcome.reason or outcome.status)
             if outcome.status == "failed":
-                with contextlib.suppress(AgentError):
-                    assert self.writer is not None
-                    await self.writer.call(Journal.alert, "capture", outcome.reason or "")
+                self._alerts_due.append((time.time(), outcome.reason or ""))
+            if self._alerts_due:
+                await self._save_alerts()
+
+    async def _save_alerts(self) -> None:
+        """Record capture failures for ``status``. On a full disk the alert cannot be written
+        either: it is kept and written once the journal takes writes again."""
+        assert self.writer is not None
+        due, self._alerts_due = self._alerts_due[-_ALERTS_HELD:], []
+
+        def write(j: Journal) -> int:
+            for n, (at, message) in enumerate(due):
+                try:
+                    j.alert("capture", message, at)
+                except AgentError:
+                    return n
+            return len(due)
+
+        try:
+            written = await self.writer.call(write)
+        except AgentError:
+            written = 0
+        self._alerts_due = due[written:] + self._alerts_due
 
     async def _housekeeping(self) -> None:
         assert self.writer is not None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from agent.config import Config
@@ -45,9 +46,12 @@ def status(cfg: Config, now: float | None = None) -> dict[str, Any]:
     finally:
         conn.close()
 
+    running = agent_running(meta)
     scanners = []
     for sc in cfg.scanners:
         st = states.get(sc.name, {})
+        if not running and (not st or st["connected"]):  # stale: the agent died holding it
+            st = {"connected": 0, "detail": "agent not running"}
         sess = sessions.get(sc.name, {})
         ls = last.get(sc.name)
         scanners.append({
@@ -65,6 +69,8 @@ def status(cfg: Config, now: float | None = None) -> dict[str, Any]:
     offset = meta.get("sync.offset_ms")
     return {
         "station": cfg.station, "site": cfg.site, "database": cfg.database,
+        "running": running,
+        "pid": int(meta["agent.pid"]) if running else None,
         "ledger": cfg.ledger.url if cfg.ledger else None,
         "scanners": scanners,
         "queue": {
@@ -96,6 +102,20 @@ def status(cfg: Config, now: float | None = None) -> dict[str, Any]:
     }
 
 
+def agent_running(meta: dict[str, str]) -> bool:
+    """Whether the daemon that last opened this journal is still running on this boot."""
+    from agent.clock import boot_id
+
+    pid = meta.get("agent.pid")
+    if not pid or not pid.isdigit() or meta.get("agent.boot_id") != boot_id():
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"agent" in cmdline  # a reused pid of another program does not count
+
+
 def _float(v: str | None) -> float | None:
     try:
         return None if v is None or v == "None" else float(v)
@@ -117,7 +137,9 @@ def _ago(t: float | None, now: float) -> str:
 def format_status(s: dict[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
     q, sy = s["queue"], s["sync"]
-    lines = [f"station {s['station']} (site {s['site']})   journal {s['database']}",
+    state = f"running (pid {s['pid']})" if s["running"] else "NOT RUNNING"
+    lines = [f"station {s['station']} (site {s['site']})   agent {state}",
+             f"journal {s['database']}",
              f"ledger  {s['ledger'] or '(none configured: capture only)'}", "", "scanners:"]
     for sc in s["scanners"]:
         conn = {True: "connected", False: "DISCONNECTED", None: "unknown"}[sc["connected"]]

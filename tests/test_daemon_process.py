@@ -288,11 +288,17 @@ def test_sigkill_after_ack_keeps_each_movement_exactly_once_and_the_session(
         (session,) = journal_rows(db, "SELECT state FROM sessions WHERE scanner = 'handheld'")
         state = json.loads(session["state"])
         assert {k: state[k] for k in r.session} == r.session, r.moment
+        # status does not believe the dead daemon's last word that the scanner is connected
+        crashed = json.loads(cli("status", "--config", str(config), "--json").stdout)
+        assert crashed["running"] is False
+        assert (crashed["scanners"][0]["connected"], crashed["scanners"][0]["detail"]) == (
+            False, "agent not running")
 
     # And the next start carries on: the session and the seq continue from the journal.
     d = daemons(config)
     d.wait_connected()
     status = json.loads(cli("status", "--config", str(config), "--json").stdout)
+    assert status["running"] is True
     (sc,) = status["scanners"]
     assert (sc["mode"], sc["from_location"], sc["to_location"]) == ("pick", "P-1", None)
     assert status["queue"]["pending"] == len(expected)
