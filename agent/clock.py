@@ -17,7 +17,7 @@ import ctypes
 import ctypes.util
 import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -127,18 +127,18 @@ class TimeBase:
 
     boot_id: str
     samples: tuple[Sample, ...] = ()
+    #: the lowest-RTT sample among the recent ones (the least uncertain), chosen once here
+    #: because every stamped movement asks for it
+    best: Sample | None = field(default=None, init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.samples:
+            newest = self.samples[-1].t3_boot_ns
+            fresh = [s for s in self.samples if newest - s.t3_boot_ns <= _MAX_AGE_NS]
+            object.__setattr__(self, "best", min(fresh, key=lambda s: (s.rtt_ns, -s.t3_boot_ns)))
 
     def add(self, s: Sample) -> TimeBase:
         return TimeBase(self.boot_id, (*self.samples, s)[-_KEEP:])
-
-    @property
-    def best(self) -> Sample | None:
-        """The lowest-RTT sample among the recent ones (the least uncertain)."""
-        if not self.samples:
-            return None
-        newest = self.samples[-1].t3_boot_ns
-        fresh = [s for s in self.samples if newest - s.t3_boot_ns <= _MAX_AGE_NS]
-        return min(fresh, key=lambda s: (s.rtt_ns, -s.t3_boot_ns))
 
     def age_ns(self, now_boot_ns: int) -> int | None:
         return None if not self.samples else now_boot_ns - self.samples[-1].t3_boot_ns

@@ -105,7 +105,7 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
          "serial": str, "expiry": str, "qty": int, "from_location": str, "to_location": str,
          "reference": str, "operator": str, "voids": str, "raw": str, "wall_time": float,
          "boot_ns": int, "boot_id": str, "wall_offset_ms": float, "ntp_synced": int,
-         "state": str, "occurred_at": str, "clock": str, "first_sent_at": float,
+         "state": str, "occurred_at": str, "clock": str, "body": str, "first_sent_at": float,
          "synced_at": float, "result": str, "reason": str, "warnings": str},
         pk="seq",
         not_null={"event_id", "scanner", "type", "item", "qty", "raw", "wall_time", "boot_ns",
@@ -292,18 +292,18 @@ class Journal:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur]
 
-    def freeze(self, stamps: Sequence[tuple[int, str, str, float]]) -> None:
-        """Record (seq, occurred_at, clock JSON, first_sent_at) before a first send.
+    def freeze(self, stamps: Sequence[tuple[int, str, str, str, float]]) -> None:
+        """Record (seq, occurred_at, clock JSON, event JSON, first_sent_at) before a first send.
 
-        A movement is sent with the same content on every retry, so the ledger can tell a
-        replay (``duplicate``) from a conflict.
+        A movement is sent as the same bytes on every retry, so the ledger can tell a replay
+        (``duplicate``) from a conflict.
         """
         try:
             with self.transaction():
                 self.conn.executemany(
-                    "UPDATE movements SET occurred_at = ?, clock = ?, first_sent_at = ?"
-                    " WHERE seq = ? AND occurred_at IS NULL",
-                    [(o, c, t, s) for s, o, c, t in stamps])
+                    "UPDATE movements SET occurred_at = ?, clock = ?, body = ?,"
+                    " first_sent_at = ? WHERE seq = ? AND occurred_at IS NULL",
+                    [(o, c, b, t, s) for s, o, c, b, t in stamps])
         except (sqlite3.Error, OSError) as exc:
             raise _translate(exc, "stamping movements for sync") from exc
 

@@ -32,7 +32,8 @@ import httpx
 from agent.capture import Outcome
 from agent.clock import Sample, TimeBase, boot_id, format_utc, parse_utc, stamp
 from agent.config import Config, LedgerConfig
-from agent.errors import AgentError, SyncError
+from agent.errors import AgentError, JournalError, SyncError
+from agent.grammar import printable
 from agent.journal import JournalWriter
 
 __all__ = ["SyncLoop", "SyncStats", "backoff_delay", "event_json", "retry_after"]
@@ -162,9 +163,12 @@ class SyncLoop:
                         await asyncio.sleep(_LINGER)
                     try:
                         await self.drain()
-                    except _Retry as r:
+                    except (_Retry, JournalError) as r:
+                        # a journal that cannot take the results (disk full) is retried too:
+                        # the ledger answers what it already has as duplicates
                         attempt += 1
-                        delay = r.delay if r.delay is not None else backoff_delay(
+                        given = r.delay if isinstance(r, _Retry) else None
+                        delay = given if given is not None else backoff_delay(
                             attempt, self._backoff_base, self.ledger.max_backoff, self._rng)
                         await self._note_error(str(r))
                         self._wake.clear()
@@ -214,19 +218,40 @@ class SyncLoop:
         )
 
     async def drain(self) -> None:
-        """Send everything pending, batch by batch; raises ``_Retry`` on a failure."""
+        """Send everything pending, batch by batch; raises ``_Retry`` on a failure.
+
+        The next batch is read and stamped on the journal's thread while the current one is
+        on the wire, so a backlog drains at the pace of the slower side, not of both added.
+        """
+        await self._ensure_time_base()
         sent_any = False
-        while not self._closed.is_set():
-            rows = await self.writer.call(lambda j: j.pending(self._batch + 1))
-            if not rows:
-                break
-            batch, rest = rows[: self._batch], rows[self._batch:]
-            await self._ensure_time_base()
-            await self._freeze(batch)
-            await self._send(batch, more=rest[0] if rest else None)
-            sent_any = True
+        nxt: asyncio.Task[tuple[list[dict[str, Any]], dict[str, Any] | None]] | None = None
+        try:
+            nxt = asyncio.ensure_future(self._prepare(after_seq=0))
+            while not self._closed.is_set():
+                batch, more = await nxt
+                nxt = None
+                if not batch:
+                    break
+                nxt = asyncio.ensure_future(self._prepare(after_seq=batch[-1]["seq"]))
+                await self._send(batch, more=more)
+                sent_any = True
+        finally:
+            if nxt is not None:
+                nxt.cancel()
+                await asyncio.gather(nxt, return_exceptions=True)
         if not sent_any:
             await self._exchange([], more=None)  # heartbeat: clock sample and watermark
+
+    async def _prepare(
+        self, after_seq: int
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """The next batch after ``after_seq``, stamped, and the first movement after it."""
+        limit = self._batch
+        rows = await self.writer.call(lambda j: j.pending(limit + 1, after_seq))
+        batch, rest = rows[:limit], rows[limit:]
+        await self._freeze(batch)
+        return batch, (rest[0] if rest else None)
 
     async def _ensure_time_base(self) -> None:
         _, now_boot = self._clock()
@@ -235,13 +260,18 @@ class SyncLoop:
             await self._exchange([], more=None)
 
     async def _freeze(self, rows: list[dict[str, Any]]) -> None:
-        stamps: list[tuple[int, str, str, float]] = []
+        """Fix occurred_at, clock and the event's JSON of never-sent rows, in the journal."""
+        stamps: list[tuple[int, str, str, str, float]] = []
         now = time.time()
+        station, site = self.config.station, self.config.site
         for row in rows:
             if row["occurred_at"] is None:
                 occurred, clock = stamp(row, self.time_base)
                 row["occurred_at"], row["clock"] = occurred, json.dumps(clock)
-                stamps.append((row["seq"], occurred, row["clock"], now))
+                row["body"] = json.dumps(event_json(row, station, site), separators=(",", ":"))
+                stamps.append((row["seq"], occurred, row["clock"], row["body"], now))
+            elif row["body"] is None:  # stamped but its JSON not kept: rebuild the same bytes
+                row["body"] = json.dumps(event_json(row, station, site), separators=(",", ":"))
         if stamps:
             await self.writer.call(lambda j: j.freeze(stamps))
 
@@ -283,17 +313,15 @@ class SyncLoop:
         assert self._client is not None
         token = self._token()
         wall_ns, t0 = self._clock()
-        body = {
-            "station": self.config.station,
-            # the station's own wall clock, so the ledger shows how far off each Pi's clock
-            # is; occurred_at never depends on it
-            "sent_at": format_utc(wall_ns),
-            "watermark": self._watermark(more),
-            "events": [event_json(r, self.config.station, self.config.site) for r in rows],
-        }
+        # sent_at is the station's own wall clock, so the ledger shows how far off each Pi's
+        # clock is; occurred_at never depends on it. Each event goes as the JSON frozen at its
+        # first send, byte for byte.
+        head = json.dumps({"station": self.config.station, "sent_at": format_utc(wall_ns),
+                           "watermark": self._watermark(more)}, separators=(",", ":"))
+        body = head[:-1] + ',"events":[' + ",".join(r["body"] for r in rows) + "]}"
         try:
             resp = await self._client.post(
-                "/v1/events", content=json.dumps(body, separators=(",", ":")),
+                "/v1/events", content=body.encode(),
                 headers={"Authorization": f"Bearer {token}",
                          "Content-Type": "application/json"})
         except httpx.TimeoutException as exc:
@@ -334,8 +362,10 @@ class SyncLoop:
             if st not in ("accepted", "duplicate", "held", "rejected") or (
                     res.get("event_id") not in (None, row["event_id"])):
                 raise _Retry(None, f"ledger result for seq {row['seq']} unreadable: {res!r}")
-            warnings = [str(w) for w in res.get("warnings") or []]
-            out.append((row["seq"], st, res.get("reason"), warnings))
+            # the ledger's words reach logs, status and terminals: no control bytes
+            warnings = [printable(str(w), 300) for w in res.get("warnings") or []]
+            reason = None if res.get("reason") is None else printable(str(res["reason"]), 300)
+            out.append((row["seq"], st, reason, warnings))
             setattr(self.stats, st, getattr(self.stats, st) + 1)
             for w in warnings:
                 self.stats.warnings = [*self.stats.warnings, w][-20:]
@@ -343,8 +373,7 @@ class SyncLoop:
                 for fn in self.warning_listeners:
                     fn(w)
             if st == "rejected":
-                log.error("ledger rejected seq %s (%s): %s", row["seq"], row["event_id"],
-                          res.get("reason"))
+                log.error("ledger rejected seq %s (%s): %s", row["seq"], row["event_id"], reason)
         now = time.time()
         summary = self.time_base.summary()
         meta = {"sync.last_ok": repr(now), "sync.offset_ms": str(summary["offset_ms"]),
@@ -392,7 +421,7 @@ def _reason(resp: httpx.Response) -> str:
         if isinstance(data, dict):
             for k in ("error", "detail", "reason", "message"):
                 if k in data:
-                    return str(data[k])[:200]
+                    return printable(str(data[k]), 200)
     except ValueError:
         pass
     return f"HTTP {resp.status_code}"
