@@ -125,8 +125,8 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _migrate_v1}
 
 _INSERT_SCAN = (
-    "INSERT INTO scans (scanner, wall_time, boot_ns, boot_id, text, raw, outcome, reason, note,"
-    " event_id) VALUES (?,?,?,?,?,?,?,?,?,?)"
+    "INSERT INTO scans (id, scanner, wall_time, boot_ns, boot_id, text, raw, outcome, reason,"
+    " note, event_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 )
 _INSERT_MOVEMENT = (
     "INSERT INTO movements (seq, event_id, scanner, type, item, lot, serial, expiry, qty,"
@@ -162,6 +162,8 @@ class Journal:
             # records before it deletes (so pruning the newest rows cannot reuse a seq)
             top = self.conn.execute("SELECT max(seq) FROM movements").fetchone()[0] or 0
             self._next_seq = max(top + 1, int(self.get_meta("next_seq") or "1"))
+            last_scan = self.conn.execute("SELECT max(id) FROM scans").fetchone()[0] or 0
+            self._next_scan_id = last_scan + 1
         except sqlite3.DatabaseError as exc:
             if ((getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF) in _DAMAGED:
                 raise JournalError(
@@ -251,32 +253,37 @@ class Journal:
     def capture(self, records: Sequence[Capture]) -> list[Captured]:
         """Commit ``records`` in one transaction; all or nothing."""
         out: list[Captured] = []
-        seq = self._next_seq
+        scans: list[tuple[Any, ...]] = []
+        moves: list[tuple[Any, ...]] = []
+        sessions: list[tuple[str, str, float]] = []
+        seq, scan_id = self._next_seq, self._next_scan_id
+        for r in records:
+            m = r.movement
+            scans.append((scan_id, r.scanner, r.wall_time, r.boot_ns, r.boot_id, r.text, r.raw,
+                          r.outcome, r.reason, r.note, m.event_id if m else None))
+            if m is not None:
+                moves.append((
+                    seq, m.event_id, r.scanner, m.type, m.item, m.lot, m.serial, m.expiry, m.qty,
+                    m.from_location, m.to_location, m.reference, m.operator, m.voids,
+                    json.dumps(list(m.raw)), r.wall_time, r.boot_ns, r.boot_id,
+                    r.wall_offset_ms, None if r.ntp_synced is None else int(r.ntp_synced)))
+                out.append(Captured(scan_id, seq, m.event_id))
+                seq += 1
+            else:
+                out.append(Captured(scan_id, None, None))
+            if r.session_state is not None:
+                sessions.append((r.scanner, r.session_state, r.wall_time))
+            scan_id += 1
         try:
             with self.transaction():
-                for r in records:
-                    m = r.movement
-                    cur = self.conn.execute(_INSERT_SCAN, (
-                        r.scanner, r.wall_time, r.boot_ns, r.boot_id, r.text, r.raw, r.outcome,
-                        r.reason, r.note, m.event_id if m else None))
-                    scan_id = int(cur.lastrowid or 0)
-                    if m is not None:
-                        self.conn.execute(_INSERT_MOVEMENT, (
-                            seq, m.event_id, r.scanner, m.type, m.item, m.lot, m.serial,
-                            m.expiry, m.qty, m.from_location, m.to_location, m.reference,
-                            m.operator, m.voids, json.dumps(list(m.raw)), r.wall_time,
-                            r.boot_ns, r.boot_id, r.wall_offset_ms,
-                            None if r.ntp_synced is None else int(r.ntp_synced)))
-                        out.append(Captured(scan_id, seq, m.event_id))
-                        seq += 1
-                    else:
-                        out.append(Captured(scan_id, None, None))
-                    if r.session_state is not None:
-                        self.conn.execute(_UPSERT_SESSION,
-                                          (r.scanner, r.session_state, r.wall_time))
+                self.conn.executemany(_INSERT_SCAN, scans)
+                if moves:
+                    self.conn.executemany(_INSERT_MOVEMENT, moves)
+                if sessions:
+                    self.conn.executemany(_UPSERT_SESSION, sessions)
         except (sqlite3.Error, OSError) as exc:
             raise _translate(exc, "committing a scan") from exc
-        self._next_seq = seq
+        self._next_seq, self._next_scan_id = seq, scan_id
         return out
 
     def sessions(self) -> dict[str, str]:
