@@ -121,14 +121,17 @@ class Station:
             status = "rejected" if step.rejected else "accepted"
             reason = step.rejected
 
-        base = self.time_base().best
+        # The offset to the ledger at this very read, from boottime: a sample's own wall
+        # offset goes stale when the wall clock is stepped after it was taken.
+        ledger_ns = self.time_base().ledger_ns(scan.boot_ns)
         record = Capture(
             scanner=scan.scanner, text=text, raw=scan.raw, wall_time=scan.wall_time,
             boot_ns=scan.boot_ns, boot_id=boot_id(), outcome=status, reason=reason,
             note=step.note if step else None,
             movement=step.movement if step else None,
             session_state=step.state.to_json() if step and not step.rejected else None,
-            wall_offset_ms=base.wall_offset_ms if base else None,
+            wall_offset_ms=(None if ledger_ns is None
+                            else (ledger_ns - round(scan.wall_time * 1e9)) / 1e6),
             ntp_synced=self.ntp_synced(),
         )
         try:
