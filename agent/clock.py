@@ -147,11 +147,21 @@ class TimeBase:
         b = self.best
         return None if b is None else boot_ns + b.base_ns
 
-    def summary(self) -> dict[str, Any]:
+    def wall_offset_ms(self, wall_ns: int, boot_ns: int) -> float | None:
+        """Ledger time minus the wall clock read at (``wall_ns``, ``boot_ns``), in ms.
+
+        Worked out from boottime, so a wall-clock step shows at once, not when the sample
+        taken before it ages out.
+        """
+        ledger = self.ledger_ns(boot_ns)
+        return None if ledger is None else (ledger - wall_ns) / 1e6
+
+    def summary(self, wall_ns: int, boot_ns: int) -> dict[str, Any]:
         b = self.best
-        if b is None:
+        offset = self.wall_offset_ms(wall_ns, boot_ns)
+        if b is None or offset is None:
             return {"basis": "none", "offset_ms": None, "rtt_ms": None}
-        return {"basis": "ledger", "offset_ms": round(b.wall_offset_ms, 3),
+        return {"basis": "ledger", "offset_ms": round(offset, 3),
                 "rtt_ms": round(b.rtt_ns / 1e6, 3)}
 
 

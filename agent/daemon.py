@@ -174,7 +174,9 @@ class Agent:
             movements_total=moves, pending=q.get("pending", 0), rejected=q.get("rejected", 0),
             oldest_pending_age_seconds=(now - q["oldest_wall"]) if q.get("oldest_wall") else None,
             last_sync_success_timestamp=self.sync.stats.last_ok if self.sync else None,
-            clock_offset_seconds=best.wall_offset_ms / 1000 if best else None,
+            clock_offset_seconds=(offset / 1000 if (offset := self.time_base.wall_offset_ms(
+                time.time_ns(), time.clock_gettime_ns(time.CLOCK_BOOTTIME))) is not None
+                else None),
             clock_basis="ledger" if best else "wall",
             scanner_connected={n: st.connected for n, st in self.scanner_states.items()},
             start_time=self.started_at,

@@ -375,7 +375,7 @@ class SyncLoop:
             if st == "rejected":
                 log.error("ledger rejected seq %s (%s): %s", row["seq"], row["event_id"], reason)
         now = time.time()
-        summary = self.time_base.summary()
+        summary = self.time_base.summary(*self._clock())
         meta = {"sync.last_ok": repr(now), "sync.offset_ms": str(summary["offset_ms"]),
                 "sync.rtt_ms": str(summary["rtt_ms"]), "sync.basis": summary["basis"],
                 "sync.last_error": None}

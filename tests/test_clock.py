@@ -118,3 +118,13 @@ def test_agent_ten_minutes_off_still_stamps_true_time(tmp_path: Path) -> None:
     walls = [r[0] for r in sqlite3.connect(tmp_path / "journal.db").execute(
         "SELECT wall_time FROM movements ORDER BY seq")]
     assert all(abs((w + 600) - t) < 1.0 for w, t in zip(walls, written, strict=True))
+
+
+def test_wall_offset_follows_a_wall_clock_step_at_once() -> None:
+    """Regression: the offset shown in status and metrics came from the sample taken before a
+    wall-clock step and stayed stale for minutes; it is now read against boottime."""
+    tb = TimeBase("boot-1").add(Sample(10 * S, 10 * S, 1_700_000_000 * S, 1_700_000_000 * S))
+    assert tb.wall_offset_ms(1_700_000_005 * S, 15 * S) == 0.0
+    # the wall clock jumps back an hour; boottime runs on
+    assert tb.wall_offset_ms(1_699_996_406 * S, 16 * S) == 3_600_000.0
+    assert tb.summary(1_699_996_406 * S, 16 * S)["offset_ms"] == 3_600_000.0
