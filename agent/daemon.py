@@ -152,10 +152,8 @@ class Agent:
         assert self.writer is not None
 
         def read(j: Journal) -> dict[str, Any]:
-            counts = j.counts()
-            oldest = j.oldest_pending()
-            return {"pending": counts.get("pending", 0), "rejected": counts.get("rejected", 0),
-                    "oldest_wall": oldest["wall_time"] if oldest else None}
+            pending, rejected, oldest = j.queue_depth()
+            return {"pending": pending, "rejected": rejected, "oldest_wall": oldest}
 
         with contextlib.suppress(AgentError):
             self.queue_gauge = await self.writer.call(read)

@@ -112,8 +112,12 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
                   "boot_id", "state"},
         defaults={"state": "pending"},
     )
-    db.table("movements").create_index(["event_id"], unique=True)
-    db.execute("CREATE INDEX movements_pending ON movements(seq) WHERE state = 'pending'")
+    # Only quarantined rows are in this index, so capturing a movement never touches it.
+    # There is deliberately no index a capture must update beyond the primary keys: each one
+    # is another page written and synced with every scan. Pending rows are found from the
+    # lowest pending seq (see Journal.pending); event ids are UUIDv7 and their uniqueness is
+    # the ledger's to enforce.
+    db.execute("CREATE INDEX movements_rejected ON movements(seq) WHERE state = 'rejected'")
     db.table("sessions").create({"scanner": str, "state": str, "updated": float}, pk="scanner",
                           not_null={"state"})
     db.table("scanners").create({"scanner": str, "connected": int, "detail": str, "since": float},
@@ -164,6 +168,7 @@ class Journal:
             self._next_seq = max(top + 1, int(self.get_meta("next_seq") or "1"))
             last_scan = self.conn.execute("SELECT max(id) FROM scans").fetchone()[0] or 0
             self._next_scan_id = last_scan + 1
+            self._pending_from = 1  # the lowest seq that may be pending; found on first use
         except sqlite3.DatabaseError as exc:
             if ((getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF) in _DAMAGED:
                 raise JournalError(
@@ -292,12 +297,21 @@ class Journal:
     # -- sync ------------------------------------------------------------------------------
 
     def pending(self, limit: int, after_seq: int = 0) -> list[dict[str, Any]]:
-        """Up to ``limit`` unsynced movements in seq order (never the whole backlog)."""
+        """Up to ``limit`` unsynced movements in seq order (never the whole backlog).
+
+        The scan starts at the lowest seq that can still be pending: a movement only ever
+        leaves the pending state, and new ones get higher seqs, so everything below the first
+        pending row found stays not pending.
+        """
+        start = max(after_seq + 1, self._pending_from)
         cur = self.conn.execute(
-            "SELECT * FROM movements WHERE state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
-            (after_seq, limit))
+            "SELECT * FROM movements WHERE seq >= ? AND state = 'pending' ORDER BY seq LIMIT ?",
+            (start, limit))
         names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur]
+        rows = [dict(zip(names, row, strict=True)) for row in cur]
+        if start == self._pending_from:
+            self._pending_from = rows[0]["seq"] if rows else self._next_seq
+        return rows
 
     def freeze(self, stamps: Sequence[tuple[int, str, str, str, float]]) -> None:
         """Record (seq, occurred_at, clock JSON, event JSON, first_sent_at) before a first send.
@@ -335,9 +349,20 @@ class Journal:
         return rows[0] if rows else None
 
     def counts(self) -> dict[str, int]:
-        """Movements by sync state (pending, synced, rejected)."""
+        """Movements by sync state (pending, synced, rejected); reads the whole table."""
         return {r[0]: r[1] for r in self.conn.execute(
             "SELECT state, count(*) FROM movements GROUP BY state")}
+
+    def queue_depth(self) -> tuple[int, int, float | None]:
+        """(pending, quarantined, wall time of the oldest pending), without a full scan."""
+        oldest = self.oldest_pending()
+        start = self._pending_from
+        pending = self.conn.execute(
+            "SELECT count(*) FROM movements WHERE seq >= ? AND state = 'pending'",
+            (start,)).fetchone()[0]
+        rejected = self.conn.execute(
+            "SELECT count(*) FROM movements WHERE state = 'rejected'").fetchone()[0]
+        return int(pending), int(rejected), oldest["wall_time"] if oldest else None
 
     # -- status ----------------------------------------------------------------------------
 

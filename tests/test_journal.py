@@ -396,3 +396,25 @@ def test_errors_are_translated_by_kind() -> None:
     other = _translate(sqlite3.OperationalError("disk I/O error"), "writing")
     assert type(other) is JournalError
     assert str(other) == "journal error while writing: disk I/O error"
+
+
+def test_pending_starts_from_the_lowest_pending_seq_and_misses_nothing(
+        journal: Journal) -> None:
+    """Pending rows are found without an index, from the lowest seq still pending; rows that
+    arrive later, and a quarantined row left behind, are never skipped or repeated."""
+    journal.capture([capture(draft()) for _ in range(10)])
+    assert [r["seq"] for r in journal.pending(100)] == list(range(1, 11))
+    journal.record_results([(s, "accepted", None, []) for s in range(1, 6)], time.time())
+    assert [r["seq"] for r in journal.pending(3)] == [6, 7, 8]
+    assert [r["seq"] for r in journal.pending(3, after_seq=8)] == [9, 10]
+    journal.capture([capture(draft())])
+    assert [r["seq"] for r in journal.pending(100)] == list(range(6, 12))
+    journal.record_results([(6, "rejected", "bad", [])], time.time())
+    journal.record_results([(s, "accepted", None, []) for s in range(7, 12)], time.time())
+    assert journal.pending(100) == []
+    assert journal.queue_depth() == (0, 1, None)
+    journal.capture([capture(draft())])
+    assert [r["seq"] for r in journal.pending(100)] == [12]
+    pending, rejected, oldest = journal.queue_depth()
+    assert (pending, rejected) == (1, 1) and oldest is not None
+    assert journal.counts() == {"synced": 10, "rejected": 1, "pending": 1}
