@@ -55,6 +55,18 @@ class Outcome:
         return f"{self.scanner}: {text!r} {self.status}: {self.reason}"
 
 
+class _Described:
+    """An outcome's log line, worked out only if the line is actually logged."""
+
+    __slots__ = ("outcome",)
+
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+
+    def __str__(self) -> str:
+        return self.outcome.describe()
+
+
 def debounced(last: tuple[str, int] | None, text: str, boot_ns: int, window_ms: int) -> bool:
     """Whether ``text`` read at ``boot_ns`` repeats the previous read within the window."""
     if last is None or window_ms <= 0:
@@ -139,7 +151,7 @@ class Station:
         except JournalError as exc:
             what = "disk full" if isinstance(exc, JournalFullError) else "journal error"
             outcome = Outcome(scan.scanner, text, "failed", f"not saved ({what}): {exc}")
-            log.error("%s", outcome.describe())
+            log.error("%s", _Described(outcome))
             self._emit(outcome)
             return outcome
         # Only a committed read counts for debounce: a rescan after a failed commit is kept.
@@ -152,9 +164,9 @@ class Station:
                           seq=done.seq, event_id=done.event_id,
                           movement_type=mv.type if mv else None)
         if status == "rejected":
-            log.warning("%s", outcome.describe())
+            log.warning("%s", _Described(outcome))
         else:
-            log.info("%s", outcome.describe())
+            log.info("%s", _Described(outcome))
         self._emit(outcome)
         return outcome
 
