@@ -2,14 +2,17 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/ledger.py            # full run (about two minutes)
-    .venv/bin/python bench/ledger.py --quick    # smaller sizes, a few seconds
+    .venv/bin/python bench/ledger.py              # full run (a few minutes)
+    .venv/bin/python bench/ledger.py --quick      # smaller sizes, a few seconds
+    .venv/bin/python bench/ledger.py --repeat 5   # median of 5 runs per ingest figure
 
 It prints:
 
 1. ingest events/s through the store + engine (``LedgerService.ingest``: JSON parsing,
    validation, engine, one SQLite transaction per batch of 500) and over HTTP (a real
-   ``LedgerServer`` on 127.0.0.1), for in-order history and with 1% and 10% late events;
+   ``scan-ledger serve`` on 127.0.0.1), for in-order history and with 1% and 10% late
+   events; each figure is the median of ``--repeat`` runs (3 by default), each on a fresh
+   database, because other work on the machine easily costs a single run a third;
 2. the cost of one late event as the history of ONE item-location grows from 10k to 100k to
    1M events, measured on the engine, with its ratio to the 10k cost.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import platform
@@ -29,6 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,44 +97,74 @@ def bodies(events: list[dict[str, Any]], station: str = "dock-1") -> list[bytes]
     return out
 
 
-def ingest_direct(n: int, late: float, workdir: Path) -> tuple[float, int]:
-    db = workdir / f"direct-{late}.db"
+_runs = itertools.count()
+
+
+def _median_rate(run: Callable[[Path], float], workdir: Path, repeat: int) -> float:
+    """The median of ``repeat`` runs, each on a fresh database file (removed afterwards)."""
+    rates = []
+    for _ in range(max(1, repeat)):
+        db = workdir / f"run-{next(_runs)}.db"
+        try:
+            rates.append(run(db))
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+    return statistics.median(rates)
+
+
+def ingest_direct(n: int, late: float, workdir: Path, repeat: int = 1) -> tuple[float, int]:
+    """Events/s through ``LedgerService.ingest`` (median of ``repeat`` runs), and the number
+    of incidents the events open."""
     batches = bodies(make_events(n, late))
     tune_gc()  # as `scan-ledger serve` does
-    with LedgerService(db) as svc:
-        token = svc.run(svc.add_station, "dock-1", "WH1")
-        t0 = time.perf_counter()
-        for body in batches:
-            reply = svc.run(svc.ingest, token, body, now_us())
-            assert reply.status == 200, reply.body
-        rate = n / (time.perf_counter() - t0)
-        return rate, len(svc.engine.incidents)
+    incidents = 0
 
-
-def ingest_http(n: int, late: float, workdir: Path) -> float:
-    """Against ``scan-ledger serve`` in its own process, as a station would post to it."""
-    db = workdir / f"http-{late}.db"
-    batches = bodies(make_events(n, late))
-    ledger = [sys.executable, "-m", "ledger"]
-    add = subprocess.run([*ledger, "station", "add", "dock-1", "--site", "WH1", "--db", str(db)],
-                         capture_output=True, text=True, check=True, cwd=ROOT)
-    token = add.stdout.splitlines()[-1]
-    proc = subprocess.Popen([*ledger, "serve", "--db", str(db), "--port", "0",
-                             "--log-level", "warning"], stdout=subprocess.PIPE, text=True,
-                            cwd=ROOT)
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().split()[-1]
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-        with httpx.Client(base_url=url, timeout=120) as http:
+    def run(db: Path) -> float:
+        nonlocal incidents
+        with LedgerService(db) as svc:
+            token = svc.run(svc.add_station, "dock-1", "WH1")
             t0 = time.perf_counter()
             for body in batches:
-                r = http.post("/v1/events", content=body, headers=headers)
-                assert r.status_code == 200, r.text
-            return n / (time.perf_counter() - t0)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+                reply = svc.run(svc.ingest, token, body, now_us())
+                assert reply.status == 200, reply.body
+            rate = n / (time.perf_counter() - t0)
+            incidents = len(svc.engine.incidents)
+        gc.collect()
+        return rate
+
+    rate = _median_rate(run, workdir, repeat)
+    return rate, incidents
+
+
+def ingest_http(n: int, late: float, workdir: Path, repeat: int = 1) -> float:
+    """Against ``scan-ledger serve`` in its own process, as a station would post to it
+    (median of ``repeat`` runs)."""
+    batches = bodies(make_events(n, late))
+    ledger = [sys.executable, "-m", "ledger"]
+
+    def run(db: Path) -> float:
+        add = subprocess.run([*ledger, "station", "add", "dock-1", "--site", "WH1", "--db",
+                              str(db)], capture_output=True, text=True, check=True, cwd=ROOT)
+        token = add.stdout.splitlines()[-1]
+        proc = subprocess.Popen([*ledger, "serve", "--db", str(db), "--port", "0",
+                                 "--log-level", "warning"], stdout=subprocess.PIPE, text=True,
+                                cwd=ROOT)
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().split()[-1]
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            with httpx.Client(base_url=url, timeout=120) as http:
+                t0 = time.perf_counter()
+                for body in batches:
+                    r = http.post("/v1/events", content=body, headers=headers)
+                    assert r.status_code == 200, r.text
+                return n / (time.perf_counter() - t0)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+
+    return _median_rate(run, workdir, repeat)
 
 
 def _movement(i: int, t: int, kind: str, qty: int) -> Movement:
@@ -171,6 +206,8 @@ def late_event_cost(history: int, late: int, rounds: int = 3) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--repeat", type=int, default=3, metavar="N",
+                    help="runs per ingest figure; the median is printed (default 3)")
     args = ap.parse_args()
     n_direct = 20_000 if args.quick else 100_000
     n_http = 10_000 if args.quick else 50_000
@@ -179,22 +216,23 @@ def main() -> None:
     print(f"machine: nproc={os.cpu_count()} arch={platform.machine()} "
           f"python={platform.python_version()}")
     print(f"ingest: batches of {BATCH} events over 100 items x 10 locations; SQLite WAL, "
-          "synchronous=FULL")
+          f"synchronous=FULL; median of {max(1, args.repeat)} run(s)")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for late in (0.0, 0.01, 0.10):
             label = "in order" if late == 0 else f"{late:.0%} late"
-            direct, incidents = ingest_direct(n_direct, late, work)
-            http = ingest_http(n_http, late, work)
+            direct, incidents = ingest_direct(n_direct, late, work, args.repeat)
+            http = ingest_http(n_http, late, work, args.repeat)
             print(f"  {label:>9}: store+engine {direct:>9,.0f} events/s   "
                   f"HTTP {http:>9,.0f} events/s   ({incidents:,} incidents opened "
                   f"in {n_direct:,} events)")
 
-    print("one late event on one item-location (engine), best of 3 x 2000:")
+    rounds = 5  # best of 5: a single round of 2000 late events is easily disturbed
+    print(f"one late event on one item-location (engine), best of {rounds} x 2000:")
     base = None
     costs = []
     for size in sizes:
-        cost = late_event_cost(size, 2000)
+        cost = late_event_cost(size, 2000, rounds)
         base = base or cost
         costs.append(cost)
         print(f"  history {size:>9,}: {cost * 1e6:7.1f} µs per late event   "

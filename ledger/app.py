@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -35,8 +36,25 @@ def _bearer(request: Request) -> str | None:
     return token.strip()
 
 
+def _whole_number(raw: str) -> int | None:
+    """``raw`` as a non-negative int if it is ASCII digits of sane length, else None.
+
+    ``str.isdigit`` alone also accepts ``"²"`` and strings too long for ``int()``; either would
+    turn a bad query parameter into a 500."""
+    if raw.isascii() and raw.isdigit() and len(raw) <= 9:
+        return int(raw)
+    return None
+
+
 def _json(reply: Reply) -> JSONResponse:
     return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+
+
+def _ingest_json(reply: Reply) -> Response:
+    """An ingest answer (one result per event) written by orjson: the same JSON as
+    :func:`_json`, several times faster for a large batch."""
+    return Response(orjson.dumps(reply.body), status_code=reply.status, headers=reply.headers,
+                    media_type="application/json")
 
 
 def create_app(service: LedgerService) -> Starlette:
@@ -77,7 +95,7 @@ def create_app(service: LedgerService) -> Starlette:
                                        received)
         except StoreError as exc:
             return await unavailable(exc)
-        return _json(reply)
+        return _ingest_json(reply)
 
     async def read(request: Request, fn: Any, *args: Any) -> Response:
         if not read_allowed(request):
@@ -98,10 +116,11 @@ def create_app(service: LedgerService) -> Starlette:
     async def events(request: Request) -> Response:
         q = request.query_params
         raw = q.get("limit", "100")
-        if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+        limit = _whole_number(raw)
+        if limit is None or not 1 <= limit <= 10_000:
             return JSONResponse({"error": f"limit: expected 1 to 10000, got {raw!r}"},
                                 status_code=400)
-        return await read(request, service.events, q.get("station"), int(raw))
+        return await read(request, service.events, q.get("station"), limit)
 
     async def held(request: Request) -> Response:
         return await read(request, service.held)
@@ -123,8 +142,8 @@ def create_app(service: LedgerService) -> Starlette:
             return HTMLResponse("<!doctype html><title>scan-ledger</title>"
                                 "<p>This dashboard needs the read token: add ?token=...</p>",
                                 status_code=401)
-        raw = request.query_params.get("refresh", "5")
-        refresh = max(1, min(3600, int(raw))) if raw.isdigit() else 5
+        wanted = _whole_number(request.query_params.get("refresh", "5"))
+        refresh = 5 if wanted is None else max(1, min(3600, wanted))
         try:
             main = await service.call(dashboard_main)
         except StoreError as exc:

@@ -34,6 +34,7 @@ from typing import Any
 __all__ = ["INF", "Leg", "Track"]
 
 INF = 1 << 62  # "no depletion here"; stays huge when a real balance is added to it
+_random = random.random
 
 
 class Leg:
@@ -46,7 +47,7 @@ class Leg:
 
     __slots__ = ("depletion", "order", "owner", "reset", "value", "watched")
 
-    def __init__(self, order: tuple[Any, ...], *, reset: bool, value: int, depletion: bool,
+    def __init__(self, order: tuple[Any, ...], reset: bool, value: int, depletion: bool,
                  owner: Any = None) -> None:
         self.order = order
         self.reset = reset
@@ -63,106 +64,102 @@ def _order(leg: Leg) -> tuple[Any, ...]:
 class _Node:
     """A tie group (all legs at one time) and the aggregate of its treap subtree."""
 
-    __slots__ = ("g_dep", "g_k", "g_reset", "g_watch", "hi", "k", "left", "legs", "lo", "na",
-                 "nr", "prio", "reset", "right", "t")
+    __slots__ = ("g_k", "g_reset", "g_watch", "hi", "k", "left", "legs", "lo", "na", "nr",
+                 "prio", "reset", "right", "t")
 
     def __init__(self, t: int, leg: Leg) -> None:
-        self.t = t
-        self.prio = random.random()
+        # A new node is a leaf holding one leg: its group and its subtree are that leg.
+        self.t = self.lo = self.hi = t
+        self.prio = _random()
         self.left: _Node | None = None
         self.right: _Node | None = None
         self.legs = [leg]
-        self.g_reset = False
-        self.g_k = 0
-        self.g_dep = False
-        self.g_watch = False
-        self.reset = False
-        self.k = 0
-        self.nr = INF
-        self.na = INF
-        self.lo = t
-        self.hi = t
-        _regroup(self)
-        _pull(self)
+        self.g_reset = self.reset = reset = leg.reset
+        self.g_k = self.k = k = leg.value
+        self.g_watch = watch = leg.depletion and leg.watched
+        if watch:
+            if reset:
+                self.nr, self.na = INF, k
+            else:
+                self.nr, self.na = k, INF
+        else:
+            self.nr = self.na = INF
 
 
 def _regroup(n: _Node) -> None:
+    legs = n.legs
+    if len(legs) == 1:
+        leg = legs[0]
+        n.g_reset, n.g_k, n.g_watch = leg.reset, leg.value, leg.depletion and leg.watched
+        return
     reset = False
     k = 0
-    dep = watch = False
-    for leg in n.legs:
+    watch = False
+    for leg in legs:
         if leg.reset:
             reset = True
             k = leg.value
         else:
             k += leg.value
-        if leg.depletion:
-            dep = True
-            if leg.watched:
-                watch = True
-    n.g_reset, n.g_k, n.g_dep, n.g_watch = reset, k, dep, watch
+        if leg.depletion and leg.watched:
+            watch = True
+    n.g_reset, n.g_k, n.g_watch = reset, k, watch
 
 
 def _pull(n: _Node) -> None:
     """Recompute n's subtree aggregate from its children and its own group."""
     left = n.left
     if left is None:
-        reset = False
-        k = 0
-        nr = na = INF
         n.lo = n.t
-    else:
-        reset, k, nr, na = left.reset, left.k, left.nr, left.na
-        n.lo = left.lo
-    if n.g_reset:
-        reset = True
-        k = n.g_k
-    else:
-        k += n.g_k
-    if n.g_watch:
-        if reset:
-            na = min(na, k)
+        if n.g_reset:
+            reset = True
+            k = n.g_k
+            nr = INF
+            na = k if n.g_watch else INF
         else:
-            nr = min(nr, k)
+            reset = False
+            k = n.g_k
+            na = INF
+            nr = k if n.g_watch else INF
+    else:
+        n.lo = left.lo
+        nr = left.nr
+        na = left.na
+        if n.g_reset:
+            reset = True
+            k = n.g_k
+        else:
+            reset = left.reset
+            k = left.k + n.g_k
+        if n.g_watch:
+            if reset:
+                if k < na:
+                    na = k
+            elif k < nr:
+                nr = k
     right = n.right
     if right is None:
         n.hi = n.t
     else:
         n.hi = right.hi
         if reset:
-            na = min(na, right.na, right.nr + k)
+            v = right.nr + k
+            if right.na < v:
+                v = right.na
+            if v < na:
+                na = v
         else:
-            nr = min(nr, right.nr + k)
-            na = min(na, right.na)
+            v = right.nr + k
+            if v < nr:
+                nr = v
+            if right.na < na:
+                na = right.na
         if right.reset:
             reset = True
             k = right.k
         else:
             k += right.k
     n.reset, n.k, n.nr, n.na = reset, k, nr, na
-
-
-def _insert(n: _Node | None, new: _Node) -> _Node:
-    if n is None:
-        return new
-    if new.t < n.t:
-        n.left = _insert(n.left, new)
-        if n.left.prio > n.prio:
-            top = n.left
-            n.left = top.right
-            _pull(n)
-            top.right = n
-            n = top
-    else:
-        n.right = _insert(n.right, new)
-        if n.right.prio > n.prio:
-            top = n.right
-            n.right = top.left
-            _pull(n)
-            top.left = n
-            n = top
-    _pull(n)
-    return n
 
 
 class Track:
@@ -183,18 +180,53 @@ class Track:
     def last_time(self) -> int | None:
         return None if self._root is None else self._root.hi
 
-    def add(self, leg: Leg, t: int) -> None:
-        """Insert a leg at time ``t`` (µs), joining the tie group of that time if any."""
-        path = self._path(t)
-        if path and path[-1].t == t:
-            node = path[-1]
-            insort(node.legs, leg, key=_order)
-            _regroup(node)
-            for n in reversed(path):
-                _pull(n)
+    def add(self, leg: Leg, t: int) -> bool:
+        """Insert a leg at time ``t`` (µs), joining the tie group of that time if any.
+
+        Returns whether it went in at or before the latest group (a late leg)."""
+        path: list[_Node] = []
+        n = self._root
+        late = n is not None and t <= n.hi
+        while n is not None:
+            path.append(n)
+            nt = n.t
+            if t == nt:
+                insort(n.legs, leg, key=_order)
+                _regroup(n)
+                for p in reversed(path):
+                    _pull(p)
+                return late
+            n = n.left if t < nt else n.right
+        self.groups += 1
+        new = _Node(t, leg)
+        # Attach the new leaf, then rotate it up while its priority beats its parent's.
+        prio = new.prio
+        while path:
+            p = path[-1]
+            if p.prio >= prio:
+                break
+            path.pop()
+            if t < p.t:
+                p.left = new.right
+                _pull(p)
+                new.right = p
+            else:
+                p.right = new.left
+                _pull(p)
+                new.left = p
+        if new.left is not None or new.right is not None:
+            _pull(new)
+        if not path:
+            self._root = new
+            return late
+        p = path[-1]
+        if t < p.t:
+            p.left = new
         else:
-            self._root = _insert(self._root, _Node(t, leg))
-            self.groups += 1
+            p.right = new
+        for p in reversed(path):
+            _pull(p)
+        return late
 
     def remove(self, leg: Leg, t: int) -> None:
         """Take a leg out (a void); its group stays, possibly empty (the identity)."""
@@ -220,15 +252,20 @@ class Track:
         n = self._root
         while n is not None:
             path.append(n)
-            if t == n.t:
+            nt = n.t
+            if t == nt:
                 break
-            n = n.left if t < n.t else n.right
+            n = n.left if t < nt else n.right
         return path
 
     def balance_after(self, t: int) -> int:
         """Balance after every group with time <= ``t`` (the balance "right after" t)."""
-        bal = 0
         n = self._root
+        if n is None:
+            return 0
+        if t >= n.hi:
+            return n.k  # at or after the last group: the latest balance
+        bal = 0
         while n is not None:
             if t < n.t:
                 n = n.left

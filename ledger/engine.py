@@ -19,13 +19,13 @@ to be persisted or announced comes back in :class:`Outcome` and :attr:`Ledger.ch
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ledger.balances import Leg, Track
-from ledger.events import Movement, format_time
+from ledger.events import DEPLETIONS, Movement, format_time
 
 __all__ = ["CLASSES", "Change", "Incident", "Ledger", "Outcome", "legs_of"]
 
@@ -40,7 +40,7 @@ class Incident:
     """A depletion that left its location below zero, in either order, at some point."""
 
     __slots__ = ("balance", "cls", "id", "movement", "opened_at", "resolved_at", "resolved_by",
-                 "status")
+                 "status", "total")
 
     def __init__(self, id: int, movement: Movement, opened_at: int) -> None:
         self.id = id
@@ -51,6 +51,9 @@ class Incident:
         self.resolved_at: int | None = None
         self.resolved_by: str | None = None
         self.balance = 0
+        # The item's total over the site at the depletion's time, while the class is
+        # location or item (None when unknown): kept up to date as events arrive.
+        self.total: int | None = None
 
     @property
     def location(self) -> str:
@@ -129,7 +132,10 @@ class Ledger:
         self.recorded: dict[Key3, int] = {}
         self.counts: dict[Key3, list[tuple[int, str]]] = {}
         self.incidents: list[Incident] = []
-        self._by_item: dict[Key2, list[tuple[tuple[int, str, int, str], int]]] = {}
+        # Incidents in occurrence order per (site, item) and per (site, item, location):
+        # (depletion key, incident id), with the depletion times alongside for bisection.
+        self._by_item: dict[Key2, _IncidentIndex] = {}
+        self._by_loc: dict[Key3, _IncidentIndex] = {}
         self.held: dict[Key2, list[Movement]] = {}
         self._pending_voids: dict[str, Movement] = {}
         self._dups: dict[tuple[Any, ...], list[int]] = {}
@@ -167,14 +173,17 @@ class Ledger:
             return out
 
         self.events[m.event_id] = m
-        void = self._pending_voids.pop(m.event_id, None)
-        if void is not None and void.site == m.site:
-            m.voided_by = void.event_id
-            return Outcome("accepted", applied_seq=self._next_seq(),
-                           warnings=[f"already voided by {void.event_id}"])
+        if self._pending_voids:
+            void = self._pending_voids.pop(m.event_id, None)
+            if void is not None and void.site == m.site:
+                m.voided_by = void.event_id
+                return Outcome("accepted", applied_seq=self._next_seq(),
+                               warnings=[f"already voided by {void.event_id}"])
         assert m.item is not None
-        self._index_dup(m, add=True)
-        if (not replay and m.is_depletion and not self.allow_negative(m.site)
+        depletion = m.type in DEPLETIONS
+        if depletion:
+            self._index_dup(m, add=True)
+        if (depletion and not replay and not self.allow_negative(m.site)
                 and not self._covered(m)):
             loc = m.from_location or ""
             have = self._track((m.site, m.item, loc)).balance_after(m.t)
@@ -182,9 +191,10 @@ class Ledger:
             insort(self.held.setdefault((m.site, m.item), []), m, key=_key_of)
             return Outcome("held", f"held: {loc} has {have} at {m.occurred_at}, {m.qty} to "
                                    f"take; site {m.site} does not allow negative stock")
-        out = Outcome("accepted", applied_seq=self._next_seq())
+        self.applied_seq += 1
+        out = Outcome("accepted", applied_seq=self.applied_seq)
         self._apply(m, now, out.warnings)
-        if not replay:
+        if not replay and self.held:
             self._release(m.site, m.item, now, out)
         return out
 
@@ -220,7 +230,7 @@ class Ledger:
 
     def _index_dup(self, m: Movement, *, add: bool) -> None:
         """Depletions by (what, who, where) and window-sized time bucket: O(1) per event."""
-        if not m.is_depletion:
+        if m.type not in DEPLETIONS:
             return
         k = (_dup_key(m), m.t // max(1, self.duplicate_window_us))
         if add:
@@ -229,34 +239,40 @@ class Ledger:
             self._dups[k].remove(m.t)
 
     def _apply(self, m: Movement, now: int, warnings: list[str]) -> None:
-        site, item = m.site, m.item or ""
+        site, item, t = m.site, m.item or "", m.t
+        tracks = self.tracks
+        recorded = self.recorded
         legs = []
         deltas = []
+        net: int | None = 0  # what this does to the item total from t on (None: a count)
         lowered: list[Key3] = []
         for i, (loc, reset, value, depletion) in enumerate(legs_of(m)):
             key = (site, item, loc)
-            leg = Leg((m.station, m.seq, m.event_id, i), reset=reset, value=value,
-                      depletion=depletion, owner=m)
-            tr = self._track(key)
-            at_end = tr.last_time is None or m.t > tr.last_time
-            tr.add(leg, m.t)
+            leg = Leg((m.station, m.seq, m.event_id, i), reset, value, depletion, m)
+            tr = tracks.get(key)
+            if tr is None:
+                tr = self._track(key)
+            late = tr.add(leg, t)
             legs.append(leg)
-            rec = self.recorded.get(key, 0)
+            rec = recorded.get(key, 0)
             delta = value - rec if reset else value
-            self.recorded[key] = rec + delta
+            recorded[key] = rec + delta
             deltas.append((loc, delta))
             if reset:
-                insort(self.counts.setdefault(key, []), (m.t, m.event_id))
-            if (value < 0 or reset) and not at_end:
+                net = None
+                insort(self.counts.setdefault(key, []), (t, m.event_id))
+            elif net is not None:
+                net += value
+            if late and (value < 0 or reset):
                 lowered.append(key)
         m.legs = tuple(legs)
         m.rec_deltas = tuple(deltas)
         m.applied = True
 
-        if m.is_depletion:
+        if m.type in DEPLETIONS:
             key = (site, item, m.from_location or "")
-            occ = self.tracks[key].balance_after(m.t)
-            rec = self.recorded[key]
+            occ = tracks[key].balance_after(t)
+            rec = recorded[key]
             if occ < 0 or rec < 0:
                 inc = self._open(m, now, trigger=m)
                 shown = occ if occ < 0 else rec
@@ -264,9 +280,9 @@ class Ledger:
                 warnings.append(f"negative balance at {key[2]}: {shown}{order} "
                                 f"(class {inc.cls})")
         for key in lowered:
-            self._open_new_negatives(key, m.t, now, m, warnings)
+            self._open_new_negatives(key, t, now, m, warnings)
         count_at = m.to_location if m.type == "count" else None
-        self._reevaluate(site, item, m.t, now, m, count_at)
+        self._reevaluate(site, item, t, now, m, count_at, m, net)
 
     def _open_new_negatives(self, key: Key3, t: int, now: int, trigger: Movement,
                             warnings: list[str]) -> None:
@@ -320,7 +336,9 @@ class Ledger:
         for key in lowered:
             self._open_new_negatives(key, target.t, now, v, warnings)
         count_at = target.to_location if target.type == "count" else None
-        self._reevaluate(site, item, target.t, now, v, count_at)
+        self._reevaluate(site, item, target.t, now, v, count_at, target,
+                         None if count_at is not None
+                         else -sum(d for _loc, d in target.rec_deltas))
 
     def _covered(self, m: Movement) -> bool:
         """Would applying depletion m keep every balance at its location >= 0 from m on?"""
@@ -358,35 +376,86 @@ class Ledger:
         leg = m.legs[0]
         leg.watched = False
         self.tracks[(m.site, m.item or "", m.from_location or "")].refresh(m.t)
-        insort(self._by_item.setdefault((m.site, m.item or ""), []), (m.key, inc.id))
+        entry = (m.key, inc.id)
+        self._by_item.setdefault((m.site, m.item or ""), _IncidentIndex()).add(m.t, entry)
+        self._by_loc.setdefault((m.site, m.item or "", m.from_location or ""),
+                                _IncidentIndex()).add(m.t, entry)
         self._evaluate(inc, now, trigger, born=True)
         self.changes.append(Change("opened", inc))
         return inc
 
     def _reevaluate(self, site: str, item: str, t: int, now: int, trigger: Movement,
-                    count_at: str | None = None) -> None:
+                    count_at: str | None = None, changed: Movement | None = None,
+                    delta: int | None = None) -> None:
         """Re-evaluate the item's incidents at or after t: nothing earlier can change them,
-        except that a count (``count_at``, its location) settles the ones before it too."""
-        lst = self._by_item.get((site, item))
-        if not lst:
+        except that a count (``count_at``, its location) settles the ones before it too.
+
+        ``changed`` is the movement whose legs were just added at (or taken out of) time t,
+        ``delta`` what that did to the item total from t on (None for a count). An incident
+        at another location keeps its own balance and its settling count, so it can only
+        change through the item total: never if it is ``ordering`` (its balance is >= 0
+        whatever the total), and otherwise by exactly ``delta``, unless a count at one of
+        the changed locations from t on keeps only part of it; then it is recomputed."""
+        index = self._by_item.get((site, item))
+        if index is None:
             return
-        start = 0 if count_at is not None else bisect_left(lst, ((t,),))
-        for key, inc_id in lst[start:]:
-            inc = self.incidents[inc_id - 1]
-            if key[0] < t and inc.location != count_at:
+        todo = index.from_time(t)
+        if count_at is not None:
+            at_loc = self._by_loc.get((site, item, count_at))
+            if at_loc is not None:
+                todo = at_loc.before_time(t) + todo
+        if not todo:
+            return
+        frm = to = None
+        if changed is not None:
+            frm, to = changed.from_location, changed.to_location
+            if delta is not None and (self._count_from(site, item, frm, t)
+                                      or self._count_from(site, item, to, t)):
+                delta = None
+        incidents = self.incidents
+        for _key, inc_id in todo:
+            inc = incidents[inc_id - 1]
+            dep = inc.movement
+            if dep.voided_by is not None:
+                if inc.status == "open":
+                    self._evaluate(inc, now, trigger, born=False)
                 continue
-            if inc.movement.voided_by is None or inc.status == "open":
-                self._evaluate(inc, now, trigger, born=False)
+            if changed is not None:
+                loc = dep.from_location
+                if loc != frm and loc != to:
+                    if inc.cls == "ordering" or delta == 0:
+                        continue  # nothing it depends on has changed
+                    total = inc.total
+                    if delta is not None and total is not None:
+                        total += delta
+                        inc.total = total
+                        cls: Class = "item" if total < 0 else "location"
+                        if cls != inc.cls:
+                            self._evaluate(inc, now, trigger, born=False, known=cls)
+                        continue
+            self._evaluate(inc, now, trigger, born=False)
+
+    def _count_from(self, site: str, item: str, loc: str | None, t: int) -> bool:
+        """Is there a count at loc at or after time t?"""
+        counts = self.counts.get((site, item, loc or ""))
+        return counts is not None and len(counts) > 0 and counts[-1][0] >= t
 
     def classify(self, m: Movement) -> tuple[Class, int]:
         """Class of depletion m with everything received so far, and its location balance."""
-        site, item = m.site, m.item or ""
-        bal = self.tracks[(site, item, m.from_location or "")].balance_after(m.t)
+        cls, bal, _total = self._classify(m)
+        return cls, bal
+
+    def _classify(self, m: Movement) -> tuple[Class, int, int | None]:
+        """Class, location balance and (unless ``ordering``) item total of depletion m."""
+        site, item, t = m.site, m.item or "", m.t
+        tracks = self.tracks
+        bal = tracks[(site, item, m.from_location or "")].balance_after(t)
         if bal >= 0:
-            return "ordering", bal
-        total = sum(self.tracks[(site, item, loc)].balance_after(m.t)
-                    for loc in self.locations[(site, item)])
-        return ("item" if total < 0 else "location"), bal
+            return "ordering", bal, None
+        total = 0
+        for loc in self.locations[(site, item)]:
+            total += tracks[(site, item, loc)].balance_after(t)
+        return ("item" if total < 0 else "location"), bal, total
 
     def settling_count(self, m: Movement) -> str | None:
         """The first count of m's item at m's location at or after m, if any."""
@@ -396,14 +465,20 @@ class Ledger:
         i = bisect_left(counts, (m.t, ""))
         return counts[i][1] if i < len(counts) else None
 
-    def _evaluate(self, inc: Incident, now: int, trigger: Movement, *, born: bool) -> None:
+    def _evaluate(self, inc: Incident, now: int, trigger: Movement, *, born: bool,
+                  known: Class | None = None) -> None:
+        """Classify inc again (``known``: its new class, when only the item total changed
+        and the caller has it), resolve or reopen it, and note the change."""
         m = inc.movement
         before_cls, before_status = inc.cls, inc.status
         if m.voided_by is not None:
             if inc.status == "open":
                 inc.status, inc.resolved_at, inc.resolved_by = "resolved", now, m.voided_by
         else:
-            cls, inc.balance = self.classify(m)
+            if known is None:
+                cls, inc.balance, inc.total = self._classify(m)
+            else:
+                cls = known
             inc.cls = cls
             count = self.settling_count(m)
             if cls == "ordering" or count is not None:
@@ -474,3 +549,34 @@ class Ledger:
 
 def _key_of(m: Movement) -> tuple[int, str, int, str]:
     return m.key
+
+
+class _IncidentIndex:
+    """Incidents in occurrence order of their depletions, with the times for bisection."""
+
+    __slots__ = ("entries", "times")
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[tuple[int, str, int, str], int]] = []
+        self.times: list[int] = []
+
+    def add(self, t: int, entry: tuple[tuple[int, str, int, str], int]) -> None:
+        entries = self.entries
+        if not entries or entry >= entries[-1]:
+            entries.append(entry)
+            self.times.append(t)
+        else:
+            i = bisect_right(entries, entry)
+            entries.insert(i, entry)
+            self.times.insert(i, t)
+
+    def from_time(self, t: int) -> list[tuple[tuple[int, str, int, str], int]]:
+        """The entries at or after time t (a copy)."""
+        times = self.times
+        if not times or times[-1] < t:
+            return []
+        return self.entries[bisect_left(times, t):]
+
+    def before_time(self, t: int) -> list[tuple[tuple[int, str, int, str], int]]:
+        """The entries before time t (a copy)."""
+        return self.entries[:bisect_left(self.times, t)]

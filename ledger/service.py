@@ -26,7 +26,14 @@ from ledger.alerts import WebhookNotifier
 from ledger.config import LedgerConfig
 from ledger.engine import Change, Ledger
 from ledger.errors import LedgerError, StationError, StoreError
-from ledger.events import Movement, format_time, now_us, parse_time, validate_event
+from ledger.events import (
+    Movement,
+    format_time,
+    now_us,
+    parse_json,
+    parse_time,
+    validate_event,
+)
 from ledger.store import Contact, NewEvent, StationRecord, Store, StoredEvent, open_store
 
 __all__ = ["LedgerService", "Reply", "hash_token", "new_token", "valid_station_name"]
@@ -147,7 +154,7 @@ class LedgerService:
         engine = self._new_engine()
         n = 0
         for stored in self.store.log():
-            m = validate_event(json.loads(stored.body), stored.station, stored.site)
+            m = validate_event(parse_json(stored.body), stored.station, stored.site)
             if not isinstance(m, Movement):
                 log.error("event %s in the log no longer validates (%s); skipped",
                           stored.event_id, m)
@@ -200,7 +207,9 @@ class LedgerService:
         if station is None:
             return _error(401, "unknown or revoked token", **{"WWW-Authenticate": "Bearer"})
         try:
-            batch = json.loads(body)
+            batch = parse_json(body)
+        except RecursionError:  # a deeply nested body is a client error, not a crash
+            return _error(400, "malformed JSON: nested too deeply")
         except (ValueError, UnicodeDecodeError) as exc:
             return _error(400, f"malformed JSON: {exc}")
         shape = _batch_shape(batch)
@@ -223,23 +232,27 @@ class LedgerService:
         rows: list[NewEvent] = []
         released: list[tuple[str, int, str]] = []
         fresh: list[Movement] = []
+        validate, submit = validate_event, engine.submit
+        name, site = station.name, station.site
         for ev in events:
-            m = validate_event(ev, station.name, station.site)
+            m = validate(ev, name, site)
             if not isinstance(m, Movement):
                 eid = ev.get("event_id") if isinstance(ev, dict) else None
                 results.append({"event_id": eid if isinstance(eid, str) else None,
                                 "status": "rejected", "reason": m, "warnings": []})
                 continue
-            out = engine.submit(m, received)
-            results.append({"event_id": m.event_id, "status": out.status, "reason": out.reason,
+            out = submit(m, received)
+            status = out.status
+            results.append({"event_id": m.event_id, "status": status, "reason": out.reason,
                             "warnings": out.warnings})
-            if out.status in ("accepted", "held"):
+            if status == "accepted" or status == "held":
                 assert m.body is not None
                 rows.append(NewEvent(m.event_id, m.station, m.site, m.seq, m.type, m.item,
-                                     m.occurred_at, received_at, out.status, out.applied_seq,
+                                     m.occurred_at, received_at, status, out.applied_seq,
                                      received_at if out.applied_seq else None, m.body))
                 fresh.append(m)
-            released.extend((r.event_id, seq, received_at) for r, seq in out.released)
+            if out.released:
+                released.extend((r.event_id, seq, received_at) for r, seq in out.released)
         contact = Contact(station.name, received_at, sent_at, watermark, offset, len(events))
         try:
             self.store.save_batch(rows, released, contact)

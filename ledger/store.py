@@ -144,6 +144,11 @@ class SqliteStore:
                                        timeout=10.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            # Ingest appends a few hundred rows per transaction: a larger page cache and
+            # fewer, larger checkpoints (about 40 MB of WAL between them) cut SQLite's share
+            # of ingest by about a quarter. Every commit is still synced (synchronous=FULL).
+            self._db.execute("PRAGMA cache_size=-32000")
+            self._db.execute("PRAGMA wal_autocheckpoint=10000")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.Error as exc:
@@ -232,7 +237,9 @@ class SqliteStore:
             self._db.executemany(
                 "INSERT INTO events (event_id, station, site, seq, type, item, occurred_at, "
                 "received_at, status, applied_seq, applied_at, body) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [tuple(e) for e in events])
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                # plain tuples: sqlite3 reads a tuple subclass's items through __getitem__
+                [tuple(e) for e in events])
             self._db.executemany(
                 "UPDATE events SET status = 'accepted', applied_seq = ?, applied_at = ? "
                 "WHERE event_id = ?", [(seq, at, eid) for eid, seq, at in released])
@@ -244,7 +251,10 @@ class SqliteStore:
                     (contact.last_contact, contact.sent_at, contact.watermark,
                      contact.clock_offset_ms, contact.events, contact.station))
             self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:
+            # Not only sqlite3.Error: a value SQLite cannot bind (OverflowError) left the
+            # transaction open, and every later batch failed with "cannot start a transaction
+            # within a transaction" until a restart.
             self._rollback()
             raise StoreError(f"{self.path}: cannot save a batch: {exc}") from exc
 
