@@ -110,6 +110,29 @@ def events(config_path: str, as_json: bool, pending: bool, limit: int) -> None:
     click.echo(json.dumps(rows, indent=2) if as_json else format_events(rows))
 
 
+@main.command("new-journal")
+@config_option
+@click.option("--first-seq", required=True, type=click.IntRange(1, None),
+              help="The seq of the first movement: one more than the last the ledger has.")
+def new_journal(config_path: str, first_seq: int) -> None:
+    """Start a new journal for a station whose journal was lost or damaged.
+
+    Its seqs carry on from FIRST_SEQ instead of starting again at 1 (the ledger orders a
+    station's movements by seq). Find the last seq the ledger has with
+    GET /v1/events?station=NAME&limit=1.
+    """
+    from agent.journal import create_journal
+
+    cfg = _load(config_path)
+    try:
+        create_journal(cfg.database, cfg.station, cfg.site, first_seq)
+    except AgentError as exc:
+        _fail(exc)
+        return
+    click.echo(f"{cfg.database}: new journal for station {cfg.station}; "
+               f"the next movement gets seq {first_seq}")
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def devices(as_json: bool) -> None:

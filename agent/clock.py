@@ -67,8 +67,20 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
+_TIMESYNCD_FLAG = "/run/systemd/timesync/synchronized"
+
+
 def kernel_clock_synced() -> bool | None:
-    """Whether the kernel believes its clock is NTP-synchronised (``adjtimex``); None if unknown."""
+    """Whether the clock is NTP-synchronised; None if unknown.
+
+    systemd-timesyncd (Raspberry Pi OS's default) marks a synchronised clock with a flag
+    file, which a hardened service can still read; otherwise the kernel is asked with
+    ``adjtimex``, which the shipped unit's system-call filter refuses (then: unknown).
+    """
+    import os
+
+    if os.path.exists(_TIMESYNCD_FLAG):
+        return True
     libc = _libc()
     if libc is None:
         return None

@@ -275,6 +275,11 @@ def _ledger(t: TomlTable | None, base_dir: Path | None) -> LedgerConfig | None:
     )
     if cfg.client_key and not cfg.client_cert:
         raise t.error("client_key", "needs client_cert as well")
+    for key in ("ca_bundle", "client_cert", "client_key"):
+        path = getattr(cfg, key)
+        if path is not None and not os.access(path, os.R_OK):
+            why = "not found" if not os.path.exists(path) else "not readable"
+            raise t.error(key, f"{path}: {why}")
     t.finish()
     return cfg
 
@@ -293,8 +298,11 @@ def _metrics(t: TomlTable | None, base_dir: Path | None) -> MetricsConfig:
         return MetricsConfig()
     textfile = t.text("textfile", None)
     listen = t.text("listen", None)
-    if listen is not None and not re.match(r"^[^\s:]+:\d{1,5}$", listen):
-        raise t.error("listen", f"expected HOST:PORT, got {listen!r}")
+    if listen is not None:
+        m = re.match(r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):(\d{1,5})$", listen)
+        if not m or not 1 <= int(m.group(2)) <= 65535:
+            raise t.error("listen", f"expected HOST:PORT with a port from 1 to 65535, "
+                          f"got {listen!r}")
     interval = t.number("interval", 15.0, lo=1.0)
     t.finish()
     return MetricsConfig(textfile=_path(base_dir, textfile) if textfile else None,

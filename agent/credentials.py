@@ -85,10 +85,10 @@ def _read(path: Path, key: str, *, check_mode: bool) -> str:
     token = text.strip()
     if not token:
         raise ConfigError(name, key, "token file is empty")
-    if any(not c.isprintable() or c.isspace() for c in token):
+    if any(not c.isprintable() or c.isspace() or not c.isascii() for c in token):
         raise ConfigError(
             name, key,
-            "holds more than one word or control characters; expected the token alone "
+            "holds more than one word, control or non-ASCII characters; expected the token alone "
             "(as printed by 'scan-ledger station add')",
         )
     if check_mode and st.st_mode & 0o077:

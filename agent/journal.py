@@ -44,6 +44,7 @@ __all__ = [
     "Captured",
     "Journal",
     "JournalWriter",
+    "create_journal",
     "open_readonly",
 ]
 
@@ -407,6 +408,24 @@ class Journal:
         except (sqlite3.Error, OSError) as exc:
             raise _translate(exc, "pruning old movements") from exc
         return n
+
+
+def create_journal(path: str | os.PathLike[str], station: str, site: str,
+                   first_seq: int) -> None:
+    """Start a new journal whose first movement gets ``first_seq``.
+
+    For a station whose journal was lost or damaged: its seqs must carry on above the last
+    one the ledger has, never start again at 1. Refuses to touch an existing file.
+    """
+    if first_seq < 1:
+        raise JournalError(f"first seq must be at least 1, got {first_seq}")
+    if Path(path).exists():
+        raise JournalError(f"{path}: a journal is already there; move it aside first")
+    journal = Journal(path, station, site)
+    try:
+        journal.write_meta({"next_seq": str(first_seq)})
+    finally:
+        journal.close()
 
 
 def open_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:

@@ -57,7 +57,7 @@ def retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     v = value.strip()
-    if v.isdigit():
+    if v.isascii() and v.isdigit():
         return min(float(v), _RETRY_AFTER_MAX)
     try:
         when = email.utils.parsedate_to_datetime(v)
@@ -150,34 +150,44 @@ class SyncLoop:
     # -- the loop --------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Sync until ``close()``. Nothing that goes wrong in one round ends the loop."""
         attempt = 0
+        self._wake.set()  # drain whatever the journal holds at start
         try:
-            async with self._make_client() as client:
-                self._client = client
-                self._wake.set()  # drain whatever the journal holds at start
-                while not self._closed.is_set():
-                    woke = await self._sleep(_HEARTBEAT, wake=True)
-                    if self._closed.is_set():
-                        break
-                    if woke:
-                        await asyncio.sleep(_LINGER)
-                    try:
-                        await self.drain()
-                    except (_Retry, JournalError) as r:
-                        # a journal that cannot take the results (disk full) is retried too:
-                        # the ledger answers what it already has as duplicates
-                        attempt += 1
-                        given = r.delay if isinstance(r, _Retry) else None
-                        delay = given if given is not None else backoff_delay(
-                            attempt, self._backoff_base, self.ledger.max_backoff, self._rng)
-                        await self._note_error(str(r))
-                        self._wake.clear()
-                        await self._sleep(delay, wake=False)
-                        self._wake.set()
-                    else:
-                        attempt = 0
+            while not self._closed.is_set():
+                woke = await self._sleep(_HEARTBEAT, wake=True)
+                if self._closed.is_set():
+                    break
+                if woke:
+                    await asyncio.sleep(_LINGER)
+                try:
+                    if self._client is None:
+                        self._client = self._make_client()
+                    await self.drain()
+                except Exception as exc:
+                    # _Retry: the ledger or the network. JournalError: the journal could not
+                    # take the results (disk full); the ledger answers the replay as
+                    # duplicates. Anything else is a defect or a bad setting: it is logged in
+                    # full, and sync goes on trying rather than stop for good.
+                    attempt += 1
+                    given = exc.delay if isinstance(exc, _Retry) else None
+                    if isinstance(exc, SyncError):  # a setting to fix: retried slowly
+                        given = self.ledger.max_backoff
+                    elif not isinstance(exc, _Retry | JournalError):
+                        log.exception("sync round failed")
+                        given = self.ledger.max_backoff
+                    delay = given if given is not None else backoff_delay(
+                        attempt, self._backoff_base, self.ledger.max_backoff, self._rng)
+                    await self._note_error(_describe(exc))
+                    self._wake.clear()
+                    await self._sleep(delay, wake=False)
+                    self._wake.set()
+                else:
+                    attempt = 0
         finally:
-            self._client = None
+            if self._client is not None:
+                await self._client.aclose()
+                self._client = None
 
     async def _sleep(self, seconds: float, *, wake: bool) -> bool:
         """Sleep, ending early on close (and on a wake when ``wake``). True if woken."""
@@ -195,6 +205,19 @@ class SyncLoop:
         return bool(done)
 
     def _make_client(self) -> httpx.AsyncClient:
+        import ssl
+
+        try:
+            return self._build_client()
+        except (OSError, ssl.SSLError) as exc:
+            files = ", ".join(f"{k} {v}" for k, v in (
+                ("ca_bundle", self.ledger.ca_bundle), ("client_cert", self.ledger.client_cert),
+                ("client_key", self.ledger.client_key)) if v)
+            raise SyncError(f"cannot load the TLS files ({files}): "
+                            f"{exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
+                            ) from exc
+
+    def _build_client(self) -> httpx.AsyncClient:
         cert: Any = None
         if self.ledger.client_cert:
             cert = ((self.ledger.client_cert, self.ledger.client_key) if self.ledger.client_key
@@ -225,39 +248,38 @@ class SyncLoop:
         """
         await self._ensure_time_base()
         sent_any = False
-        nxt: asyncio.Task[tuple[list[dict[str, Any]], dict[str, Any] | None]] | None = None
+        nxt: asyncio.Task[tuple[list[dict[str, Any]], str | None]] | None = None
         try:
             nxt = asyncio.ensure_future(self._prepare(after_seq=0))
             while not self._closed.is_set():
-                batch, more = await nxt
+                batch, watermark = await nxt
                 nxt = None
                 if not batch:
+                    if not sent_any:  # heartbeat: a clock sample, and the watermark
+                        await self._exchange([], watermark)
                     break
                 nxt = asyncio.ensure_future(self._prepare(after_seq=batch[-1]["seq"]))
-                await self._send(batch, more=more)
+                await self._send(batch, watermark)
                 sent_any = True
         finally:
             if nxt is not None:
                 nxt.cancel()
                 await asyncio.gather(nxt, return_exceptions=True)
-        if not sent_any:
-            await self._exchange([], more=None)  # heartbeat: clock sample and watermark
 
-    async def _prepare(
-        self, after_seq: int
-    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-        """The next batch after ``after_seq``, stamped, and the first movement after it."""
+    async def _prepare(self, after_seq: int) -> tuple[list[dict[str, Any]], str | None]:
+        """The next batch after ``after_seq``, stamped, and the watermark to send with it."""
         limit = self._batch
+        _, asof_boot = self._clock()  # before the read: later captures are not covered
         rows = await self.writer.call(lambda j: j.pending(limit + 1, after_seq))
         batch, rest = rows[:limit], rows[limit:]
         await self._freeze(batch)
-        return batch, (rest[0] if rest else None)
+        return batch, self._watermark(rest[0] if rest else None, asof_boot)
 
     async def _ensure_time_base(self) -> None:
         _, now_boot = self._clock()
         age = self.time_base.age_ns(now_boot)
         if age is None or age > _PROBE_AGE_NS:
-            await self._exchange([], more=None)
+            await self._exchange([], None)  # a clock probe claims nothing
 
     async def _freeze(self, rows: list[dict[str, Any]]) -> None:
         """Fix occurred_at, clock and the event's JSON of never-sent rows, in the journal."""
@@ -275,31 +297,50 @@ class SyncLoop:
         if stamps:
             await self.writer.call(lambda j: j.freeze(stamps))
 
-    def _watermark(self, more: dict[str, Any] | None) -> str:
-        """Everything captured before this time has now been sent (DESIGN section 6)."""
-        if more is not None:
-            if more["occurred_at"] is not None:
-                return str(more["occurred_at"])
-            occurred, _ = stamp(more, self.time_base)
-            return format_utc(parse_utc(occurred) - _WATERMARK_MARGIN_NS)
-        wall_ns, boot_ns = self._clock()
-        ledger_ns = self.time_base.ledger_ns(boot_ns)
-        return format_utc(ledger_ns if ledger_ns is not None else wall_ns)
+    def _watermark(self, more: dict[str, Any] | None, asof_boot_ns: int) -> str | None:
+        """Everything captured before this time has now been sent (DESIGN section 6).
 
-    async def _send(self, rows: list[dict[str, Any]], more: dict[str, Any] | None) -> None:
+        ``more`` is the oldest movement still queued after this batch (None: nothing was
+        queued when the journal was read at ``asof_boot_ns``). Only the ledger's time base
+        backs a claim: without it, or for a movement dated by an earlier boot's wall clock,
+        the answer is None (no new claim; the ledger keeps the station's previous one). The
+        margin covers a capture still committing when the journal was read, and a stamp that
+        moves by a round trip before it is frozen.
+        """
+        if more is None:
+            ledger_ns = self.time_base.ledger_ns(asof_boot_ns)
+            return None if ledger_ns is None else format_utc(ledger_ns - _WATERMARK_MARGIN_NS)
+        if more["occurred_at"] is not None:
+            basis = json.loads(more["clock"] or "{}").get("basis")
+            return str(more["occurred_at"]) if basis == "ledger" else None
+        if more["boot_id"] != self.time_base.boot_id or self.time_base.best is None:
+            return None
+        occurred, _ = stamp(more, self.time_base)
+        return format_utc(parse_utc(occurred) - _WATERMARK_MARGIN_NS)
+
+    async def _send(self, rows: list[dict[str, Any]], watermark: str | None) -> None:
         """Send ``rows``; on 413 split, on 400 bisect down to the poison event."""
         try:
-            await self._exchange(rows, more)
+            await self._exchange(rows, watermark)
         except _Split as s:
             if len(rows) == 1:
+                # Before blaming the event, check the envelope alone: a batch the ledger
+                # refuses for its own fields is retried (and reported), never quarantined.
+                try:
+                    await self._exchange([], None)
+                except _Split as envelope:
+                    raise _Retry(self.ledger.max_backoff,
+                                 f"ledger refuses this station's batches: {envelope.reason}"
+                                 ) from None
                 await self._quarantine(rows[0], s.reason)
                 return
             if s.status == 413:
                 self._batch = max(1, len(rows) // 2)
                 log.warning("ledger says batch too large; sending at most %d", self._batch)
             mid = len(rows) // 2
-            await self._send(rows[:mid], more=rows[mid])
-            await self._send(rows[mid:], more=more)
+            # the first half's watermark: the second half's first movement is still queued
+            await self._send(rows[:mid], self._watermark(rows[mid], 0))
+            await self._send(rows[mid:], watermark)
 
     async def _quarantine(self, row: dict[str, Any], reason: str) -> None:
         why = f"refused by the ledger: {reason}"
@@ -309,15 +350,17 @@ class SyncLoop:
         await self.writer.call(lambda j: j.alert("sync", f"seq {row['seq']} quarantined: {why}"))
         self.stats.rejected += 1
 
-    async def _exchange(self, rows: Sequence[dict[str, Any]], more: dict[str, Any] | None) -> None:
+    async def _exchange(self, rows: Sequence[dict[str, Any]], watermark: str | None) -> None:
         assert self._client is not None
         token = self._token()
         wall_ns, t0 = self._clock()
         # sent_at is the station's own wall clock, so the ledger shows how far off each Pi's
-        # clock is; occurred_at never depends on it. Each event goes as the JSON frozen at its
-        # first send, byte for byte.
-        head = json.dumps({"station": self.config.station, "sent_at": format_utc(wall_ns),
-                           "watermark": self._watermark(more)}, separators=(",", ":"))
+        # clock is; occurred_at never depends on it. A clock that is plainly unset (before
+        # 2020, as on a Pi that booted with no time source) is not sent at all. Each event
+        # goes as the JSON frozen at its first send, byte for byte.
+        sent_at = format_utc(wall_ns) if _PLAUSIBLE_NS[0] < wall_ns < _PLAUSIBLE_NS[1] else None
+        head = json.dumps({"station": self.config.station, "sent_at": sent_at,
+                           "watermark": watermark}, separators=(",", ":"))
         body = head[:-1] + ',"events":[' + ",".join(r["body"] for r in rows) + "]}"
         try:
             resp = await self._client.post(
@@ -345,12 +388,13 @@ class SyncLoop:
             raise _Retry(None, f"ledger answered HTTP {status}: {_reason(resp)}")
         try:
             data = resp.json()
-            server_ns = parse_utc(data["server_time"])
+            server_ns = parse_utc(str(data["server_time"]))
             results = data["results"]
             if not isinstance(results, list) or len(results) != len(rows):
                 raise ValueError(f"{len(results)} results for {len(rows)} events")
-        except (ValueError, KeyError, TypeError) as exc:
-            raise _Retry(None, f"ledger answer unreadable: {exc}") from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise _Retry(None, f"ledger answer unreadable: {printable(str(exc), 200)}"
+                         ) from exc
         self.time_base = self.time_base.add(Sample(t0, t3, server_ns, wall3))
         self.stats.auth_failed = False
         await self._record(rows, results)
@@ -363,7 +407,9 @@ class SyncLoop:
                     res.get("event_id") not in (None, row["event_id"])):
                 raise _Retry(None, f"ledger result for seq {row['seq']} unreadable: {res!r}")
             # the ledger's words reach logs, status and terminals: no control bytes
-            warnings = [printable(str(w), 300) for w in res.get("warnings") or []]
+            given = res.get("warnings") or []
+            warnings = [printable(str(w), 300)
+                        for w in (given if isinstance(given, list) else [given])]
             reason = None if res.get("reason") is None else printable(str(res["reason"]), 300)
             out.append((row["seq"], st, reason, warnings))
             setattr(self.stats, st, getattr(self.stats, st) + 1)
@@ -413,6 +459,15 @@ class _Split(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, _Retry | JournalError | SyncError):
+        return str(exc)
+    return printable(f"{type(exc).__name__}: {exc}", 300)
+
+
+_PLAUSIBLE_NS = (1_577_836_800 * 10**9, 4_102_444_800 * 10**9)  # 2020-01-01 .. 2100-01-01
 
 
 def _reason(resp: httpx.Response) -> str:

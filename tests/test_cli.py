@@ -297,3 +297,22 @@ def test_log_lines_carry_journal_priorities_under_systemd(tmp_path: Path) -> Non
     lines = err.splitlines()
     assert any(line.startswith("<6>INFO scan_agent: station d1") for line in lines), err
     assert any(line.startswith("<4>WARNING") and "cannot connect" in line for line in lines), err
+
+
+def test_new_journal_carries_on_from_the_given_seq(tmp_path: Path) -> None:
+    """A replacement journal must not reuse the station's seqs from 1."""
+    from click.testing import CliRunner
+
+    from agent.cli import main
+    from agent.journal import Journal
+
+    cfg = tmp_path / "dock.toml"
+    cfg.write_text(f'station = "d1"\nsite = "WH1"\ndatabase = "{tmp_path / "j.db"}"\n')
+    r = CliRunner().invoke(main, ["new-journal", "--config", str(cfg), "--first-seq", "4712"])
+    assert r.exit_code == 0, r.output
+    j = Journal(tmp_path / "j.db", "d1", "WH1")
+    assert j._next_seq == 4712
+    j.close()
+    again = CliRunner().invoke(main, ["new-journal", "--config", str(cfg), "--first-seq", "9"])
+    assert again.exit_code == 1
+    assert "a journal is already there; move it aside first" in again.output

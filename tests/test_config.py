@@ -256,7 +256,13 @@ BAD_CONFIGS = [
                  'framing = "xml"\n',
                  "scanners[0].framing: must be one of line, stx-etx; got 'xml'", id="bad-framing"),
     pytest.param(HEAD + "[metrics]\nlisten = \"9105\"\n",
-                 "metrics.listen: expected HOST:PORT, got '9105'", id="metrics-listen-no-host"),
+                 "metrics.listen: expected HOST:PORT with a port from 1 to 65535, got '9105'",
+                 id="metrics-listen-no-host"),
+    pytest.param(HEAD + "[metrics]\nlisten = \"127.0.0.1:99999\"\n",
+                 "metrics.listen: expected HOST:PORT with a port from 1 to 65535, "
+                 "got '127.0.0.1:99999'", id="metrics-listen-port-too-big"),
+    pytest.param(HEAD + "[ledger]\nurl = \"https://l\"\nca_bundle = \"/nonexistent/ca.pem\"\n",
+                 "ledger.ca_bundle: /nonexistent/ca.pem: not found", id="ca-bundle-missing"),
     pytest.param(HEAD + "[feedback]\nbuzzer_pin = 99\n",
                  "feedback.buzzer_pin: must be at most 53, got 99", id="gpio-pin-out-of-range"),
 ]

@@ -14,7 +14,7 @@ from agent.errors import AgentError, ConfigError
 
 TOKEN = "st_4f9c1e0b7a2d4c8e9f1a3b5c7d9e0f12"
 MORE_THAN_ONE = (
-    "holds more than one word or control characters; expected the token alone "
+    "holds more than one word, control or non-ASCII characters; expected the token alone "
     "(as printed by 'scan-ledger station add')"
 )
 
@@ -129,3 +129,12 @@ def test_loose_permissions_warn_without_the_token(
         assert read_token(ledger(path), environ={}) == TOKEN
     assert "chmod 600" in caplog.text
     assert TOKEN not in caplog.text
+
+
+def test_a_non_ascii_token_is_refused_before_it_reaches_an_http_header(tmp_path: Path) -> None:
+    """Regression: a token with a non-ASCII letter passed and then broke every sync request."""
+    f = tmp_path / "t"
+    f.write_text("t\u00f6ken")
+    f.chmod(0o600)
+    with pytest.raises(ConfigError, match="non-ASCII"):
+        read_token(LedgerConfig(url="http://l", token_file=str(f)), environ={})
