@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,7 @@ class Agent:
     sync: SyncLoop | None = None
     scanners: dict[str, Scanner] = field(default_factory=dict)
     notifier: Notifier = field(default_factory=Notifier.from_env)
+    failed: str | None = None  # why the agent stopped by itself, if it did
     feedback: Feedback | None = None
     queue_gauge: dict[str, Any] = field(default_factory=dict)
     _metrics_server: MetricsServer | None = None
@@ -111,22 +113,20 @@ class Agent:
             self.sync = SyncLoop(cfg, self.writer)
             self.station.listeners.append(self.sync.on_capture)
             self.sync.warning_listeners.append(self.feedback.warning)
-            self._tasks.append(asyncio.create_task(self.sync.run(), name="sync"))
+            self._spawn(self.sync.run(), "sync")
 
         for sc in cfg.scanners:
             scanner = open_scanner(sc, on_state=self._on_scanner_state)
             self.scanners[sc.name] = scanner
             self.scanner_states[sc.name] = scanner.state
-            self._tasks.append(asyncio.create_task(self._read(scanner), name=f"scan:{sc.name}"))
+            self._spawn(self._read(scanner), f"scan:{sc.name}")
         await self._first_open_attempts()
-        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
-        self._tasks.append(asyncio.create_task(self._report(), name="report"))
-        self._tasks.append(asyncio.create_task(
-            watchdog_task(self.notifier, self.stopping), name="watchdog"))
+        self._spawn(self._housekeeping(), "housekeeping")
+        self._spawn(self._report(), "report")
+        self._spawn(watchdog_task(self.notifier, self.stopping), "watchdog")
         if cfg.metrics.textfile:
-            self._tasks.append(asyncio.create_task(textfile_task(
-                cfg.metrics.textfile, cfg.metrics.interval, self.snapshot, self.stopping),
-                name="metrics-textfile"))
+            self._spawn(textfile_task(cfg.metrics.textfile, cfg.metrics.interval,
+                                      self.snapshot, self.stopping), "metrics-textfile")
         if cfg.metrics.listen:
             host, port = parse_listen(cfg.metrics.listen)
             self._metrics_server = await serve_metrics(host, port, self.snapshot)
@@ -146,6 +146,21 @@ class Agent:
                 while any(self.scanner_states[n] == st for n, st in initial.items()):
                     self._state_changed.clear()
                     await self._state_changed.wait()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Start a long-running part; if it ends while the agent runs, the agent stops."""
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._part_ended)
+        self._tasks.append(task)
+
+    def _part_ended(self, task: asyncio.Task[Any]) -> None:
+        if self.stopping.is_set() or task.get_name() == "watchdog":
+            return  # shutting down; the watchdog ends at once when systemd asks for none
+        exc = None if task.cancelled() else task.exception()
+        log.critical("%s stopped unexpectedly%s; stopping the agent so it is restarted",
+                     task.get_name(), f": {exc!r}" if exc else "", exc_info=exc)
+        self.failed = f"{task.get_name()} stopped unexpectedly"
+        self.stopping.set()
 
     async def _refresh_queue(self) -> None:
         """Queue depth for metrics and STATUS=, read on the writer thread (never the loop)."""
@@ -334,3 +349,5 @@ async def run(config: Config) -> None:
         await agent.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+    if agent.failed:
+        raise AgentError(agent.failed)  # a non-zero exit: systemd restarts the service

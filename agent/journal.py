@@ -305,11 +305,14 @@ class Journal:
         pending row found stays not pending.
         """
         start = max(after_seq + 1, self._pending_from)
-        cur = self.conn.execute(
-            "SELECT * FROM movements WHERE seq >= ? AND state = 'pending' ORDER BY seq LIMIT ?",
-            (start, limit))
-        names = [d[0] for d in cur.description]
-        rows = [dict(zip(names, row, strict=True)) for row in cur]
+        try:
+            cur = self.conn.execute(
+                "SELECT * FROM movements WHERE seq >= ? AND state = 'pending' ORDER BY seq"
+                " LIMIT ?", (start, limit))
+            names = [d[0] for d in cur.description]
+            rows = [dict(zip(names, row, strict=True)) for row in cur]
+        except sqlite3.Error as exc:
+            raise _translate(exc, "reading movements to sync") from exc
         if start == self._pending_from:
             self._pending_from = rows[0]["seq"] if rows else self._next_seq
         return rows
@@ -358,11 +361,14 @@ class Journal:
         """(pending, quarantined, wall time of the oldest pending), without a full scan."""
         oldest = self.oldest_pending()
         start = self._pending_from
-        pending = self.conn.execute(
-            "SELECT count(*) FROM movements WHERE seq >= ? AND state = 'pending'",
-            (start,)).fetchone()[0]
-        rejected = self.conn.execute(
-            "SELECT count(*) FROM movements WHERE state = 'rejected'").fetchone()[0]
+        try:
+            pending = self.conn.execute(
+                "SELECT count(*) FROM movements WHERE seq >= ? AND state = 'pending'",
+                (start,)).fetchone()[0]
+            rejected = self.conn.execute(
+                "SELECT count(*) FROM movements WHERE state = 'rejected'").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise _translate(exc, "counting the queue") from exc
         return int(pending), int(rejected), oldest["wall_time"] if oldest else None
 
     # -- status ----------------------------------------------------------------------------

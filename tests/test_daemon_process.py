@@ -659,3 +659,25 @@ def _children(pid: int) -> list[int]:
             if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
                 out.append(int(stat.parent.name))
     return out
+
+
+async def test_a_part_that_dies_stops_the_agent_so_systemd_restarts_it(tmp_path: Path) -> None:
+    """Regression: a long-running task (sync, a scanner reader) that died left the daemon
+    up but deaf, so systemd never restarted it. Now the agent stops and run() fails."""
+    import asyncio
+
+    from agent.config import parse_config
+    from agent.daemon import Agent
+
+    cfg = parse_config({"station": "d1", "site": "WH1", "database": str(tmp_path / "j.db"),
+                        "scanners": []}, "d1.toml")
+    agent = Agent(cfg)
+    await agent.start()
+
+    async def dies() -> None:
+        raise RuntimeError("boom")
+
+    agent._spawn(dies(), "sync")
+    await asyncio.wait_for(agent.wait(), 5)
+    assert agent.failed == "sync stopped unexpectedly"
+    await agent.close()
