@@ -15,6 +15,7 @@ import gc
 import hashlib
 import json
 import logging
+import re
 import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -212,6 +213,8 @@ class LedgerService:
             return _error(400, "malformed JSON: nested too deeply")
         except (ValueError, UnicodeDecodeError) as exc:
             return _error(400, f"malformed JSON: {exc}")
+        if re.search(rb"\\u[dD][89abAB]", body) and _lone_surrogate(batch):
+            return _error(400, "malformed JSON: a string holds a lone UTF-16 surrogate")
         shape = _batch_shape(batch)
         if shape is not None:
             return _error(400, shape)
@@ -356,6 +359,21 @@ def _station_json(s: StationRecord, now: int) -> dict[str, Any]:
         "clock_offset_ms": s.clock_offset_ms, "lag_s": lag,
         "last_batch_events": s.last_batch_events,
     }
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """Whether any string in a parsed body cannot be UTF-8 (a lone surrogate escape)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_lone_surrogate(v) for v in value)
+    return False
 
 
 def _batch_shape(batch: Any) -> str | None:

@@ -374,3 +374,13 @@ def test_a_batch_the_store_cannot_bind_rolls_back_and_the_next_one_saves(
         assert len(list(store.log())) == 1
     finally:
         store.close()
+
+
+def test_a_lone_surrogate_in_a_string_is_a_clear_400(api: Api) -> None:
+    """Regression: "\\ud800" parses as JSON but cannot be stored as UTF-8; it was a 500."""
+    body = json.dumps(batch([receipt(1, "OK-1", 0)])).replace('"OK-1"', '"OK-\\ud800"')
+    assert api.error(body.encode()) == "malformed JSON: a string holds a lone UTF-16 surrogate"
+    # a proper surrogate pair (an emoji, escaped) is fine
+    pair = json.dumps(batch([receipt(2, "OK-2", 0)])).replace('"OK-2"', '"OK-\\ud83d\\ude00"')
+    assert api.post(pair.encode()).status_code == 200
+    api.still_serving()
