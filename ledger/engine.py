@@ -242,16 +242,50 @@ class Ledger:
         site, item, t = m.site, m.item or "", m.t
         tracks = self.tracks
         recorded = self.recorded
+        typ = m.type
+        if typ == "receipt" or typ == "pick":
+            # One plain leg (most events): the loop below, unrolled.
+            if typ == "receipt":
+                loc, value, depletion = m.to_location or "", m.qty, False
+            else:
+                loc, value, depletion = m.from_location or "", -m.qty, True
+            key = (site, item, loc)
+            leg = Leg((m.station, m.seq, m.event_id, 0), False, value, depletion, m)
+            tr = tracks.get(key)
+            if tr is None:
+                tr = self._track(key)
+            late = tr.add(leg, t)
+            rec = recorded[key] = recorded.get(key, 0) + value
+            m.legs = (leg,)
+            m.rec_deltas = ((loc, value),)
+            m.applied = True
+            if depletion:
+                occ = tr.balance_after(t)
+                if occ < 0 or rec < 0:
+                    inc = self._open(m, now, trigger=m)
+                    shown = occ if occ < 0 else rec
+                    order = "" if occ < 0 else " in recorded order"
+                    warnings.append(f"negative balance at {loc}: {shown}{order} "
+                                    f"(class {inc.cls})")
+            if late and value < 0:
+                self._open_new_negatives(key, t, now, m, warnings)
+            if (site, item) in self._by_item:
+                self._reevaluate(site, item, t, now, m, None, m, value)
+            return
         legs = []
         deltas = []
         net: int | None = 0  # what this does to the item total from t on (None: a count)
         lowered: list[Key3] = []
+        dep_track: Track | None = None  # the track of a depletion's from-location
+        order_of = (m.station, m.seq, m.event_id)
         for i, (loc, reset, value, depletion) in enumerate(legs_of(m)):
             key = (site, item, loc)
-            leg = Leg((m.station, m.seq, m.event_id, i), reset, value, depletion, m)
+            leg = Leg((*order_of, i), reset, value, depletion, m)
             tr = tracks.get(key)
             if tr is None:
                 tr = self._track(key)
+            if i == 0 and depletion:
+                dep_track = tr
             late = tr.add(leg, t)
             legs.append(leg)
             rec = recorded.get(key, 0)
@@ -269,9 +303,9 @@ class Ledger:
         m.rec_deltas = tuple(deltas)
         m.applied = True
 
-        if m.type in DEPLETIONS:
+        if dep_track is not None:
+            occ = dep_track.balance_after(t)
             key = (site, item, m.from_location or "")
-            occ = tracks[key].balance_after(t)
             rec = recorded[key]
             if occ < 0 or rec < 0:
                 inc = self._open(m, now, trigger=m)
@@ -281,8 +315,9 @@ class Ledger:
                                 f"(class {inc.cls})")
         for key in lowered:
             self._open_new_negatives(key, t, now, m, warnings)
-        count_at = m.to_location if m.type == "count" else None
-        self._reevaluate(site, item, t, now, m, count_at, m, net)
+        if (site, item) in self._by_item:  # else no incident of the item to re-evaluate
+            count_at = m.to_location if typ == "count" else None
+            self._reevaluate(site, item, t, now, m, count_at, m, net)
 
     def _open_new_negatives(self, key: Key3, t: int, now: int, trigger: Movement,
                             warnings: list[str]) -> None:

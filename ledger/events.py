@@ -19,6 +19,7 @@ import hashlib
 import json
 import re
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -48,6 +49,9 @@ _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4
                    r"[0-9a-fA-F]{12}\Z")
 _TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UUID_MATCH = _UUID.match
+_blake2b = hashlib.blake2b
+_dumps = orjson.dumps
 
 
 class Movement:
@@ -283,49 +287,67 @@ def _ok_text(v: Any) -> bool:
             and (v.isprintable() or _CONTROL.search(v) is None))
 
 
+@lru_cache(maxsize=256)
+def _names_ok(station: str, site: str) -> tuple[bool, bool]:
+    """Whether a station's and a site's names pass as text fields (once per pair)."""
+    return _ok_text(station), _ok_text(site)
+
+
 def _validate(ev: dict[str, Any], station: str, site: str) -> Movement:
+    # The common case (every field present and valid) takes one test per field; anything
+    # else falls back to the full checks, in the same order, with the same reasons.
     get = ev.get
     event_id = get("event_id")
-    if event_id.__class__ is str and _UUID.match(event_id):
+    if event_id.__class__ is str and _UUID_MATCH(event_id):
         event_id = event_id.lower()
     else:
         event_id = _uuid(ev, "event_id")
+    station_ok, site_ok = _names_ok(station, site)
     ev_station = get("station")
-    if not _ok_text(ev_station):
-        ev_station = _text(ev, "station", required=True)
-    if ev_station != station:
-        raise _Bad(f"station: {ev_station!r} is not the batch's station {station!r}")
+    if not station_ok or ev_station != station:
+        if not _ok_text(ev_station):
+            ev_station = _text(ev, "station", required=True)
+        if ev_station != station:
+            raise _Bad(f"station: {ev_station!r} is not the batch's station {station!r}")
     ev_site = get("site")
-    if not _ok_text(ev_site):
-        ev_site = _text(ev, "site", required=True)
-    if ev_site != site:
-        raise _Bad(f"site: station {station!r} is registered at site {site!r}, not {ev_site!r}")
+    if not site_ok or ev_site != site:
+        if not _ok_text(ev_site):
+            ev_site = _text(ev, "site", required=True)
+        if ev_site != site:
+            raise _Bad(f"site: station {station!r} is registered at site {site!r}, "
+                       f"not {ev_site!r}")
     scanner = get("scanner")
-    if not _ok_text(scanner):
+    if not (scanner.__class__ is str and 0 < len(scanner) <= MAX_TEXT
+            and scanner.isprintable() and not scanner.isspace()) and not _ok_text(scanner):
         scanner = _text(ev, "scanner", required=True)
     seq = get("seq")
-    if seq.__class__ is not int and (isinstance(seq, bool) or not isinstance(seq, int)):
-        raise _Bad(f"seq: expected an integer, got {_kind(seq)}")
-    if seq < 1:
-        raise _Bad(f"seq: must be at least 1, got {seq}")
-    if seq > MAX_SEQ:
-        raise _Bad(f"seq: must be at most {MAX_SEQ}, got {seq}")
+    if not (seq.__class__ is int and 0 < seq <= MAX_SEQ):
+        if seq.__class__ is not int and (isinstance(seq, bool) or not isinstance(seq, int)):
+            raise _Bad(f"seq: expected an integer, got {_kind(seq)}")
+        if seq < 1:
+            raise _Bad(f"seq: must be at least 1, got {seq}")
+        if seq > MAX_SEQ:
+            raise _Bad(f"seq: must be at most {MAX_SEQ}, got {seq}")
     typ = get("type")
     if typ not in TYPES:
         raise _Bad(f"type: must be one of {', '.join(TYPES)}; got {_kind(typ)}")
+    occurred_at: Any = get("occurred_at")
     try:
-        t = parse_time(get("occurred_at"))
+        t = parse_time(occurred_at)
     except ValueError as exc:
         raise _Bad(f"occurred_at: {exc}") from None
-    for field in _OPTIONAL_TEXT:
-        v = get(field)
-        if v is not None and not _ok_text(v):
-            _text(ev, field, required=False)
+    if (get("lot") is not None or get("serial") is not None or get("reference") is not None
+            or get("operator") is not None):
+        for field in _OPTIONAL_TEXT:
+            v = get(field)
+            if v is not None and not _ok_text(v):
+                _text(ev, field, required=False)
     clock = get("clock")
-    if clock is not None and not isinstance(clock, dict):
+    if clock is not None and clock.__class__ is not dict and not isinstance(clock, dict):
         raise _Bad(f"clock: expected an object or null, got {_kind(clock)}")
     raw = get("raw")
-    if raw is not None and not (isinstance(raw, list) and all(isinstance(r, str) for r in raw)):
+    if raw is not None and not (raw.__class__ is list and not raw) and not (
+            isinstance(raw, list) and all(isinstance(r, str) for r in raw)):
         raise _Bad("raw: expected an array of strings or null")
 
     if typ == "void":
@@ -335,34 +357,39 @@ def _validate(ev: dict[str, Any], station: str, site: str) -> Movement:
         item = _text(ev, "item", required=False)
         frm = _text(ev, "from_location", required=False)
         to = _text(ev, "to_location", required=False)
-        qty = 0
+        qty: Any = 0
     else:
         if get("voids") is not None:
             raise _Bad(f"voids: only a void event names an event to void, this is a {typ}")
         item = get("item")
-        if not _ok_text(item):
+        if not (item.__class__ is str and 0 < len(item) <= MAX_TEXT
+                and item.isprintable() and not item.isspace()) and not _ok_text(item):
             item = _text(ev, "item", required=True)
-        qty_v = get("qty")
-        if qty_v.__class__ is not int and (isinstance(qty_v, bool)
-                                           or not isinstance(qty_v, int)):
-            raise _Bad(f"qty: expected an integer, got {_kind(qty_v)}")
-        lowest = 0 if typ == "count" else 1
-        if qty_v < lowest:
-            what = "a count must be at least 0" if typ == "count" else "must be at least 1"
-            raise _Bad(f"qty: {what}, got {qty_v}")
-        if qty_v > MAX_QTY:
-            raise _Bad(f"qty: must be at most {MAX_QTY}, got {qty_v}")
-        qty = qty_v
+        qty = get("qty")
+        if not (qty.__class__ is int and (0 if typ == "count" else 1) <= qty <= MAX_QTY):
+            if qty.__class__ is not int and (isinstance(qty, bool)
+                                             or not isinstance(qty, int)):
+                raise _Bad(f"qty: expected an integer, got {_kind(qty)}")
+            lowest = 0 if typ == "count" else 1
+            if qty < lowest:
+                what = "a count must be at least 0" if typ == "count" else "must be at least 1"
+                raise _Bad(f"qty: {what}, got {qty}")
+            if qty > MAX_QTY:
+                raise _Bad(f"qty: must be at most {MAX_QTY}, got {qty}")
         want_from, want_to = _LOCATIONS[typ]
         frm = get("from_location")
         to = get("to_location")
-        for field, wanted, v in (("from_location", want_from, frm),
-                                 ("to_location", want_to, to)):
-            if wanted and v is None:
-                raise _Bad(f"{field}: a {typ} needs a {field.replace('_location', '')}-location")
-        if frm is not None and not _ok_text(frm):
+        if want_from and frm is None:
+            raise _Bad(f"from_location: a {typ} needs a from-location")
+        if want_to and to is None:
+            raise _Bad(f"to_location: a {typ} needs a to-location")
+        if frm is not None and not (frm.__class__ is str and 0 < len(frm) <= MAX_TEXT
+                                    and frm.isprintable() and not frm.isspace()
+                                    ) and not _ok_text(frm):
             frm = _text(ev, "from_location", required=False)
-        if to is not None and not _ok_text(to):
+        if to is not None and not (to.__class__ is str and 0 < len(to) <= MAX_TEXT
+                                   and to.isprintable() and not to.isspace()
+                                   ) and not _ok_text(to):
             to = _text(ev, "to_location", required=False)
         if frm is not None and not want_from:
             raise _Bad(f"from_location: a {typ} has no from-location (use to_location)")
@@ -372,10 +399,14 @@ def _validate(ev: dict[str, Any], station: str, site: str) -> Movement:
             raise _Bad(f"to_location: a move needs two different locations, got {frm!r} twice")
         voids = None
     assert scanner is not None and ev_station is not None
-    body, raw = _canonical(ev)
+    try:
+        canonical = _dumps(ev, option=_SORT_KEYS)
+        body = canonical.decode()
+    except TypeError:
+        body, canonical = _canonical(ev)
     return Movement(
         event_id=event_id, station=station, site=site, scanner=scanner, seq=seq, type=typ,
         item=item, qty=qty, from_location=frm, to_location=to,
-        occurred_at=ev["occurred_at"], t=t, voids=voids,
-        digest=digest_of(raw), body=body,
+        occurred_at=occurred_at, t=t, voids=voids,
+        digest=_blake2b(canonical, digest_size=16).digest(), body=body,
     )

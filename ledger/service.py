@@ -213,7 +213,9 @@ class LedgerService:
             return _error(400, "malformed JSON: nested too deeply")
         except (ValueError, UnicodeDecodeError) as exc:
             return _error(400, f"malformed JSON: {exc}")
-        if re.search(rb"\\u[dD][89abAB]", body) and _lone_surrogate(batch):
+        # (the substring test first: it is much cheaper than the search it spares)
+        if (b"\\u" in body and re.search(rb"\\u[dD][89abAB]", body)
+                and _lone_surrogate(batch)):
             return _error(400, "malformed JSON: a string holds a lone UTF-16 surrogate")
         shape = _batch_shape(batch)
         if shape is not None:
