@@ -68,7 +68,7 @@ class LedgerConfig:
     client_cert: str | None = None
     client_key: str | None = None
     timeout: float = 10.0
-    batch_size: int = 500
+    batch_size: int = 1000
     max_backoff: float = 60.0
 
 
@@ -269,7 +269,7 @@ def _ledger(t: TomlTable | None, base_dir: Path | None) -> LedgerConfig | None:
         url=url.rstrip("/"),
         verify=t.flag("verify", True),
         timeout=t.number("timeout", 10.0, lo=0.1),
-        batch_size=t.integer("batch_size", 500, lo=1, hi=10000),
+        batch_size=t.integer("batch_size", 1000, lo=1, hi=10000),
         max_backoff=t.number("max_backoff", 60.0, lo=0.1),
         **paths,
     )

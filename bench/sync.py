@@ -5,7 +5,7 @@ on 127.0.0.1, a fresh database per measurement):
 
 - drain: a journal holding N movements captured through ``Journal.capture`` (real scans:
   location scans and GTINs interpreted and applied to a session, in groups of 1,000 per
-  transaction) is drained by a :class:`~agent.sync.SyncLoop` at ``batch_size`` 500 (the
+  transaction) is drained by a :class:`~agent.sync.SyncLoop` at ``batch_size`` 1000 (the
   default) and 2,000. Baseline: the same ledger ingesting pre-built batches of the same size
   posted back to back on one kept-alive connection (the ledger's ceiling over loopback).
   The ledger must hold exactly N events of the station afterwards.
@@ -131,7 +131,7 @@ def write_token(path: Path, token: str) -> Path:
 
 
 def dock_config(dirpath: Path, station: str, *, ledger_url: str | None = None,
-                token_file: Path | None = None, batch_size: int = 500,
+                token_file: Path | None = None, batch_size: int = 1000,
                 database: Path | None = None) -> Config:
     data: dict[str, Any] = {
         "station": station, "site": SITE, "location": "DOCK-1",
@@ -371,7 +371,7 @@ def scan_to_ledger(workdir: Path, scans: int, rounds: int = 5,
 
 
 def run(movements: int = 100_000, scans: int = 500, workdir: Path | None = None,
-        batch_sizes: Sequence[int] = (500, 2000)) -> dict[str, Any]:
+        batch_sizes: Sequence[int] = (1000, 2000)) -> dict[str, Any]:
     base = workdir or Path(__file__).resolve().parent / ".work"
     base.mkdir(parents=True, exist_ok=True)
     d = Path(tempfile.mkdtemp(prefix="sync-", dir=base))
