@@ -20,6 +20,7 @@ from agent.config import SerialScannerConfig
 from agent.errors import DriverError
 from drivers.base import RawScan, Scanner, ScannerState, boottime_ns
 from drivers.serial import SerialScanner
+from tests.drivers.states import States
 
 TIMEOUT = 10.0  # only to turn a hang into a failure; never a pass/fail threshold
 
@@ -28,37 +29,6 @@ SCANS = ["LOC-A-01-02", "]E04006381333931", "QTY-3", "]d2010400638133393110LOT7\
 
 def config(port: str, **kwargs: Any) -> SerialScannerConfig:
     return SerialScannerConfig(name="handheld", driver="serial", port=port, **kwargs)
-
-
-class States:
-    """Records on_state calls; lets a test wait until one matches."""
-
-    def __init__(self) -> None:
-        self.seen: list[ScannerState] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, state: ScannerState) -> None:
-        self.seen.append(state)
-        self._changed.set()
-
-    async def wait(self, predicate: Callable[[ScannerState], bool]) -> ScannerState:
-        async def until() -> ScannerState:
-            start = 0
-            while True:
-                for state in self.seen[start:]:
-                    if predicate(state):
-                        return state
-                start = len(self.seen)
-                self._changed.clear()
-                await self._changed.wait()
-
-        return await asyncio.wait_for(until(), TIMEOUT)
-
-    async def connected(self) -> ScannerState:
-        return await self.wait(lambda s: s.connected)
-
-    async def disconnected(self) -> ScannerState:
-        return await self.wait(lambda s: not s.connected and "lost" in s.detail)
 
 
 async def next_scan(scanner: SerialScanner) -> RawScan:

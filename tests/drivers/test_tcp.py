@@ -14,6 +14,7 @@ from agent.config import TcpScannerConfig
 from agent.errors import DriverError
 from drivers.base import RawScan, Scanner, ScannerState, boottime_ns
 from drivers.tcp import TcpScanner
+from tests.drivers.states import States
 
 TIMEOUT = 10.0  # only to turn a hang into a failure; never a pass/fail threshold
 
@@ -53,31 +54,6 @@ class FixedMountReader:
             writer.close()
             await writer.wait_closed()
         self._writers.clear()
-
-
-class States:
-    """Records on_state calls; lets a test wait until one matches."""
-
-    def __init__(self) -> None:
-        self.seen: list[ScannerState] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, state: ScannerState) -> None:
-        self.seen.append(state)
-        self._changed.set()
-
-    async def wait(self, predicate: Callable[[ScannerState], bool]) -> ScannerState:
-        async def until() -> ScannerState:
-            start = 0
-            while True:
-                for state in self.seen[start:]:
-                    if predicate(state):
-                        return state
-                start = len(self.seen)
-                self._changed.clear()
-                await self._changed.wait()
-
-        return await asyncio.wait_for(until(), TIMEOUT)
 
 
 @pytest.fixture
