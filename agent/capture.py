@@ -9,6 +9,7 @@ error) leaves the session untouched and gets a NAK.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,10 +78,20 @@ def debounced(last: tuple[str, int] | None, text: str, boot_ns: int, window_ms: 
 
 @dataclass
 class _ScannerSlot:
+    """A scanner's session, both as the scans read so far left it (``state``, ``last_read``:
+    what the next scan is worked out from, while earlier scans may still be committing) and as
+    the committed scans left it (``saved_*``), to fall back to when a commit fails."""
+
     cfg: ScannerConfig
     defaults: Defaults
     state: SessionState
     last_read: tuple[str, int] | None = None
+    saved_state: SessionState = field(init=False)
+    saved_last_read: tuple[str, int] | None = None
+    chain: int = 0  # bumped after a failed commit: later scans start from the saved session
+
+    def __post_init__(self) -> None:
+        self.saved_state = self.state
 
 
 Listener = Callable[[Outcome], None]
@@ -117,6 +128,17 @@ class Station:
 
     async def handle(self, scan: RawScan) -> Outcome:
         """Capture one scan. Never raises for bad input; journal failures give ``failed``."""
+        return await self.submit(scan)
+
+    def submit(self, scan: RawScan) -> asyncio.Future[Outcome]:
+        """Work out one scan and queue its commit; the future gives its outcome once committed.
+
+        A scanner's next scan may be submitted before this one's commit is done: it is worked
+        out from the session as this scan leaves it, and commits after it (in the same
+        transaction when they arrive together). If a commit fails, the scans submitted after it
+        from the same scanner fail too, unwritten, and the session falls back to what was last
+        committed, so that nothing acknowledged rests on a scan that was never saved.
+        """
         slot = self._slots.get(scan.scanner)
         if slot is None:
             raise KeyError(f"unknown scanner {scan.scanner!r}")
@@ -145,28 +167,59 @@ class Station:
             wall_offset_ms=(None if ledger_ns is None
                             else (ledger_ns - round(scan.wall_time * 1e9)) / 1e6),
             ntp_synced=self.ntp_synced(),
+            chain=(scan.scanner, slot.chain),
         )
+        done = asyncio.get_running_loop().create_future()
         try:
-            done: Captured = await self.writer.capture(record)
+            committing = self.writer.submit(record)
         except JournalError as exc:
-            what = "disk full" if isinstance(exc, JournalFullError) else "journal error"
-            outcome = Outcome(scan.scanner, text, "failed", f"not saved ({what}): {exc}")
-            log.error("%s", _Described(outcome))
-            self._emit(outcome)
-            return outcome
-        # Only a committed read counts for debounce: a rescan after a failed commit is kept.
+            done.set_result(self._failed(scan.scanner, text, exc))
+            return done
+        # Only a read that commits counts for debounce: a rescan after a failed commit is kept.
         if scan.error is None:
             slot.last_read = (text, scan.boot_ns)
         if step is not None and not step.rejected:
             slot.state = step.state
-        mv = record.movement
-        outcome = Outcome(scan.scanner, text, status, reason, note=record.note or "",
-                          seq=done.seq, event_id=done.event_id,
-                          movement_type=mv.type if mv else None)
-        if status == "rejected":
-            log.warning("%s", _Described(outcome))
+        after = (slot.state, slot.last_read, slot.chain)
+        committing.add_done_callback(
+            lambda f: self._committed(f, slot, record, after, done))
+        return done
+
+    def _committed(self, f: asyncio.Future[Captured], slot: _ScannerSlot, record: Capture,
+                   after: tuple[SessionState, tuple[str, int] | None, int],
+                   done: asyncio.Future[Outcome]) -> None:
+        """A submitted scan's commit ended: update the saved session, log, tell listeners."""
+        state, last_read, chain = after
+        exc = f.exception() if not f.cancelled() else JournalError("commit cancelled")
+        if exc is not None:
+            if chain == slot.chain:  # the first failure on this chain: fall back
+                slot.chain += 1
+                slot.state, slot.last_read = slot.saved_state, slot.saved_last_read
+            if not isinstance(exc, JournalError):
+                if not done.done():
+                    done.set_exception(exc)
+                return
+            outcome = self._failed(record.scanner, record.text, exc)
         else:
-            log.info("%s", _Described(outcome))
+            slot.saved_state, slot.saved_last_read = state, last_read
+            captured = f.result()
+            mv = record.movement
+            outcome = Outcome(record.scanner, record.text, record.outcome, record.reason,
+                              note=record.note or "", seq=captured.seq,
+                              event_id=captured.event_id,
+                              movement_type=mv.type if mv else None)
+            if outcome.status == "rejected":
+                log.warning("%s", _Described(outcome))
+            else:
+                log.info("%s", _Described(outcome))
+            self._emit(outcome)
+        if not done.done():
+            done.set_result(outcome)
+
+    def _failed(self, scanner: str, text: str, exc: JournalError) -> Outcome:
+        what = "disk full" if isinstance(exc, JournalFullError) else "journal error"
+        outcome = Outcome(scanner, text, "failed", f"not saved ({what}): {exc}")
+        log.error("%s", _Described(outcome))
         self._emit(outcome)
         return outcome
 

@@ -45,6 +45,7 @@ _PRUNE_EVERY = 3600.0
 _REPORT_EVERY = 5.0
 _ALERTS_HELD = 50  # capture failures kept in memory while the journal cannot take them
 _FIRST_OPEN_WAIT = 5.0
+_IN_FLIGHT = 64  # scans per scanner read but not yet answered (their commit is pending)
 
 
 @dataclass
@@ -240,9 +241,27 @@ class Agent:
                     lambda j: j.alert(f"scanner:{st.scanner}", f"disconnected: {st.detail}"))
 
     async def _read(self, scanner: Scanner) -> None:
+        """Read a scanner's scans and capture each at once; answer them in order as they commit.
+
+        A scan does not wait for the previous one's commit: a scanner that streams (a fixed
+        reader, a quick operator) gets its scans committed together. At most ``_IN_FLIGHT``
+        wait for their commit; past that the reader waits, and the scanner's bytes wait in the
+        kernel's buffer.
+        """
         assert self.station is not None
-        async for scan in scanner:
-            outcome = await self.station.handle(scan)
+        station = self.station
+        inflight: asyncio.Queue[asyncio.Future[Outcome] | None] = asyncio.Queue(_IN_FLIGHT)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._answer(scanner, inflight), name=f"answer:{scanner.name}")
+            async for scan in scanner:
+                await inflight.put(station.submit(scan))
+            await inflight.put(None)
+
+    async def _answer(self, scanner: Scanner,
+                      inflight: asyncio.Queue[asyncio.Future[Outcome] | None]) -> None:
+        """Acknowledge each scan once its commit ends: ACK/NAK, beep and LEDs, alerts."""
+        while (pending := await inflight.get()) is not None:
+            outcome = await pending
             try:
                 await scanner.acknowledge(outcome.ok)
             except AgentError as exc:

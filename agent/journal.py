@@ -25,7 +25,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -51,6 +51,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 _ALERTS_KEPT = 200
 _GROUP_MAX = 256  # captures folded into one transaction at most
+_CHAIN_BROKEN = "an earlier scan from this scanner was not saved, and this one follows from it"
 _DAMAGED = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB (primary result codes)
 
 T = TypeVar("T")
@@ -73,6 +74,9 @@ class Capture:
     session_state: str | None = None  # JSON of the scanner's state after this scan
     wall_offset_ms: float | None = None  # best known (ledger - wall) offset at capture
     ntp_synced: bool | None = None
+    # Captures on the same chain were worked out one from the other (a scanner's session):
+    # once one of them fails, the writer refuses the later ones on that chain unwritten.
+    chain: Hashable | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,6 +503,7 @@ class JournalWriter:
         self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
         self._closed = False
         self._outbox: list[tuple[Capture, asyncio.Future[Captured]]] = []
+        self._broken: set[Hashable] = set()  # chains with a failed capture (writer thread)
         self._thread.start()
 
     async def __aenter__(self) -> JournalWriter:
@@ -507,7 +512,11 @@ class JournalWriter:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def capture(self, record: Capture) -> Captured:
+    def submit(self, record: Capture) -> asyncio.Future[Captured]:
+        """Queue ``record`` for commit; the future resolves once it is committed (or failed).
+
+        Several captures may be in flight at once: they commit in submission order.
+        """
         if self._closed:
             raise JournalError("journal is closed")
         loop = asyncio.get_running_loop()
@@ -515,7 +524,10 @@ class JournalWriter:
         if not self._outbox:
             loop.call_soon(self._flush, loop)
         self._outbox.append((record, fut))
-        return await fut
+        return fut
+
+    async def capture(self, record: Capture) -> Captured:
+        return await self.submit(record)
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hand this loop turn's captures to the writer thread as one group."""
@@ -552,6 +564,36 @@ class JournalWriter:
             pending.clear()
         self.journal.close()
 
+    def _commit(self, records: list[Capture]) -> list[Captured | Exception]:
+        """Commit a group in one transaction; what failed is refused, the rest is kept."""
+        broken = self._broken
+        outcomes: list[Captured | Exception | None] = [None] * len(records)  # None: refused
+        live = [i for i, r in enumerate(records) if r.chain is None or r.chain not in broken]
+        try:
+            for i, done in zip(live, self.journal.capture([records[i] for i in live]),
+                               strict=True):
+                outcomes[i] = done
+        except JournalFullError as exc:  # no single record is to blame
+            for i in live:
+                outcomes[i] = exc
+        except Exception as exc:
+            # One bad record must not fail the scans that shared its transaction: commit
+            # them one by one, so only the bad one (and what was worked out from it) is refused.
+            if len(live) == 1:
+                outcomes[live[0]] = exc
+            else:
+                for i in live:
+                    r = records[i]
+                    if r.chain is not None and r.chain in broken:
+                        continue
+                    outcomes[i] = self._capture_one(r)
+                    if isinstance(outcomes[i], Exception) and r.chain is not None:
+                        broken.add(r.chain)
+        for r, o in zip(records, outcomes, strict=True):
+            if isinstance(o, Exception) and r.chain is not None:
+                broken.add(r.chain)
+        return [JournalError(_CHAIN_BROKEN) if o is None else o for o in outcomes]
+
     def _capture_one(self, record: Capture) -> Captured | Exception:
         try:
             return self.journal.capture([record])[0]
@@ -562,17 +604,7 @@ class JournalWriter:
         group = [c for it in items if it[0] == "capture" for c in it[1]]
         if group:
             loop = next(it[2] for it in items if it[0] == "capture")
-            outcomes: list[Captured | Exception]
-            try:
-                outcomes = list(self.journal.capture([c[0] for c in group]))
-            except JournalFullError as exc:  # no single record is to blame
-                outcomes = [exc] * len(group)
-            except Exception as exc:
-                # One bad record must not fail the scans that shared its transaction:
-                # commit them one by one, so only the bad one is refused.
-                outcomes = [exc] if len(group) == 1 else [
-                    self._capture_one(c[0]) for c in group]
-            _settle_all(loop, [c[1] for c in group], outcomes)
+            _settle_all(loop, [c[1] for c in group], self._commit([c[0] for c in group]))
         for it in items:
             if it[0] != "call":
                 continue

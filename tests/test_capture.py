@@ -303,6 +303,67 @@ async def test_full_disk_fails_the_scan_keeps_the_session_and_recovers(dock: Doc
     assert ms[-1]["from_location"] == dock.station.session("handheld").from_location
 
 
+# -- scans in flight ---------------------------------------------------------------------------
+
+
+def raw(dock: Dock, text: str, scanner: str = "handheld") -> RawScan:
+    dock.boot_ns += 1000 * MS
+    return RawScan(scanner, text, text.encode(), wall_time=time.time(), boot_ns=dock.boot_ns)
+
+
+async def test_a_streaming_scanner_is_worked_out_scan_by_scan_and_committed_together(
+        dock: Dock, cfg: Config) -> None:
+    """Scans read before the previous one committed build on it, commit in one transaction
+    and are answered in order."""
+    groups: list[int] = []
+    capture = dock.writer.journal.capture
+
+    def spy(records: Any) -> Any:
+        groups.append(len(records))
+        return capture(records)
+
+    dock.writer.journal.capture = spy  # type: ignore[method-assign]
+    texts = ["LOC-A-01", EAN, "QTY-3", EAN, "LOC-A-02", EAN]
+    pending = [dock.station.submit(raw(dock, t)) for t in texts]
+    outs = [await p for p in pending]
+    assert groups == [len(texts)], "one transaction for the scans read together"
+    assert [o.status for o in outs] == ["accepted"] * len(texts)
+    assert [(m["seq"], m["qty"], m["to_location"]) for m in movements(cfg)] == [
+        (1, 1, "A-01"), (2, 3, "A-01"), (3, 1, "A-02")]
+    assert [o.seq for o in outs if o.seq] == [1, 2, 3]
+    assert dock.outcomes == outs, "listeners hear of each scan in reading order"
+    (session,) = rows(cfg, "SELECT state FROM sessions WHERE scanner = 'handheld'")
+    assert json.loads(session["state"])["to_location"] == "A-02"
+
+
+async def test_a_failed_commit_fails_what_was_read_after_it_and_falls_back(
+        dock: Dock, cfg: Config) -> None:
+    """A scan whose commit fails takes the same scanner's later scans with it, unwritten
+    (they were worked out from it); other scanners' scans in the transaction are kept, and
+    the scanner goes on from its last committed session."""
+    await dock.writer.call(lambda j: j.conn.execute(
+        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON scans WHEN NEW.text = 'LOC-B-66' "
+        "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"))
+    texts = [("LOC-B-07", "handheld"), (EAN, "handheld"), ("LOC-B-66", "handheld"),
+             (EAN, "handheld"), ("QTY-2", "handheld"), (EAN, "fixed")]
+    pending = [dock.station.submit(raw(dock, t, s)) for t, s in texts]
+    outs = [await p for p in pending]
+    assert [o.status for o in outs] == [
+        "accepted", "accepted", "failed", "failed", "failed", "accepted"]
+    assert "refused by the test" in (outs[2].reason or "")
+    assert outs[3].reason == outs[4].reason == (
+        "not saved (journal error): an earlier scan from this scanner was not saved, and this "
+        "one follows from it")
+    assert audit(cfg) == [("LOC-B-07", "accepted", None), (EAN, "accepted", None),
+                          (EAN, "accepted", None)]
+    assert dock.station.session("handheld").to_location == "B-07"
+
+    again = await dock.station.submit(raw(dock, EAN))
+    assert again.status == "accepted", "the scanner's chain is whole again"
+    assert [(m["scanner"], m["to_location"]) for m in movements(cfg)] == [
+        ("handheld", "B-07"), ("fixed", "CC-1"), ("handheld", "B-07")]
+
+
 # -- restart ---------------------------------------------------------------------------------
 
 

@@ -280,6 +280,22 @@ async def test_grammar_row_makes_its_movements(running_dock: DockFactory, case: 
     assert all(r["state"] == "pending" for r in rows)
 
 
+@pytest.mark.parametrize("case", list(GRAMMAR_CASES.values()), ids=list(GRAMMAR_CASES))
+async def test_grammar_row_streamed_in_one_write(running_dock: DockFactory, case: Case) -> None:
+    """The same rows with every scan sent at once, as a streaming reader does: each scan builds
+    on the ones read before it although none of them has committed yet, and the replies come
+    back in order."""
+    async with running_dock(**case.config) as dock:
+        os.write(dock.master, b"".join(t.encode() + b"\r" for t in case.scans))
+        replies = [await dock.read_reply() for _ in case.scans]
+        rows = dock.movements()
+        audit = dock.audit()
+    assert "".join("A" if r == ACK else "N" for r in replies) == case.replies
+    assert [Move.of(r) for r in rows] == case.movements
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
+    assert [a["text"] for a in audit] == case.scans
+
+
 async def test_movement_raw_holds_its_context_scans(running_dock: DockFactory) -> None:
     """The event's ``raw`` list: the scans that set its context, then the item scan."""
     async with running_dock() as dock:
