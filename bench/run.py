@@ -214,7 +214,16 @@ def ledger_section(quick: bool) -> tuple[list[Row], str]:
 
 RUNNERS: dict[str, tuple[str, str, str, Callable[[bool], tuple[list[Row], str]]]] = {
     "capture": ("Capture", "Scan-to-commit latency and durable throughput of the station's "
-                "capture path, against a bare durable SQLite commit and persist-queue.",
+                "capture path, against a bare durable SQLite commit and persist-queue. "
+                "Throughput is judged with the scanners streaming, as a fixed reader or a quick "
+                "operator does: a scanner's next scan is read while the previous ones commit "
+                "(at most the daemon's 64 in flight per scanner), and each scan is acknowledged "
+                "only after its own commit. persist-queue's threads put one scan after the "
+                "other, each put durable when it returns. The slowest case, each scanner "
+                "waiting for its previous commit before the next read, is shown as context. "
+                "The latency goal is compared with a bare commit on the calling thread; the "
+                "agent may not block its event loop, so each of its commits crosses to the "
+                "journal's thread and back, and that crossing alone is shown as context.",
                 ".venv/bin/python bench/capture.py", capture_section),
     "sync": ("Sync", "Backlog drain into the reference ledger and scan-to-ledger latency, "
              "against the ledger's own ingest ceiling and a raw HTTP POST. The drain handles "
