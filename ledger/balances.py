@@ -13,9 +13,11 @@ Groups are the nodes of a treap keyed by time. Every node carries, for its subtr
   incident yet), split in a part relative to the subtree's input (no reset before it inside
   the subtree: ``x + rel``) and an absolute part (after a reset: ``abs``).
 
-So inserting a late leg, the balance at any time and "which watched depletions are now below
-zero from time t on" all cost O(log n) (plus one step per depletion found), where a
-re-walk of every later entry would cost O(n).
+So inserting a late leg and the balance at any time cost O(log n), where a re-walk of every
+later entry would cost O(n); "which watched depletions are now below zero from time t on"
+costs O(log n) per depletion found and O(1) when there is none (the usual answer: a
+depletion stops being watched once it is below zero), because a subtree whose minimum is not
+below zero is skipped wherever it lies.
 
 >>> tr = Track()
 >>> tr.add(Leg((1,), reset=False, value=5, depletion=False), 10)
@@ -64,12 +66,12 @@ def _order(leg: Leg) -> tuple[Any, ...]:
 class _Node:
     """A tie group (all legs at one time) and the aggregate of its treap subtree."""
 
-    __slots__ = ("g_k", "g_reset", "g_watch", "hi", "k", "left", "legs", "lo", "na", "nr",
-                 "prio", "reset", "right", "t")
+    __slots__ = ("g_k", "g_reset", "g_watch", "hi", "k", "left", "legs", "na", "nr", "prio",
+                 "reset", "right", "t")
 
     def __init__(self, t: int, leg: Leg) -> None:
         # A new node is a leaf holding one leg: its group and its subtree are that leg.
-        self.t = self.lo = self.hi = t
+        self.t = self.hi = t
         self.prio = _random()
         self.left: _Node | None = None
         self.right: _Node | None = None
@@ -110,7 +112,6 @@ def _pull(n: _Node) -> None:
     """Recompute n's subtree aggregate from its children and its own group."""
     left = n.left
     if left is None:
-        n.lo = n.t
         if n.g_reset:
             reset = True
             k = n.g_k
@@ -122,7 +123,6 @@ def _pull(n: _Node) -> None:
             na = INF
             nr = k if n.g_watch else INF
     else:
-        n.lo = left.lo
         nr = left.nr
         na = left.na
         if n.g_reset:
@@ -224,8 +224,28 @@ class Track:
             p.left = new
         else:
             p.right = new
-        for p in reversed(path):
-            _pull(p)
+        if late:
+            for p in reversed(path):
+                _pull(p)
+            return late
+        # An in-order leg (most of them): every node left on the path gains one group after
+        # all of its own, so its aggregate extends by that group without reading its children.
+        reset, k, watch = new.g_reset, new.g_k, new.g_watch
+        for p in path:
+            p.hi = t
+            if reset:
+                p.reset, p.k = True, k
+                if watch and k < p.na:
+                    p.na = k
+            else:
+                v = p.k + k
+                p.k = v
+                if watch:
+                    if p.reset:
+                        if v < p.na:
+                            p.na = v
+                    elif v < p.nr:
+                        p.nr = v
         return late
 
     def remove(self, leg: Leg, t: int) -> None:
@@ -302,10 +322,13 @@ def _apply(n: _Node, x: int) -> int:
 
 
 def _collect(n: _Node | None, x: int, t: int, out: list[Leg]) -> int:
-    """Visit the subtree with input balance x; return its output balance."""
+    """Visit the subtree with input balance x; return its output balance.
+
+    A subtree entirely before t, or whose watched depletions all stay >= 0, is skipped whole.
+    """
     if n is None:
         return x
-    if n.hi < t or (n.lo >= t and min(x + n.nr, n.na) >= 0):
+    if n.hi < t or min(x + n.nr, n.na) >= 0:
         return _apply(n, x)
     x = _collect(n.left, x, t, out)
     x = n.g_k if n.g_reset else x + n.g_k

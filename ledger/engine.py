@@ -269,7 +269,10 @@ class Ledger:
                                     f"(class {inc.cls})")
             if late and value < 0:
                 self._open_new_negatives(key, t, now, m, warnings)
-            if (site, item) in self._by_item:
+            index = self._by_item.get((site, item))
+            # Only the item's incidents at or after t can change (no count here to settle
+            # earlier ones): for an event after the item's latest depletion, none.
+            if index is not None and index.times[-1] >= t:
                 self._reevaluate(site, item, t, now, m, None, m, value)
             return
         legs = []
