@@ -214,9 +214,12 @@ class LedgerService:
         except (ValueError, UnicodeDecodeError) as exc:
             return _error(400, f"malformed JSON: {exc}")
         # (the substring test first: it is much cheaper than the search it spares)
-        if (b"\\u" in body and re.search(rb"\\u[dD][89abAB]", body)
-                and _lone_surrogate(batch)):
-            return _error(400, "malformed JSON: a string holds a lone UTF-16 surrogate")
+        try:
+            if (b"\\u" in body and re.search(rb"\\u[dD][89abAB]", body)
+                    and _lone_surrogate(batch)):
+                return _error(400, "malformed JSON: a string holds a lone UTF-16 surrogate")
+        except RecursionError:
+            return _error(400, "malformed JSON: nested too deeply")
         shape = _batch_shape(batch)
         if shape is not None:
             return _error(400, shape)

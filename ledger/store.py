@@ -24,7 +24,7 @@ from ledger.errors import StationError, StoreError
 __all__ = ["Contact", "NewEvent", "SqliteStore", "StationRecord", "Store", "StoredEvent",
            "open_store"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS = {
     1: """
@@ -56,6 +56,12 @@ _MIGRATIONS = {
     );
     CREATE INDEX events_by_station ON events (station, received_at);
     CREATE INDEX events_held ON events (status) WHERE status = 'held';
+    """,
+    # Every event paid for this index at ingest; its one reader (a station's newest events)
+    # reads the log newest first by rowid instead, which stops after ``limit`` rows of that
+    # station.
+    2: """
+    DROP INDEX IF EXISTS events_by_station;
     """,
 }
 

@@ -192,3 +192,32 @@ def test_over_http_random_arrival_orders_match_the_reference(tmp_path: Any) -> N
                     assert inc["class"] == exp.classes[eid]
 
         check()
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.text()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
+                                                                 max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=_JSON_VALUES, ascii_only=st.booleans(),
+       spice=st.sampled_from(["", "NaN", "-Infinity", '"\\ud800"', '"\\ud83d\\ude00"']))
+def test_parse_json_reads_a_body_as_the_json_module_does(value: Any, ascii_only: bool,
+                                                         spice: str) -> None:
+    """The fast parser must never change what a body means: integers beyond 64 bits, NaN,
+    lone surrogates and the rest parse exactly as ``json.loads`` (with NaN marked) does."""
+    import json
+
+    from ledger.events import _non_finite, parse_json
+
+    body = json.dumps([value, spice and json.loads(spice)] if spice else value,
+                      ensure_ascii=ascii_only)
+    for data in (body, body.encode(errors="surrogatepass")):
+        expected = json.loads(data, parse_constant=_non_finite)
+        got = parse_json(data)
+        assert repr(got) == repr(expected)  # repr tells 1 from 1.0, and -0.0 from 0.0
+        assert type(got) is type(expected)

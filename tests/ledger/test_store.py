@@ -1,0 +1,41 @@
+"""The SQLite store on its own: schema migrations and the reads the API is built on."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from ledger.store import _MIGRATIONS, SCHEMA_VERSION, NewEvent, open_store
+
+
+def _event(i: int, station: str) -> NewEvent:
+    at = f"2026-11-18T10:00:{i:02d}.000000Z"
+    return NewEvent(f"e{i}", station, "WH1", i, "receipt", "I", at, at, "accepted", i, at, "{}")
+
+
+def test_a_version_1_database_is_migrated_and_keeps_its_events(tmp_path: Path) -> None:
+    """Version 2 dropped the per-station index; a database made by version 1 loses it at open
+    and keeps every event, and a station's newest events still come first."""
+    path = tmp_path / "ledger.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(_MIGRATIONS[1] + "PRAGMA user_version = 1;")
+    conn.close()
+    store = open_store(path)
+    try:
+        store.add_station("dock-1", "WH1", "hash-1", "2026-11-18T10:00:00.000000Z")
+        store.add_station("dock-2", "WH1", "hash-2", "2026-11-18T10:00:00.000000Z")
+        store.save_batch([_event(i, "dock-1" if i % 3 else "dock-2") for i in range(1, 10)],
+                         [], None)
+        assert [e.event_id for e in store.events("dock-2", 2)] == ["e9", "e6"]
+        assert [e.event_id for e in store.events(None, 3)] == ["e9", "e8", "e7"]
+        assert len(list(store.log())) == 9
+    finally:
+        store.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        indexes = {r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'")}
+        assert "events_by_station" not in indexes
+    finally:
+        conn.close()
