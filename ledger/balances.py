@@ -21,7 +21,9 @@ below zero is skipped wherever it lies.
 
 >>> tr = Track()
 >>> tr.add(Leg((1,), reset=False, value=5, depletion=False), 10)
+False
 >>> tr.add(Leg((2,), reset=False, value=-7, depletion=True), 20)
+False
 >>> tr.balance_after(15), tr.balance, len(tr.find_negative(0))
 (5, -2, 1)
 """
