@@ -11,12 +11,14 @@ the dashboard work without setup; with ``read_token`` in the config they need
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 from typing import Any
 
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
@@ -26,6 +28,8 @@ from ledger.events import format_time, now_us
 from ledger.service import LedgerService, Reply
 
 __all__ = ["create_app"]
+
+log = logging.getLogger("ledger.http")
 
 
 def _bearer(request: Request) -> str | None:
@@ -84,12 +88,26 @@ def create_app(service: LedgerService) -> Starlette:
                                 status_code=413)
         chunks = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                return JSONResponse({"error": f"request body larger than {limit} bytes"},
-                                    status_code=413)
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(config.body_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        return JSONResponse(
+                            {"error": f"request body larger than {limit} bytes"},
+                            status_code=413)
+                    chunks.append(chunk)
+        except TimeoutError:
+            # A client that stalls mid-body would hold its connection for ever.
+            log.info("request body not complete after %.0f s (%d bytes): 408",
+                     config.body_timeout_s, size)
+            return JSONResponse({"error": f"request body not complete within "
+                                          f"{config.body_timeout_s:g} s"},
+                                status_code=408, headers={"Connection": "close"})
+        except ClientDisconnect:
+            # The station went away mid-request (it will send the batch again): no answer.
+            log.info("client went away while sending a batch (%d bytes read)", size)
+            return Response(status_code=400)
         try:
             reply = await service.call(service.ingest, _bearer(request), b"".join(chunks),
                                        received)

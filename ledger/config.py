@@ -6,6 +6,7 @@ problem; unknown keys are errors so that typos never pass silently.
 .. code-block:: toml
 
     max_body_bytes = 16777216        # larger requests get 413
+    body_timeout_s = 30.0            # a body not in by then gets 408 (a stalled client)
     max_batch_events = 10000         # more events in one batch get 413
     duplicate_window_s = 10.0        # window for suspected_duplicate
     read_token = "..."               # if set, reads and the dashboard need it
@@ -50,6 +51,7 @@ class LedgerConfig:
 
     path: str | None = None
     max_body_bytes: int = 16 * 1024 * 1024
+    body_timeout_s: float = 30.0
     max_batch_events: int = 10_000
     duplicate_window_s: float = 10.0
     read_token: str | None = None
@@ -77,6 +79,7 @@ def parse_config(data: Mapping[str, Any], file: str = "<config>") -> LedgerConfi
     d = LedgerConfig()
     max_body_bytes = top.integer("max_body_bytes", d.max_body_bytes, lo=1024)
     max_batch_events = top.integer("max_batch_events", d.max_batch_events, lo=1)
+    body_timeout_s = top.number("body_timeout_s", d.body_timeout_s, lo=0.1)
     duplicate_window_s = top.number("duplicate_window_s", d.duplicate_window_s, lo=0.0)
     read_token = top.text("read_token")
     webhook_url = top.text("webhook_url")
@@ -96,7 +99,8 @@ def parse_config(data: Mapping[str, Any], file: str = "<config>") -> LedgerConfi
         t.finish()
     top.finish()
     return LedgerConfig(
-        path=file, max_body_bytes=max_body_bytes, max_batch_events=max_batch_events,
+        path=file, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s,
+        max_batch_events=max_batch_events,
         duplicate_window_s=duplicate_window_s, read_token=read_token, webhook_url=webhook_url,
         webhook_timeout_s=webhook_timeout_s, webhook_max_attempts=webhook_max_attempts,
         sites=sites,

@@ -341,3 +341,45 @@ def test_clients_dribbling_a_byte_every_100_ms_do_not_hold_up_the_others(
         for t in threads:
             t.join(TIMEOUT)
     assert statuses == [200] * 10
+
+
+@pytest.fixture
+def impatient_ledger(tmp_path: Path) -> Iterator[tuple[LedgerServer, str]]:
+    cfg = tmp_path / "ledger.toml"
+    cfg.write_text("body_timeout_s = 0.5\n")
+    with LedgerServer(tmp_path / "ledger.db", cfg) as srv:
+        yield srv, srv.add_station("dock-1", "WH1")
+
+
+def test_a_client_that_stalls_mid_body_gets_408_and_loses_its_connection(
+        impatient_ledger: tuple[LedgerServer, str]) -> None:
+    """A dribbling client must not hold a connection (and its buffer) for ever."""
+    srv, token = impatient_ledger
+    body = json.dumps(batch([receipt(1, "SLOW-1", 0)])).encode()
+    with _connect(srv) as s:
+        s.sendall(_head(token, **{"Content-Length": str(len(body))}) + body[:20])
+        started = time.monotonic()
+        status, answer = _read_response(s)
+        waited = time.monotonic() - started
+        assert s.recv(1) == b"", "the server closes the connection after a 408"
+    assert status == 408
+    assert json.loads(answer) == {"error": "request body not complete within 0.5 s"}
+    assert waited < TIMEOUT
+    _still_serving(srv, token)
+
+
+def test_a_client_gone_mid_body_is_not_an_error_in_the_log(
+        small_ledger: tuple[LedgerServer, str], caplog: pytest.LogCaptureFixture) -> None:
+    """A station killed while posting is routine: no traceback, nothing kept, still serving."""
+    srv, token = small_ledger
+    body = json.dumps(batch([receipt(1, "GONE-1", 0)])).encode()
+    with caplog.at_level(logging.INFO, logger="ledger"):
+        with _connect(srv) as s:
+            s.sendall(_head(token, **{"Content-Length": str(len(body))}) + body[:20])
+            time.sleep(0.2)
+        deadline = time.monotonic() + TIMEOUT
+        while not any("went away" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+            time.sleep(0.05)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    _still_serving(srv, token)
