@@ -4,7 +4,7 @@
 checks the driver's framing verdict and the debounce window, interprets the text, applies it
 to the scanner's session, commits audit row + movement + session state in one transaction,
 and only then acknowledges the scan (ACK byte, beep, LED). A failed commit (disk full, I/O
-error) leaves the session untouched and gets a NAK.
+error) gets a NAK and leaves the session as the last committed scan left it.
 """
 
 from __future__ import annotations

@@ -245,23 +245,51 @@ class Agent:
 
         A scan does not wait for the previous one's commit: a scanner that streams (a fixed
         reader, a quick operator) gets its scans committed together. At most ``_IN_FLIGHT``
-        wait for their commit; past that the reader waits, and the scanner's bytes wait in the
-        kernel's buffer.
+        wait for their answer; past that the reader waits, and further scans wait in the
+        driver. If reading fails, the scans already read are still answered before the
+        failure stops the agent: they are in the journal, and an unanswered scan is scanned
+        again.
         """
         assert self.station is not None
         station = self.station
-        inflight: asyncio.Queue[asyncio.Future[Outcome] | None] = asyncio.Queue(_IN_FLIGHT)
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._answer(scanner, inflight), name=f"answer:{scanner.name}")
+        room = asyncio.Semaphore(_IN_FLIGHT)
+        inflight: asyncio.Queue[asyncio.Future[Outcome] | None] = asyncio.Queue()
+        answering = asyncio.create_task(self._answer(scanner, inflight, room),
+                                        name=f"answer:{scanner.name}")
+        reading = asyncio.current_task()
+
+        def answering_ended(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None and reading is not None:
+                reading.cancel()  # nobody answers this scanner any more: stop
+
+        answering.add_done_callback(answering_ended)
+        try:
             async for scan in scanner:
-                await inflight.put(station.submit(scan))
-            await inflight.put(None)
+                await room.acquire()
+                inflight.put_nowait(station.submit(scan))
+        except asyncio.CancelledError:
+            answering.cancel()
+            failure = None if answering.cancelled() or not answering.done() \
+                else answering.exception()
+            if failure is not None:
+                raise failure from None
+            raise
+        except BaseException:
+            inflight.put_nowait(None)
+            await answering  # (cancelling this task cancels it too)
+            raise
+        inflight.put_nowait(None)
+        await answering
 
     async def _answer(self, scanner: Scanner,
-                      inflight: asyncio.Queue[asyncio.Future[Outcome] | None]) -> None:
+                      inflight: asyncio.Queue[asyncio.Future[Outcome] | None],
+                      room: asyncio.Semaphore) -> None:
         """Acknowledge each scan once its commit ends: ACK/NAK, beep and LEDs, alerts."""
         while (pending := await inflight.get()) is not None:
-            outcome = await pending
+            try:
+                outcome = await pending
+            finally:
+                room.release()
             try:
                 await scanner.acknowledge(outcome.ok)
             except AgentError as exc:

@@ -25,7 +25,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -74,9 +74,10 @@ class Capture:
     session_state: str | None = None  # JSON of the scanner's state after this scan
     wall_offset_ms: float | None = None  # best known (ledger - wall) offset at capture
     ntp_synced: bool | None = None
-    # Captures on the same chain were worked out one from the other (a scanner's session):
-    # once one of them fails, the writer refuses the later ones on that chain unwritten.
-    chain: Hashable | None = None
+    # (scanner, generation): captures of one chain were worked out one from the other (a
+    # scanner's session). Once one fails, the writer refuses every capture of that scanner
+    # with a generation up to the failed one's, unwritten; the station starts a new one.
+    chain: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,7 +504,8 @@ class JournalWriter:
         self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
         self._closed = False
         self._outbox: list[tuple[Capture, asyncio.Future[Captured]]] = []
-        self._broken: set[Hashable] = set()  # chains with a failed capture (writer thread)
+        # scanner -> the newest generation with a failed capture (writer thread only)
+        self._broken: dict[str, int] = {}
         self._thread.start()
 
     async def __aenter__(self) -> JournalWriter:
@@ -532,7 +534,8 @@ class JournalWriter:
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hand this loop turn's captures to the writer thread as one group."""
         batch, self._outbox = self._outbox, []
-        self._q.put(("capture", batch, loop))
+        if batch:  # (empty when close() flushed it first)
+            self._q.put(("capture", batch, loop))
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(journal, *args)`` on the writer thread (sync updates, reads, prune)."""
@@ -564,41 +567,58 @@ class JournalWriter:
             pending.clear()
         self.journal.close()
 
+    def _refused(self, r: Capture) -> bool:
+        chain = r.chain
+        return chain is not None and chain[1] <= self._broken.get(chain[0], -1)
+
     def _commit(self, records: list[Capture]) -> list[Captured | Exception]:
         """Commit a group in one transaction; what failed is refused, the rest is kept."""
-        broken = self._broken
         outcomes: list[Captured | Exception | None] = [None] * len(records)  # None: refused
-        live = [i for i, r in enumerate(records) if r.chain is None or r.chain not in broken]
+        live = [i for i, r in enumerate(records) if not self._refused(r)]
         try:
             for i, done in zip(live, self.journal.capture([records[i] for i in live]),
                                strict=True):
                 outcomes[i] = done
-        except JournalFullError as exc:  # no single record is to blame
-            for i in live:
-                outcomes[i] = exc
         except Exception as exc:
-            # One bad record must not fail the scans that shared its transaction: commit
-            # them one by one, so only the bad one (and what was worked out from it) is refused.
             if len(live) == 1:
                 outcomes[live[0]] = exc
             else:
+                # Something in the group could not be committed: commit each scanner's
+                # captures on their own, so that only the chain that failed is refused.
+                chains: dict[Any, list[int]] = {}
                 for i in live:
-                    r = records[i]
-                    if r.chain is not None and r.chain in broken:
-                        continue
-                    outcomes[i] = self._capture_one(r)
-                    if isinstance(outcomes[i], Exception) and r.chain is not None:
-                        broken.add(r.chain)
+                    chains.setdefault(records[i].chain or i, []).append(i)
+                for idx in chains.values():
+                    self._commit_chain(records, idx, outcomes)
         for r, o in zip(records, outcomes, strict=True):
             if isinstance(o, Exception) and r.chain is not None:
-                broken.add(r.chain)
+                scanner, generation = r.chain
+                self._broken[scanner] = max(generation, self._broken.get(scanner, -1))
         return [JournalError(_CHAIN_BROKEN) if o is None else o for o in outcomes]
 
-    def _capture_one(self, record: Capture) -> Captured | Exception:
+    def _commit_chain(self, records: list[Capture], idx: list[int],
+                      outcomes: list[Captured | Exception | None]) -> None:
+        """One chain's captures in one transaction; on a bad record, those before it one by
+        one (the ones after it were worked out from it and stay refused)."""
         try:
-            return self.journal.capture([record])[0]
+            for i, done in zip(idx, self.journal.capture([records[i] for i in idx]),
+                               strict=True):
+                outcomes[i] = done
+            return
+        except JournalFullError as exc:  # no single record is to blame
+            for i in idx:
+                outcomes[i] = exc
+            return
         except Exception as exc:
-            return exc
+            if len(idx) == 1:
+                outcomes[idx[0]] = exc
+                return
+        for i in idx:
+            try:
+                outcomes[i] = self.journal.capture([records[i]])[0]
+            except Exception as exc:
+                outcomes[i] = exc
+                return
 
     def _process(self, items: list[tuple[Any, ...]]) -> None:
         group = [c for it in items if it[0] == "capture" for c in it[1]]
@@ -619,5 +639,7 @@ class JournalWriter:
         if self._closed:
             return
         self._closed = True
+        if self._outbox:  # submitted in this loop turn: they go before the end
+            self._flush(asyncio.get_running_loop())
         self._q.put(None)
         await asyncio.to_thread(self._thread.join)

@@ -1,8 +1,8 @@
 """Per-scanner session state and what each scan does to it (DESIGN section 4).
 
 Pure: :func:`apply` takes a state, a token and the ids it may need, and returns the next state
-plus at most one movement draft. Nothing changes until the caller has committed the result to
-the journal, so a failed commit leaves the session exactly as it was.
+plus at most one movement draft; it never changes the state it is given, so the caller can
+keep the last committed state and fall back to it when a commit fails.
 
 >>> d = Defaults(mode="receipt", location="DOCK-3")
 >>> s = initial_state(d)

@@ -3,6 +3,7 @@ then the outcome. A real Station over a real journal file."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -438,3 +439,44 @@ async def test_require_operator_from_the_dock_config(tmp_path: Path) -> None:
         assert (await d.scan(EAN)).status == "accepted"
     finally:
         await writer.close()
+
+
+async def test_a_full_disk_fails_only_the_scanner_whose_scans_do_not_fit(
+        dock: Dock, cfg: Config) -> None:
+    """A streaming burst that no longer fits must not take another scanner's scan, which
+    fits on its own, down with it."""
+    await dock.station.submit(raw(dock, EAN, "fixed"))  # the fixed scanner's session saved
+
+    def little_room(j: Journal) -> None:
+        pages = j.conn.execute("PRAGMA page_count").fetchone()[0]
+        j.conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+
+    await dock.writer.call(little_room)
+    burst = [dock.station.submit(raw(dock, f"REF-{'X' * 200}{i}")) for i in range(40)]
+    other = dock.station.submit(raw(dock, EAN, "fixed"))
+    outs = [await p for p in burst]
+    assert (await other).status == "accepted"
+    assert "failed" in {o.status for o in outs}
+    assert all(o.status == "failed" for o in outs[[o.status for o in outs].index("failed"):]), \
+        "nothing after the first refused scan of the burst is kept"
+
+
+async def test_failures_keep_one_entry_per_scanner_in_the_writer(dock: Dock) -> None:
+    """However long a journal keeps failing, what the writer remembers stays small."""
+    await dock.writer.call(lambda j: j.conn.execute(
+        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON scans "
+        "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"))
+    for _ in range(50):
+        assert (await dock.station.submit(raw(dock, EAN))).status == "failed"
+    assert len(dock.writer._broken) == 1
+    await dock.writer.call(lambda j: j.conn.execute("DROP TRIGGER refuse"))
+    assert (await dock.station.submit(raw(dock, EAN))).status == "accepted"
+
+
+async def test_a_scan_submitted_just_before_close_is_committed(cfg: Config) -> None:
+    station, writer = await open_dock(cfg)
+    pending = station.submit(RawScan("handheld", EAN, EAN.encode()))
+    await writer.close()
+    out = await asyncio.wait_for(pending, 5)
+    assert out.status == "accepted"
+    assert [m["event_id"] for m in movements(cfg)] == [out.event_id]

@@ -21,8 +21,10 @@ from typing import Any
 
 import pytest
 
+from agent import daemon
 from agent.config import load_config
 from agent.daemon import Agent
+from drivers.base import RawScan, ScannerState
 
 TIMEOUT = 10.0  # only to turn a hang into a failure; never a pass/fail threshold
 ACK, NAK = b"\x06", b"\x15"
@@ -445,3 +447,58 @@ async def test_crlf_and_lf_terminators_frame_one_scan_each(running_dock: DockFac
         assert [await dock.read_reply() for _ in range(3)] == [ACK, ACK, ACK]
         audit = dock.audit()
     assert [a["text"] for a in audit] == ["LOC-A-01", EAN13, OTHER]
+
+
+# -- a reader that fails --------------------------------------------------------------------------
+
+
+class _FailingScanner:
+    """A scanner whose reading breaks after a few scans (a driver fault): the stand-in for a
+    driver bug, which the real drivers never show (they reconnect)."""
+
+    def __init__(self, name: str, texts: Sequence[str]) -> None:
+        self.name, self.texts = name, texts
+        self.answers: list[bool] = []
+        self.state = ScannerState(name, True, "fake")
+
+    def __aiter__(self) -> AsyncIterator[RawScan]:
+        return self._scans()
+
+    async def _scans(self) -> AsyncIterator[RawScan]:
+        for text in self.texts:
+            yield RawScan(self.name, text, text.encode())
+        raise OSError("the driver broke")
+
+    async def acknowledge(self, ok: bool) -> None:
+        self.answers.append(ok)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_failing_reader_still_answers_what_it_read_and_stops_the_agent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scans read before the reader broke are in the journal: they must get their ACK, or
+    the operator scans them again and they count twice."""
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    made: list[_FailingScanner] = []
+
+    def open_failing(sc: Any, on_state: Any = None) -> _FailingScanner:
+        made.append(_FailingScanner(sc.name, ["LOC-A-01", EAN13, OTHER]))
+        return made[-1]
+
+    monkeypatch.setattr(daemon, "open_scanner", open_failing)
+    cfg = load_config(write_config(tmp_path, "/dev/null"))
+    agent = Agent(cfg)
+    try:
+        await agent.start()
+        await asyncio.wait_for(agent.wait(), TIMEOUT)
+    finally:
+        await asyncio.wait_for(agent.close(), TIMEOUT)
+    assert made[0].answers == [True, True, True]
+    assert agent.failed == "scan:handheld stopped unexpectedly"
+    conn = sqlite3.connect(cfg.database)
+    try:
+        assert conn.execute("SELECT count(*) FROM movements").fetchone()[0] == 2
+    finally:
+        conn.close()
