@@ -6,7 +6,8 @@ whose transform is their composition (in station, seq order); the balance "right
 depletion of the group is the balance after the whole group, so a tie never manufactures a
 negative.
 
-Groups are the nodes of a treap keyed by time. Every node carries, for its subtree:
+Groups are the nodes of a treap keyed by time (ranked so that history posted in order is a
+perfectly balanced tree; see :meth:`Track.add`). Every node carries, for its subtree:
 
 * the composed transform ``x -> (c if reset else x) + k``;
 * the minimum balance right after a group holding a *watched* depletion (one without an
@@ -39,6 +40,7 @@ __all__ = ["INF", "Leg", "Track"]
 
 INF = 1 << 62  # "no depletion here"; stays huge when a real balance is added to it
 _random = random.random
+_getrandbits = random.getrandbits
 
 
 class Leg:
@@ -71,10 +73,10 @@ class _Node:
     __slots__ = ("g_k", "g_reset", "g_watch", "hi", "k", "left", "legs", "na", "nr", "prio",
                  "reset", "right", "t")
 
-    def __init__(self, t: int, leg: Leg) -> None:
+    def __init__(self, t: int, leg: Leg, prio: float) -> None:
         # A new node is a leaf holding one leg: its group and its subtree are that leg.
         self.t = self.hi = t
-        self.prio = _random()
+        self.prio = prio
         self.left: _Node | None = None
         self.right: _Node | None = None
         self.legs = [leg]
@@ -200,7 +202,19 @@ class Track:
                 return late
             n = n.left if t < nt else n.right
         self.groups += 1
-        new = _Node(t, leg)
+        # The priority's whole part is a rank: for the n-th group appended in order, the
+        # number of trailing zero bits of n, which builds history posted in order into a
+        # perfectly balanced tree (depth log2 n, against about 1.4 log2 n for uniform
+        # priorities); for a late group, a random rank with the same distribution, which
+        # keeps the expected depth logarithmic whatever the arrival order. The fraction
+        # breaks ties at random.
+        if late:
+            bits = _getrandbits(32)
+            rank = (bits & -bits).bit_length() - 1 if bits else 32
+        else:
+            g = self.groups
+            rank = (g & -g).bit_length() - 1
+        new = _Node(t, leg, rank + _random())
         # Attach the new leaf, then rotate it up while its priority beats its parent's.
         prio = new.prio
         while path:

@@ -221,3 +221,34 @@ def test_parse_json_reads_a_body_as_the_json_module_does(value: Any, ascii_only:
         got = parse_json(data)
         assert repr(got) == repr(expected)  # repr tells 1 from 1.0, and -0.0 from 0.0
         assert type(got) is type(expected)
+
+
+def _depth(tr: Track) -> int:
+    def depth(n: Any) -> int:
+        return 0 if n is None else 1 + max(depth(n.left), depth(n.right))
+    return depth(tr._root)
+
+
+def test_history_posted_in_order_is_a_balanced_tree() -> None:
+    """The late-event cost at a million events rests on this: in-order appends (the usual
+    case) build a tree of depth log2 n, not the ~1.4 log2 n of uniform random priorities."""
+    tr = Track()
+    for i in range(1, 2**12):
+        tr.add(Leg((i,), reset=False, value=1, depletion=False), i * 10)
+    assert _depth(tr) == 12
+
+
+def test_late_groups_keep_the_tree_shallow_in_any_arrival_order() -> None:
+    """Late groups get random ranks: a backlog posted in order into one gap (a dock back
+    online) or at random places must not grow a chain."""
+    rnd = random.Random(3)
+    tr = Track()
+    for i in range(1, 4097):
+        tr.add(Leg((i,), reset=False, value=1, depletion=False), i * 10_000)
+    for j in range(4096):  # a backlog, in order, all inside one early gap
+        tr.add(Leg((5000 + j,), reset=False, value=1, depletion=False), 10_001 + j)
+    for j in range(4096):  # and late groups at random places
+        tr.add(Leg((9000 + j,), reset=False, value=1, depletion=False),
+               rnd.randrange(40_000_000) + 1)
+    assert tr.groups >= 12_000
+    assert _depth(tr) <= 3 * 14
