@@ -268,11 +268,10 @@ class Agent:
                 await room.acquire()
                 inflight.put_nowait(station.submit(scan))
         except asyncio.CancelledError:
+            if answering.done() and not answering.cancelled() and (
+                    failure := answering.exception()) is not None:
+                raise failure from None  # the answers failed: that is why we were cancelled
             answering.cancel()
-            failure = None if answering.cancelled() or not answering.done() \
-                else answering.exception()
-            if failure is not None:
-                raise failure from None
             raise
         except BaseException:
             inflight.put_nowait(None)

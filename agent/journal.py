@@ -580,16 +580,14 @@ class JournalWriter:
                                strict=True):
                 outcomes[i] = done
         except Exception as exc:
-            if len(live) == 1:
-                outcomes[live[0]] = exc
-            else:
-                # Something in the group could not be committed: commit each scanner's
-                # captures on their own, so that only the chain that failed is refused.
-                chains: dict[Any, list[int]] = {}
-                for i in live:
-                    chains.setdefault(records[i].chain or i, []).append(i)
-                for idx in chains.values():
-                    self._commit_chain(records, idx, outcomes)
+            # Something in the group could not be committed: commit each scanner's captures
+            # on their own, so that only the chain that failed is refused (a lone chain has
+            # already been tried: it is not tried again).
+            chains: dict[Any, list[int]] = {}
+            for i in live:
+                chains.setdefault(records[i].chain or i, []).append(i)
+            for idx in chains.values():
+                self._commit_chain(records, idx, outcomes, exc if len(chains) == 1 else None)
         for r, o in zip(records, outcomes, strict=True):
             if isinstance(o, Exception) and r.chain is not None:
                 scanner, generation = r.chain
@@ -597,22 +595,23 @@ class JournalWriter:
         return [JournalError(_CHAIN_BROKEN) if o is None else o for o in outcomes]
 
     def _commit_chain(self, records: list[Capture], idx: list[int],
-                      outcomes: list[Captured | Exception | None]) -> None:
-        """One chain's captures in one transaction; on a bad record, those before it one by
-        one (the ones after it were worked out from it and stay refused)."""
-        try:
-            for i, done in zip(idx, self.journal.capture([records[i] for i in idx]),
-                               strict=True):
-                outcomes[i] = done
-            return
-        except JournalFullError as exc:  # no single record is to blame
-            for i in idx:
-                outcomes[i] = exc
-            return
-        except Exception as exc:
-            if len(idx) == 1:
-                outcomes[idx[0]] = exc
+                      outcomes: list[Captured | Exception | None],
+                      failure: Exception | None) -> None:
+        """One chain's captures in one transaction (unless it already failed with
+        ``failure``); on a bad record, those before it one by one (the ones after it were
+        worked out from it and stay refused)."""
+        if failure is None:
+            try:
+                for i, done in zip(idx, self.journal.capture([records[i] for i in idx]),
+                                   strict=True):
+                    outcomes[i] = done
                 return
+            except Exception as exc:
+                failure = exc
+        if isinstance(failure, JournalFullError) or len(idx) == 1:
+            for i in idx:  # a full disk: no single record is to blame
+                outcomes[i] = failure
+            return
         for i in idx:
             try:
                 outcomes[i] = self.journal.capture([records[i]])[0]

@@ -441,6 +441,27 @@ async def test_require_operator_from_the_dock_config(tmp_path: Path) -> None:
         await writer.close()
 
 
+async def test_one_scanners_failed_burst_is_not_committed_twice(dock: Dock, cfg: Config) -> None:
+    """When the whole failed transaction was one scanner's, it is not tried again as a
+    whole: the scans before the bad one are kept one by one, the rest refused."""
+    await dock.writer.call(lambda j: j.conn.execute(
+        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON scans WHEN NEW.text = 'LOC-B-66' "
+        "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"))
+    tries: list[int] = []
+    capture = dock.writer.journal.capture
+
+    def spy(records: Any) -> Any:
+        tries.append(len(records))
+        return capture(records)
+
+    dock.writer.journal.capture = spy  # type: ignore[method-assign]
+    pending = [dock.station.submit(raw(dock, t)) for t in ("LOC-B-07", EAN, "LOC-B-66", EAN)]
+    outs = [await p for p in pending]
+    assert [o.status for o in outs] == ["accepted", "accepted", "failed", "failed"]
+    assert tries == [4, 1, 1, 1], "the group once, then one by one up to the bad scan"
+    assert audit(cfg) == [("LOC-B-07", "accepted", None), (EAN, "accepted", None)]
+
+
 async def test_a_full_disk_fails_only_the_scanner_whose_scans_do_not_fit(
         dock: Dock, cfg: Config) -> None:
     """A streaming burst that no longer fits must not take another scanner's scan, which
