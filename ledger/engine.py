@@ -262,11 +262,7 @@ class Ledger:
             if depletion:
                 occ = tr.balance_after(t)
                 if occ < 0 or rec < 0:
-                    inc = self._open(m, now, trigger=m)
-                    shown = occ if occ < 0 else rec
-                    order = "" if occ < 0 else " in recorded order"
-                    warnings.append(f"negative balance at {loc}: {shown}{order} "
-                                    f"(class {inc.cls})")
+                    self._open_negative(m, loc, occ, rec, now, warnings)
             if late and value < 0:
                 self._open_new_negatives(key, t, now, m, warnings)
             index = self._by_item.get((site, item))
@@ -311,11 +307,7 @@ class Ledger:
             key = (site, item, m.from_location or "")
             rec = recorded[key]
             if occ < 0 or rec < 0:
-                inc = self._open(m, now, trigger=m)
-                shown = occ if occ < 0 else rec
-                order = "" if occ < 0 else " in recorded order"
-                warnings.append(f"negative balance at {key[2]}: {shown}{order} "
-                                f"(class {inc.cls})")
+                self._open_negative(m, key[2], occ, rec, now, warnings)
         for key in lowered:
             self._open_new_negatives(key, t, now, m, warnings)
         if (site, item) in self._by_item:  # else no incident of the item to re-evaluate
@@ -406,6 +398,15 @@ class Ledger:
                 break
 
     # ------------------------------------------------------------ incidents
+
+    def _open_negative(self, m: Movement, loc: str, occ: int, rec: int, now: int,
+                       warnings: list[str]) -> None:
+        """A depletion left ``loc`` below zero (in occurrence order ``occ``, or in recorded
+        order ``rec``): open its incident and warn the station."""
+        inc = self._open(m, now, trigger=m)
+        shown = occ if occ < 0 else rec
+        order = "" if occ < 0 else " in recorded order"
+        warnings.append(f"negative balance at {loc}: {shown}{order} (class {inc.cls})")
 
     def _open(self, m: Movement, now: int, trigger: Movement) -> Incident:
         inc = Incident(len(self.incidents) + 1, m, now)
