@@ -148,22 +148,28 @@ async def agent_streaming(dirpath: Path, per_scanner: int, scanners: int = 4) ->
         return scanners * per_scanner / (time.perf_counter() - t0)
 
 
+def _pty_dock(database: Path, names: list[str]) -> tuple[list[tuple[int, int]], Config]:
+    """A raw pseudo-terminal (master, slave) per scanner name, and a dock reading them as
+    host-ACK serial scanners."""
+    ptys = [os.openpty() for _ in names]
+    for master, slave in ptys:
+        tty.setraw(master)
+        tty.setraw(slave)
+    cfg = parse_config({
+        "station": "bench", "site": "WH1", "location": "DOCK-1", "database": str(database),
+        "scanners": [{"name": name, "driver": "serial", "port": os.ttyname(slave),
+                      "ack": "\u0006", "nak": "\u0015", "debounce_ms": 0}
+                     for name, (_, slave) in zip(names, ptys, strict=True)],
+    }, "bench.toml")
+    return ptys, cfg
+
+
 async def pty_streaming(dirpath: Path, per_scanner: int, scanners: int = 4) -> float:
     """4 serial scanners on pseudo-terminals, each sending its barcodes as fast as the pty
     takes them, through the daemon's drivers and capture, until every ACK byte is back."""
     from agent.daemon import Agent
 
-    ptys = [os.openpty() for _ in range(scanners)]
-    for master, slave in ptys:
-        tty.setraw(master)
-        tty.setraw(slave)
-    cfg = parse_config({
-        "station": "bench", "site": "WH1", "location": "DOCK-1",
-        "database": str(dirpath / "pty-stream.db"),
-        "scanners": [{"name": f"s{k}", "driver": "serial", "port": os.ttyname(slave),
-                      "ack": "\u0006", "nak": "\u0015", "debounce_ms": 0}
-                     for k, (_, slave) in enumerate(ptys)],
-    }, "bench.toml")
+    ptys, cfg = _pty_dock(dirpath / "pty-stream.db", [f"s{k}" for k in range(scanners)])
     loop = asyncio.get_running_loop()
     payload = b"".join(GTINS[i % 4].encode() + b"\r" for i in range(per_scanner))
 
@@ -233,15 +239,8 @@ async def pty_round_trip(dirpath: Path, n: int) -> list[float]:
     """Barcode written on the pty until the ACK byte is read back, through the daemon."""
     from agent.daemon import Agent
 
-    master, slave = os.openpty()
-    tty.setraw(master)
-    tty.setraw(slave)
-    cfg = parse_config({
-        "station": "bench", "site": "WH1", "location": "DOCK-1",
-        "database": str(dirpath / "pty.db"),
-        "scanners": [{"name": "h", "driver": "serial", "port": os.ttyname(slave),
-                      "ack": "\u0006", "nak": "\u0015", "debounce_ms": 0}],
-    }, "bench.toml")
+    ptys, cfg = _pty_dock(dirpath / "pty.db", ["h"])
+    ((master, slave),) = ptys
     loop = asyncio.get_running_loop()
     out: list[float] = []
     try:
