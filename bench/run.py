@@ -162,7 +162,8 @@ def _ledger_subprocess(quick: bool) -> tuple[list[Row], str]:
 
 
 REPEAT = 3  # ingest runs per figure (the median is reported)
-ROUNDS = 5  # rounds of 2000 late events per history size (the best is reported)
+ROUNDS = 10  # rounds of LATE late events per history size (the best is reported)
+LATE = 1000
 
 
 def ledger_section(quick: bool) -> tuple[list[Row], str]:
@@ -186,12 +187,13 @@ def ledger_section(quick: bool) -> tuple[list[Row], str]:
                 d.mkdir()
                 direct, incidents = ingest_direct(n_direct, late, d, REPEAT)
                 ingest[late] = (direct, ingest_http(n_http, late, d, REPEAT), incidents)
-        costs = late_event_costs(sizes, 2000, ROUNDS)
+        costs = late_event_costs(sizes, LATE, ROUNDS)
     except TypeError:  # its interface changed under us: use its command line
         return _ledger_subprocess(quick)
     finally:
         gc.set_threshold(*thresholds)
-    lines = [f"ingest (batches of 500 over 100 items x 10 locations; store+engine "
+    lines = [f"ingest (batches of {ledger_bench.BATCH} over 100 items x 10 locations; "
+             f"store+engine "
              f"{n_direct:,} events, HTTP to `scan-ledger serve` {n_http:,} events from "
              f"{stations} stations at once; median of {REPEAT} runs each):"]
     rows = []
@@ -206,8 +208,8 @@ def ledger_section(quick: bool) -> tuple[list[Row], str]:
                             "—" if late == 0 else f"in-order ingest: {base:,.0f} events/s",
                             "—" if late == 0 else f"{rate / base:.2f}", ">= 20,000 events/s",
                             rate >= 20_000))
-    lines.append(f"one late event on one item-location (engine), best of {ROUNDS} x 2000, "
-                 "the sizes measured in turn:")
+    lines.append(f"one late event on one item-location (engine), best of {ROUNDS} x {LATE}, "
+                 "the sizes measured in turn, each kept within 10% of its size:")
     for size, cost in zip(sizes, costs, strict=True):
         lines.append(f"  history {size:>9,}: {cost * 1e6:7.1f} µs per late event   "
                      f"ratio vs 10k {cost / costs[0]:4.2f}")
@@ -245,9 +247,11 @@ RUNNERS: dict[str, tuple[str, str, str, Callable[[bool], tuple[list[Row], str]]]
                "event as one item-location's history grows. Ingest is measured through the "
                "service (JSON parsing, validation, engine, one SQLite transaction per batch) "
                "and over HTTP with several stations posting at once, as a central ledger is "
-               "used; each figure is the median of a few runs on fresh databases. The late-event "
-               "histories are all built first and measured in turn, so that the 10k and 1M "
-               "figures see the same machine; at 1M the history no longer fits in the CPU's "
+               "used, in batches of the agent's default `batch_size` (1000, what a station "
+               "catching up sends); each figure is the median of a few runs on fresh "
+               "databases. The late-event histories are all built first and measured in turn, "
+               "so that the 10k and 1M figures see the same machine, and a history grown by "
+               "a tenth is built again; at 1M the history no longer fits in the CPU's "
                "caches, which is most of what grows besides the O(log n) path.",
                ".venv/bin/python bench/ledger.py", ledger_section),
 }
