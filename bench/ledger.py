@@ -13,8 +13,9 @@ It prints:
    ``batch_size``, 1000, as a station catching up sends them) and over HTTP (a real
    ``scan-ledger serve`` on 127.0.0.1, 4 stations posting at once, each one batch after the
    other as the agent does), for in-order history and with 1% and 10% late events; each
-   figure is the median of ``--repeat`` runs (3 by default), each on a fresh database,
-   because other work on the machine easily costs a single run a third;
+   figure is the median of ``--repeat`` runs (5 by default), each on a fresh database, the
+   figures' runs taking turns, because other work on the machine easily costs a single run
+   a third and a burst of it lasts a while;
 2. the cost of one late event as the history of ONE item-location grows from 10k to 100k to
    1M events, measured on the engine (the sizes in turn, best of 10 rounds of 1000 late
    events; a history that has grown by a tenth is built again), with its ratio to the 10k
@@ -24,6 +25,7 @@ It prints:
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import itertools
 import json
@@ -104,6 +106,26 @@ def bodies(events: list[dict[str, Any]], station: str = "dock-1") -> list[bytes]
     return out
 
 
+@functools.cache
+def _direct_bodies(n: int, late: float) -> list[bytes]:
+    """The request bodies of ``n`` events from one station (built once per run of the
+    benchmark: the figures' runs take turns)."""
+    return bodies(make_events(n, late))
+
+
+@functools.cache
+def _station_bodies(n: int, late: float, stations: int) -> list[list[bytes]]:
+    """The same events split between ``stations`` stations, batch by batch in turn."""
+    events = make_events(n, late)
+    names = [f"dock-{k + 1}" for k in range(stations)]
+    per_station: list[list[bytes]] = [[] for _ in names]
+    for b, i in enumerate(range(0, len(events), BATCH)):
+        k = b % stations
+        chunk = [{**ev, "station": names[k]} for ev in events[i:i + BATCH]]
+        per_station[k] += bodies(chunk, names[k])
+    return per_station
+
+
 _runs = itertools.count()
 
 
@@ -123,7 +145,7 @@ def _median_rate(run: Callable[[Path], float], workdir: Path, repeat: int) -> fl
 def ingest_direct(n: int, late: float, workdir: Path, repeat: int = 1) -> tuple[float, int]:
     """Events/s through ``LedgerService.ingest`` (median of ``repeat`` runs), and the number
     of incidents the events open."""
-    batches = bodies(make_events(n, late))
+    batches = _direct_bodies(n, late)
     tune_gc()  # as `scan-ledger serve` does
     incidents = 0
 
@@ -149,13 +171,8 @@ def ingest_http(n: int, late: float, workdir: Path, repeat: int = 1,
     """Against ``scan-ledger serve`` in its own process, as stations post to it: ``stations``
     stations at once, each posting its own batches one after the other, as the agent's sync
     does (median of ``repeat`` runs)."""
-    events = make_events(n, late)
     names = [f"dock-{k + 1}" for k in range(stations)]
-    per_station: list[list[bytes]] = [[] for _ in names]
-    for b, i in enumerate(range(0, len(events), BATCH)):
-        k = b % stations
-        chunk = [{**ev, "station": names[k]} for ev in events[i:i + BATCH]]
-        per_station[k] += bodies(chunk, names[k])
+    per_station = _station_bodies(n, late, stations)
     ledger = [sys.executable, "-m", "ledger"]
 
     def run(db: Path) -> float:
@@ -192,6 +209,29 @@ def ingest_http(n: int, late: float, workdir: Path, repeat: int = 1,
             proc.wait(30)
 
     return _median_rate(run, workdir, repeat)
+
+
+LATE_FRACTIONS = (0.0, 0.01, 0.10)
+
+
+def ingest_figures(n_direct: int, n_http: int, workdir: Path, repeat: int = 3,
+                   lates: tuple[float, ...] = LATE_FRACTIONS
+                   ) -> dict[float, tuple[float, float, int]]:
+    """For each late fraction: median events/s through the service and over HTTP, and the
+    incidents the events open. The runs take turns (every figure's first run, then every
+    figure's second, ...), so that each median samples the machine at different moments: a
+    shared machine's load moves within a minute, and runs back to back would all see the
+    same burst."""
+    direct: dict[float, list[float]] = {late: [] for late in lates}
+    http: dict[float, list[float]] = {late: [] for late in lates}
+    incidents: dict[float, int] = {}
+    for _ in range(max(1, repeat)):
+        for late in lates:
+            rate, incidents[late] = ingest_direct(n_direct, late, workdir)
+            direct[late].append(rate)
+            http[late].append(ingest_http(n_http, late, workdir))
+    return {late: (statistics.median(direct[late]), statistics.median(http[late]),
+                   incidents[late]) for late in lates}
 
 
 def _movement(i: int, t: int, kind: str, qty: int) -> Movement:
@@ -256,8 +296,8 @@ def late_event_costs(sizes: list[int], late: int, rounds: int = 10,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    ap.add_argument("--repeat", type=int, default=3, metavar="N",
-                    help="runs per ingest figure; the median is printed (default 3)")
+    ap.add_argument("--repeat", type=int, default=5, metavar="N",
+                    help="runs per ingest figure; the median is printed (default 5)")
     args = ap.parse_args()
     n_direct = 20_000 if args.quick else 100_000
     n_http = 10_000 if args.quick else 50_000
@@ -266,16 +306,15 @@ def main() -> None:
     print(f"machine: nproc={os.cpu_count()} arch={platform.machine()} "
           f"python={platform.python_version()}")
     print(f"ingest: batches of {BATCH} events over 100 items x 10 locations; SQLite WAL, "
-          f"synchronous=FULL; median of {max(1, args.repeat)} run(s)")
+          f"synchronous=FULL; median of {max(1, args.repeat)} run(s), the figures' runs "
+          "taking turns")
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        for late in (0.0, 0.01, 0.10):
-            label = "in order" if late == 0 else f"{late:.0%} late"
-            direct, incidents = ingest_direct(n_direct, late, work, args.repeat)
-            http = ingest_http(n_http, late, work, args.repeat)
-            print(f"  {label:>9}: store+engine {direct:>9,.0f} events/s   "
-                  f"HTTP {http:>9,.0f} events/s   ({incidents:,} incidents opened "
-                  f"in {n_direct:,} events)")
+        figures = ingest_figures(n_direct, n_http, Path(tmp), args.repeat)
+    for late, (direct, http, incidents) in figures.items():
+        label = "in order" if late == 0 else f"{late:.0%} late"
+        print(f"  {label:>9}: store+engine {direct:>9,.0f} events/s   "
+              f"HTTP {http:>9,.0f} events/s   ({incidents:,} incidents opened "
+              f"in {n_direct:,} events)")
 
     rounds, late = 10, 1000  # best of 10: a single round is easily disturbed
     print(f"one late event on one item-location (engine), best of {rounds} x {late}, "

@@ -161,7 +161,7 @@ def _ledger_subprocess(quick: bool) -> tuple[list[Row], str]:
                 ">= 20,000 events/s; late event at 1M <= 2x at 10k", None)], out.stdout
 
 
-REPEAT = 3  # ingest runs per figure (the median is reported)
+REPEAT = 5  # ingest runs per figure, taking turns between figures (the median is reported)
 ROUNDS = 10  # rounds of LATE late events per history size (the best is reported)
 LATE = 1000
 
@@ -170,8 +170,7 @@ def ledger_section(quick: bool) -> tuple[list[Row], str]:
     try:
         from bench import ledger as ledger_bench
 
-        ingest_direct = ledger_bench.ingest_direct
-        ingest_http = ledger_bench.ingest_http
+        ingest_figures = ledger_bench.ingest_figures
         late_event_costs = ledger_bench.late_event_costs
         stations = ledger_bench.STATIONS
     except (ImportError, AttributeError):
@@ -181,12 +180,7 @@ def ledger_section(quick: bool) -> tuple[list[Row], str]:
     thresholds = gc.get_threshold()  # the ledger tunes the collector as its server does
     try:
         with tempfile.TemporaryDirectory(prefix="ledger-", dir=WORK) as tmp:
-            ingest = {}
-            for late in (0.0, 0.01, 0.10):
-                d = Path(tmp) / f"late-{late}"
-                d.mkdir()
-                direct, incidents = ingest_direct(n_direct, late, d, REPEAT)
-                ingest[late] = (direct, ingest_http(n_http, late, d, REPEAT), incidents)
+            ingest = ingest_figures(n_direct, n_http, Path(tmp), REPEAT)
         costs = late_event_costs(sizes, LATE, ROUNDS)
     except TypeError:  # its interface changed under us: use its command line
         return _ledger_subprocess(quick)
@@ -195,7 +189,8 @@ def ledger_section(quick: bool) -> tuple[list[Row], str]:
     lines = [f"ingest (batches of {ledger_bench.BATCH} over 100 items x 10 locations; "
              f"store+engine "
              f"{n_direct:,} events, HTTP to `scan-ledger serve` {n_http:,} events from "
-             f"{stations} stations at once; median of {REPEAT} runs each):"]
+             f"{stations} stations at once; median of {REPEAT} runs each, the figures' runs "
+             "taking turns):"]
     rows = []
     base_direct, base_http, _ = ingest[0.0]
     for late, (direct, http, incidents) in ingest.items():
