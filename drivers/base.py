@@ -12,12 +12,19 @@ agent can audit it and NAK the operator.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-__all__ = ["RawScan", "Scanner", "ScannerState", "StateCallback", "boottime_ns"]
+__all__ = ["MAX_WAITING", "RawScan", "ScanQueue", "Scanner", "ScannerState", "StateCallback",
+           "boottime_ns"]
+
+log = logging.getLogger(__name__)
+
+MAX_WAITING = 1000  # scans read from one scanner and not yet taken by the station
 
 
 def boottime_ns() -> int:
@@ -71,3 +78,90 @@ class Scanner(Protocol):
 
     async def close(self) -> None:
         """Stop reading and release the device. Idempotent."""
+
+
+class ScanQueue:
+    """Scans read from one scanner and not yet taken by the station: about ``limit`` at most.
+
+    The station takes scans as fast as its journal commits them, so the queue only fills when
+    a device sends far faster than any operator scans (a misconfigured or faulty reader) or
+    the disk stalls; then what waits must not grow without bound on a Pi. Three ways in:
+
+    * :meth:`put` waits for room (a TCP connection: the driver stops reading and TCP holds
+      the reader back);
+    * :meth:`push` always queues, and tells the driver when to stop reading until
+      :attr:`on_room` is called (a tty: the kernel then stops taking bytes from a USB
+      device, whose own flow control holds it back), so the queue holds at most ``limit``
+      plus what one read brought;
+    * :meth:`offer` drops the scan when full (a keyboard wedge's key events come whether or
+      not anyone reads them): whole scans, never half of one. A dropped scan was never
+      acknowledged, so the operator gets no good-read and scans again. Drops are logged, the
+      first of a run and every hundredth after it.
+
+    After :meth:`end`, :meth:`get` returns what is left and then ``None`` for ever.
+    """
+
+    def __init__(self, scanner: str, limit: int = MAX_WAITING) -> None:
+        self.scanner = scanner
+        self.limit = max(1, limit)
+        self.dropped = 0  # scans dropped since the queue was made
+        self.on_room: Callable[[], None] | None = None  # called when a full queue has room
+        self._run = 0  # scans dropped since the last one that went in
+        self._blocked = False  # a reader waits for room
+        self._items: asyncio.Queue[RawScan | None] = asyncio.Queue()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def __len__(self) -> int:
+        return self._items.qsize()
+
+    def push(self, scan: RawScan) -> bool:
+        """Queue a scan, room or not. Whether the queue is full now: then the caller stops
+        reading until :attr:`on_room` is called."""
+        self._items.put_nowait(scan)
+        if self._items.qsize() >= self.limit:
+            self._blocked = True
+            return True
+        return False
+
+    def offer(self, scan: RawScan) -> bool:
+        """Queue a scan if there is room; else drop it (and say so). Whether it went in."""
+        if self._items.qsize() >= self.limit:
+            self.dropped += 1
+            self._run += 1
+            if self._run == 1 or self._run % 100 == 0:
+                log.warning("scanner %s: %d scan(s) dropped: %d are waiting for the station "
+                            "already (it is not keeping up with this device)",
+                            self.scanner, self._run, self.limit)
+            return False
+        if self._run:
+            log.warning("scanner %s: taking scans again after dropping %d", self.scanner,
+                        self._run)
+            self._run = 0
+        self._items.put_nowait(scan)
+        return True
+
+    async def put(self, scan: RawScan) -> None:
+        """Queue a scan, waiting for room."""
+        while self._items.qsize() >= self.limit:
+            self._blocked = True
+            self._room.clear()
+            await self._room.wait()
+        self._items.put_nowait(scan)
+
+    def end(self) -> None:
+        """No more scans: :meth:`get` returns ``None`` once the queued ones are taken."""
+        self._items.put_nowait(None)
+
+    async def get(self) -> RawScan | None:
+        """The next scan, or ``None`` after :meth:`end`."""
+        items = self._items
+        item = await items.get()
+        if item is None:
+            items.put_nowait(None)  # every later call ends too
+        elif self._blocked and items.qsize() < self.limit:
+            self._blocked = False
+            self._room.set()
+            if self.on_room is not None:
+                self.on_room()
+        return item

@@ -41,7 +41,7 @@ from evdev import InputEvent, ecodes
 from evdev.eventio import EventIO
 
 from agent.errors import DriverError, ScannerGoneError
-from drivers.base import RawScan, ScannerState, StateCallback
+from drivers.base import RawScan, ScannerState, ScanQueue, StateCallback
 from drivers.keymap import DecodedScan, KeyDecoder, can_type_barcode
 
 if TYPE_CHECKING:
@@ -404,7 +404,7 @@ class EvdevScanner:
         self._min_backoff, self._max_backoff = backoff
         self._grab_wait = grab_wait
         self._state = ScannerState(cfg.name, False, "not opened yet")
-        self._queue: asyncio.Queue[RawScan | None] = asyncio.Queue()
+        self._queue = ScanQueue(cfg.name)
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._source: EventSource | None = None
@@ -445,7 +445,7 @@ class EvdevScanner:
             if task is not asyncio.current_task():
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._queue.put_nowait(None)
+        self._queue.end()
         self._set_state(False, "closed")
 
     async def __aenter__(self) -> EvdevScanner:
@@ -636,9 +636,8 @@ class EvdevScanner:
     def _deliver(self, scan: DecodedScan | None) -> None:
         if scan is None:
             return
-        self._queue.put_nowait(RawScan(scanner=self.name, text=scan.text,
-                                       raw=scan.text.encode("utf-8", "replace"),
-                                       error=scan.error))
+        self._queue.offer(RawScan(scanner=self.name, text=scan.text,
+                                  raw=scan.text.encode("utf-8", "replace"), error=scan.error))
 
     def _set_state(self, connected: bool, detail: str) -> None:
         if self._state.connected == connected and self._state.detail == detail:

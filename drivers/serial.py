@@ -74,6 +74,12 @@ class _SocketPort(protocol_socket.Serial):  # type: ignore[misc]
         pass
 
 
+def _room_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
+
+
 @dataclass(eq=False)
 class _Connection:
     """One open port: ``gone`` gets the reason when the device disappears."""
@@ -83,6 +89,9 @@ class _Connection:
     gone: asyncio.Future[str]
     opened: float = field(default_factory=time.monotonic)
     received: bool = False
+    # Set while the station has room for more scans; cleared when it is behind, and then
+    # nothing is read (the reader thread waits on it; add_reader is removed).
+    room: threading.Event = field(default_factory=_room_event)
 
 
 class SerialScanner(SupervisedScanner):
@@ -104,6 +113,7 @@ class SerialScanner(SupervisedScanner):
         watch_interval: float = 1.0,
     ) -> None:
         super().__init__(cfg.name, on_state, "not opened yet")
+        self._queue.on_room = self._resume
         self.cfg = cfg
         self._watch_interval = watch_interval
         try:
@@ -275,8 +285,11 @@ class SerialScanner(SupervisedScanner):
         port = conn.port
         try:
             while not stop.is_set():
+                if not conn.room.is_set():
+                    conn.room.wait(_THREAD_READ_TIMEOUT)  # the station is behind
+                    continue
                 try:
-                    data = port.read(max(1, port.in_waiting))
+                    data = port.read(min(max(1, port.in_waiting), _READ_SIZE))
                 except Exception as exc:  # whatever the URL handler raises, the device is gone
                     if not stop.is_set():
                         loop.call_soon_threadsafe(self._lost, conn, _reason(exc))
@@ -293,8 +306,23 @@ class SerialScanner(SupervisedScanner):
         if conn is not self._conn or conn.gone.done():
             return  # late bytes of a connection already given up
         conn.received = True
+        full = False
         for frame in self._framer.feed(data):
-            self._queue.put_nowait(frame.scan(self.name, wall_time=wall, boot_ns=boot))
+            full = self._queue.push(frame.scan(self.name, wall_time=wall, boot_ns=boot))
+        if full and conn.room.is_set():
+            # The station is behind: stop reading until it has taken some (see _resume).
+            conn.room.clear()
+            if conn.fd is not None:
+                asyncio.get_running_loop().remove_reader(conn.fd)
+
+    def _resume(self) -> None:
+        """The station has room again: read on, if the connection is still the live one."""
+        conn = self._conn
+        if conn is None or conn.room.is_set() or conn.gone.done():
+            return
+        conn.room.set()
+        if conn.fd is not None:
+            asyncio.get_running_loop().add_reader(conn.fd, self._on_readable, conn)
 
     def _lost(self, conn: _Connection, detail: str) -> None:
         if conn.fd is not None:

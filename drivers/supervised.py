@@ -1,7 +1,8 @@
 """The part serial and TCP scanners share: a supervised connection feeding a queue of scans.
 
 A subclass implements ``_supervise()`` (open, read, frame, wait, reopen: until cancelled)
-and puts each :class:`~drivers.base.RawScan` on ``self._queue``; this class provides the
+and hands each :class:`~drivers.base.RawScan` to ``self._queue`` (a bounded
+:class:`~drivers.base.ScanQueue`); this class provides the
 :class:`~drivers.base.Scanner` protocol around it: iteration, connection state reports,
 and an idempotent ``close()`` that cancels the supervisor and then ends the iterator.
 """
@@ -11,20 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from types import TracebackType
-from typing import Final, Self
+from typing import Self
 
-from drivers.base import RawScan, ScannerState, StateCallback
+from drivers.base import RawScan, ScannerState, ScanQueue, StateCallback
 
 __all__ = ["SupervisedScanner"]
 
 log = logging.getLogger(__name__)
-
-
-class _End:
-    """Queued after the last scan: the iterator is finished."""
-
-
-_END: Final = _End()
 
 
 class SupervisedScanner:
@@ -36,7 +30,7 @@ class SupervisedScanner:
         self.name = name
         self._on_state = on_state
         self._state = ScannerState(name, False, initial)
-        self._queue: asyncio.Queue[RawScan | _End] = asyncio.Queue()
+        self._queue = ScanQueue(name)
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._done = asyncio.Event()
@@ -53,8 +47,7 @@ class SupervisedScanner:
     async def __anext__(self) -> RawScan:
         self._start()
         item = await self._queue.get()
-        if isinstance(item, _End):
-            self._queue.put_nowait(item)  # every later call ends too
+        if item is None:
             raise StopAsyncIteration
         return item
 
@@ -73,7 +66,7 @@ class SupervisedScanner:
             task.cancel()
             await asyncio.wait({task})
         self._set_state(False, "closed")
-        self._queue.put_nowait(_END)
+        self._queue.end()
         self._done.set()
 
     async def __aenter__(self) -> Self:

@@ -102,7 +102,9 @@ class TcpScanner(SupervisedScanner):
                         break
                     received = True
                     for frame in self._framer.feed(data):
-                        self._queue.put_nowait(frame.scan(self.name, wall_time=wall, boot_ns=boot))
+                        # Waits while the station is behind: TCP then slows the reader.
+                        await self._queue.put(frame.scan(self.name, wall_time=wall,
+                                                         boot_ns=boot))
             except OSError as exc:
                 detail = _reason(exc)
             finally:

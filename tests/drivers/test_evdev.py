@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import stat
 import time
@@ -150,6 +151,38 @@ async def test_scans_arrive_decoded_from_event_bytes(dock: PipeDock) -> None:
         ("wedge", "]d20104006381333931" + "10LOT7" + GS + "21SN1", None),
         ("wedge", "QTY-12", None)]
     assert scans[1].raw == scans[1].text.encode()
+    await scanner.close()
+
+
+async def test_a_flooding_wedge_has_whole_scans_dropped_beyond_the_limit(
+    dock: PipeDock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A keyboard types whether or not anyone reads it: beyond the limit of scans waiting
+    for the station, whole scans are dropped (never acknowledged: scanned again) with a
+    warning, and those kept arrive intact, in order."""
+    caplog.set_level(logging.WARNING, logger="drivers.base")
+    dock.plug()
+    scanner = scanner_on(dock)
+    scanner._queue.limit = 3
+    it = aiter(scanner)
+    first = asyncio.ensure_future(next_scan(it))
+    await until(lambda: scanner.state.connected)
+    t = Typist("us", step_us=150)
+    texts = [f"S{i:02d}" for i in range(10)]
+    for text in texts:
+        t.scan(text)
+    dock.send(t.take())
+    got = [await first]
+    await until(lambda: 1 + len(scanner._queue) + scanner._queue.dropped == len(texts))
+    while len(scanner._queue):
+        got.append(await next_scan(it))
+    assert [s.text for s in got] == texts[:len(got)]
+    assert scanner._queue.dropped >= len(texts) - 4
+    assert "scanner wedge: 1 scan(s) dropped" in caplog.text
+    t.scan("AFTER")
+    dock.send(t.take())
+    assert (await next_scan(it)).text == "AFTER"
+    assert f"taking scans again after dropping {scanner._queue.dropped}" in caplog.text
     await scanner.close()
 
 

@@ -235,6 +235,55 @@ async def test_scans_read_before_close_are_still_delivered(
     assert [s async for s in scanner] == []
 
 
+async def test_a_device_faster_than_the_station_is_not_read_until_it_has_room(
+    open_scanner: Callable[..., Any],
+) -> None:
+    """What waits for the station is bounded: once the scans read fill the queue, the driver
+    stops reading (the tty keeps the rest, and a USB device is held back by its own flow
+    control), and reads on when the station has taken some: every scan arrives, in order."""
+    scanner, master, _ = await open_scanner()
+    scanner._queue.limit = 5
+    first = [f"A{i:03d}" for i in range(50)]
+    os.write(master, b"".join(t.encode() + b"\r" for t in first))  # one read, 50 scans
+    await wait_until(lambda: len(scanner._queue) == 50)
+    second = [f"B{i:03d}" for i in range(50)]
+    os.write(master, b"".join(t.encode() + b"\r" for t in second))
+    for _ in range(20):  # the station away a while longer: nothing more is read
+        await asyncio.sleep(0.01)
+        assert len(scanner._queue) == 50
+    got = [await next_scan(scanner) for _ in range(100)]
+    assert [s.text for s in got] == first + second
+    assert scanner._queue.dropped == 0
+
+
+async def test_a_reader_thread_waits_for_room_too() -> None:
+    """The same over a ``socket://`` URL, read by a thread rather than add_reader."""
+    server = await asyncio.start_server(lambda r, w: peers.put_nowait(w), "127.0.0.1", 0)
+    peers: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+    port = server.sockets[0].getsockname()[1]
+    states = States()
+    scanner = SerialScanner(config(f"socket://127.0.0.1:{port}"), on_state=states)
+    scanner._queue.limit = 5
+    aiter(scanner)
+    try:
+        await states.connected()
+        peer = await asyncio.wait_for(peers.get(), TIMEOUT)
+        texts = [f"S{i:05d}" for i in range(20_000)]
+        peer.write(b"".join(t.encode() + b"\r" for t in texts))
+        await peer.drain()
+        await wait_until(lambda: len(scanner._queue) >= 5)
+        await asyncio.sleep(0.3)  # several of the thread's read timeouts
+        # The limit plus the few reads (4 KiB each) made before the pause took effect.
+        assert len(scanner._queue) < 2000
+        got = [await next_scan(scanner) for _ in texts]
+        assert [s.text for s in got] == texts
+        peer.close()
+    finally:
+        await scanner.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_device_path_vanishing_is_noticed(pty: tuple[int, str], tmp_path: Path) -> None:
     """A by-id link removed on unplug, while the tty itself has not hung up (yet)."""
     link = tmp_path / "usb-Scanner-if00"

@@ -128,6 +128,31 @@ async def test_over_long_scan(open_scanner: Callable[..., Any], reader: FixedMou
     assert (good.text, good.error) == ("OK", None)
 
 
+async def test_a_reader_faster_than_the_station_is_slowed_down_not_dropped(
+    open_scanner: Callable[..., Any], reader: FixedMountReader
+) -> None:
+    """Over TCP the driver stops reading while the station is behind (TCP then holds the
+    reader back): what waits for the station stays within the limit, and every scan
+    arrives, in order."""
+    scanner, _ = await open_scanner()
+    scanner._queue.limit = 5
+    _, writer = await reader.connection()
+    texts = [f"S{i:05d}" for i in range(3000)]
+    writer.write(b"".join(t.encode() + b"\n" for t in texts))
+    await writer.drain()
+    async def full() -> None:
+        while len(scanner._queue) < 5:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(full(), TIMEOUT)
+    for _ in range(20):  # the station away a while longer: nothing taken, nothing more read
+        await asyncio.sleep(0.01)
+        assert len(scanner._queue) == 5
+    got = [await next_scan(scanner) for _ in texts]
+    assert [s.text for s in got] == texts
+    assert scanner._queue.dropped == 0
+
+
 async def test_trigger_is_sent_on_every_connect(
     open_scanner: Callable[..., Any], reader: FixedMountReader
 ) -> None:
