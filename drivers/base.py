@@ -24,7 +24,7 @@ __all__ = ["MAX_WAITING", "RawScan", "ScanQueue", "Scanner", "ScannerState", "St
 
 log = logging.getLogger(__name__)
 
-MAX_WAITING = 1000  # scans read from one scanner and not yet taken by the station
+MAX_WAITING = 10_000  # scans read from one scanner and not yet taken by the station (~4 MB)
 
 
 def boottime_ns() -> int:
@@ -83,20 +83,23 @@ class Scanner(Protocol):
 class ScanQueue:
     """Scans read from one scanner and not yet taken by the station: about ``limit`` at most.
 
-    The station takes scans as fast as its journal commits them, so the queue only fills when
-    a device sends far faster than any operator scans (a misconfigured or faulty reader) or
-    the disk stalls; then what waits must not grow without bound on a Pi. Three ways in:
+    The station takes scans as fast as its journal commits them (thousands a second), so the
+    queue only fills when a device sends far faster than anyone scans (a reader in continuous
+    mode, a faulty adapter) or the journal's disk stalls; then what waits must not grow
+    until the Pi runs out of memory. Three ways in:
 
     * :meth:`put` waits for room (a TCP connection: the driver stops reading and TCP holds
       the reader back);
     * :meth:`push` always queues, and tells the driver when to stop reading until
       :attr:`on_room` is called (a tty: the kernel then stops taking bytes from a USB
       device, whose own flow control holds it back), so the queue holds at most ``limit``
-      plus what one read brought;
+      plus what the last reads brought;
     * :meth:`offer` drops the scan when full (a keyboard wedge's key events come whether or
-      not anyone reads them): whole scans, never half of one. A dropped scan was never
-      acknowledged, so the operator gets no good-read and scans again. Drops are logged, the
-      first of a run and every hundredth after it.
+      not anyone reads them), whole scans, never half of one, and logs it: the first of a
+      run, every hundredth after it, and how many when scans go in again.
+
+    What a device sends while the driver does not read waits in the connection (the socket,
+    the tty) and is lost with it if the connection drops before reading resumes.
 
     After :meth:`end`, :meth:`get` returns what is left and then ``None`` for ever.
     """
@@ -108,12 +111,14 @@ class ScanQueue:
         self.on_room: Callable[[], None] | None = None  # called when a full queue has room
         self._run = 0  # scans dropped since the last one that went in
         self._blocked = False  # a reader waits for room
+        self._ended = False
         self._items: asyncio.Queue[RawScan | None] = asyncio.Queue()
         self._room = asyncio.Event()
         self._room.set()
 
     def __len__(self) -> int:
-        return self._items.qsize()
+        """Scans waiting (not counting the end)."""
+        return self._items.qsize() - self._ended
 
     def push(self, scan: RawScan) -> bool:
         """Queue a scan, room or not. Whether the queue is full now: then the caller stops
@@ -151,7 +156,9 @@ class ScanQueue:
 
     def end(self) -> None:
         """No more scans: :meth:`get` returns ``None`` once the queued ones are taken."""
-        self._items.put_nowait(None)
+        if not self._ended:
+            self._ended = True
+            self._items.put_nowait(None)
 
     async def get(self) -> RawScan | None:
         """The next scan, or ``None`` after :meth:`end`."""

@@ -92,6 +92,9 @@ class _Connection:
     # Set while the station has room for more scans; cleared when it is behind, and then
     # nothing is read (the reader thread waits on it; add_reader is removed).
     room: threading.Event = field(default_factory=_room_event)
+    # A reader thread's reads not yet handled by the event loop: at most two, so that the
+    # thread cannot run ahead of a loop that has fallen behind (and of ``room``).
+    reads: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(2))
 
 
 class SerialScanner(SupervisedScanner):
@@ -288,6 +291,8 @@ class SerialScanner(SupervisedScanner):
                 if not conn.room.is_set():
                     conn.room.wait(_THREAD_READ_TIMEOUT)  # the station is behind
                     continue
+                if not conn.reads.acquire(timeout=_THREAD_READ_TIMEOUT):
+                    continue  # the loop has not handled the last reads yet
                 try:
                     data = port.read(min(max(1, port.in_waiting), _READ_SIZE))
                 except Exception as exc:  # whatever the URL handler raises, the device is gone
@@ -297,10 +302,19 @@ class SerialScanner(SupervisedScanner):
                 if data:
                     # Stamped here, where the bytes arrived, not when the loop gets to them.
                     loop.call_soon_threadsafe(
-                        self._received, conn, data, time.time(), boottime_ns()
+                        self._handed, conn, data, time.time(), boottime_ns()
                     )
+                else:
+                    conn.reads.release()
         except RuntimeError:  # the event loop was closed under us: nobody is listening
             return
+
+    def _handed(self, conn: _Connection, data: bytes, wall: float, boot: int) -> None:
+        """Bytes from the reader thread."""
+        try:
+            self._received(conn, data, wall, boot)
+        finally:
+            conn.reads.release()
 
     def _received(self, conn: _Connection, data: bytes, wall: float, boot: int) -> None:
         if conn is not self._conn or conn.gone.done():

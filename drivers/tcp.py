@@ -101,10 +101,16 @@ class TcpScanner(SupervisedScanner):
                         detail = "connection closed by the reader"
                         break
                     received = True
-                    for frame in self._framer.feed(data):
-                        # Waits while the station is behind: TCP then slows the reader.
-                        await self._queue.put(frame.scan(self.name, wall_time=wall,
-                                                         boot_ns=boot))
+                    scans = [frame.scan(self.name, wall_time=wall, boot_ns=boot)
+                             for frame in self._framer.feed(data)]
+                    for i, scan in enumerate(scans):
+                        try:
+                            # Waits while the station is behind: TCP then slows the reader.
+                            await self._queue.put(scan)
+                        except asyncio.CancelledError:
+                            for rest in scans[i:]:  # close(): what was read still goes in
+                                self._queue.push(rest)
+                            raise
             except OSError as exc:
                 detail = _reason(exc)
             finally:

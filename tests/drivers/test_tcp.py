@@ -153,6 +153,25 @@ async def test_a_reader_faster_than_the_station_is_slowed_down_not_dropped(
     assert scanner._queue.dropped == 0
 
 
+async def test_close_while_the_station_is_behind_still_delivers_what_was_read(
+    open_scanner: Callable[..., Any], reader: FixedMountReader
+) -> None:
+    scanner, _ = await open_scanner()
+    scanner._queue.limit = 5
+    _, writer = await reader.connection()
+    texts = [f"S{i:03d}" for i in range(100)]
+    writer.write(b"".join(t.encode() + b"\n" for t in texts))  # one segment, one read
+    await writer.drain()
+
+    async def full() -> None:
+        while len(scanner._queue) < 5:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(full(), TIMEOUT)
+    await scanner.close()
+    assert [s.text async for s in scanner] == texts
+
+
 async def test_trigger_is_sent_on_every_connect(
     open_scanner: Callable[..., Any], reader: FixedMountReader
 ) -> None:
