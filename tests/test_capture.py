@@ -312,18 +312,24 @@ def raw(dock: Dock, text: str, scanner: str = "handheld") -> RawScan:
     return RawScan(scanner, text, text.encode(), wall_time=time.time(), boot_ns=dock.boot_ns)
 
 
+def transaction_sizes(dock: Dock) -> list[int]:
+    """The number of scans in each capture transaction from now on (filled as they run)."""
+    sizes: list[int] = []
+    capture = dock.writer.journal.capture
+
+    def spy(records: Any) -> Any:
+        sizes.append(len(records))
+        return capture(records)
+
+    dock.writer.journal.capture = spy  # type: ignore[method-assign]
+    return sizes
+
+
 async def test_a_streaming_scanner_is_worked_out_scan_by_scan_and_committed_together(
         dock: Dock, cfg: Config) -> None:
     """Scans read before the previous one committed build on it, commit in one transaction
     and are answered in order."""
-    groups: list[int] = []
-    capture = dock.writer.journal.capture
-
-    def spy(records: Any) -> Any:
-        groups.append(len(records))
-        return capture(records)
-
-    dock.writer.journal.capture = spy  # type: ignore[method-assign]
+    groups = transaction_sizes(dock)
     texts = ["LOC-A-01", EAN, "QTY-3", EAN, "LOC-A-02", EAN]
     pending = [dock.station.submit(raw(dock, t)) for t in texts]
     outs = [await p for p in pending]
@@ -447,14 +453,7 @@ async def test_one_scanners_failed_burst_is_not_committed_twice(dock: Dock, cfg:
     await dock.writer.call(lambda j: j.conn.execute(
         "CREATE TEMP TRIGGER refuse BEFORE INSERT ON scans WHEN NEW.text = 'LOC-B-66' "
         "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"))
-    tries: list[int] = []
-    capture = dock.writer.journal.capture
-
-    def spy(records: Any) -> Any:
-        tries.append(len(records))
-        return capture(records)
-
-    dock.writer.journal.capture = spy  # type: ignore[method-assign]
+    tries = transaction_sizes(dock)
     pending = [dock.station.submit(raw(dock, t)) for t in ("LOC-B-07", EAN, "LOC-B-66", EAN)]
     outs = [await p for p in pending]
     assert [o.status for o in outs] == ["accepted", "accepted", "failed", "failed"]
