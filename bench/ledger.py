@@ -129,22 +129,19 @@ def _station_bodies(n: int, late: float, stations: int) -> list[list[bytes]]:
 _runs = itertools.count()
 
 
-def _median_rate(run: Callable[[Path], float], workdir: Path, repeat: int) -> float:
-    """The median of ``repeat`` runs, each on a fresh database file (removed afterwards)."""
-    rates = []
-    for _ in range(max(1, repeat)):
-        db = workdir / f"run-{next(_runs)}.db"
-        try:
-            rates.append(run(db))
-        finally:
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{db}{suffix}").unlink(missing_ok=True)
-    return statistics.median(rates)
+def _on_fresh_db(run: Callable[[Path], float], workdir: Path) -> float:
+    """``run`` on a fresh database file, removed afterwards."""
+    db = workdir / f"run-{next(_runs)}.db"
+    try:
+        return run(db)
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
 
 
-def ingest_direct(n: int, late: float, workdir: Path, repeat: int = 1) -> tuple[float, int]:
-    """Events/s through ``LedgerService.ingest`` (median of ``repeat`` runs), and the number
-    of incidents the events open."""
+def ingest_direct(n: int, late: float, workdir: Path) -> tuple[float, int]:
+    """Events/s through ``LedgerService.ingest`` (one run), and the number of incidents the
+    events open."""
     batches = _direct_bodies(n, late)
     tune_gc()  # as `scan-ledger serve` does
     incidents = 0
@@ -162,15 +159,13 @@ def ingest_direct(n: int, late: float, workdir: Path, repeat: int = 1) -> tuple[
         gc.collect()
         return rate
 
-    rate = _median_rate(run, workdir, repeat)
-    return rate, incidents
+    return _on_fresh_db(run, workdir), incidents
 
 
-def ingest_http(n: int, late: float, workdir: Path, repeat: int = 1,
-                stations: int = STATIONS) -> float:
+def ingest_http(n: int, late: float, workdir: Path, stations: int = STATIONS) -> float:
     """Against ``scan-ledger serve`` in its own process, as stations post to it: ``stations``
     stations at once, each posting its own batches one after the other, as the agent's sync
-    does (median of ``repeat`` runs)."""
+    does (one run)."""
     names = [f"dock-{k + 1}" for k in range(stations)]
     per_station = _station_bodies(n, late, stations)
     ledger = [sys.executable, "-m", "ledger"]
@@ -208,7 +203,7 @@ def ingest_http(n: int, late: float, workdir: Path, repeat: int = 1,
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
 
-    return _median_rate(run, workdir, repeat)
+    return _on_fresh_db(run, workdir)
 
 
 LATE_FRACTIONS = (0.0, 0.01, 0.10)
