@@ -54,8 +54,6 @@ def hash_token(token: str) -> str:
 
 
 def valid_station_name(name: str) -> bool:
-    import re
-
     return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name) is not None
 
 
