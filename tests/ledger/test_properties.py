@@ -111,23 +111,27 @@ def test_engine_matches_brute_force_in_any_arrival_order(raw: list[dict[str, Any
         assert classes_a[eid] == classes_b[eid]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(ops=st.lists(st.tuples(st.integers(0, 30), st.sampled_from(["add", "reset"]),
-                              st.integers(-5, 5), st.booleans()), min_size=1, max_size=60),
-       probe=st.integers(-1, 31))
-def test_track_matches_a_plain_walk(ops: list[tuple[int, str, int, bool]], probe: int) -> None:
-    """The treap's balances and negative search equal a sorted re-walk of every leg."""
+                              st.integers(-5, 5), st.sampled_from(["keep", "remove", "unwatch"])),
+                    min_size=1, max_size=60))
+def test_track_matches_a_plain_walk(ops: list[tuple[int, str, int, str]]) -> None:
+    """The treap's balances and negative search equal a sorted re-walk of every leg, at
+    every time, after late legs, removals and depletions no longer watched."""
     tr = Track()
     legs = []
-    for i, (t, op, value, remove) in enumerate(ops):
+    for i, (t, op, value, then) in enumerate(ops):
         v = abs(value) if op == "reset" else value
         leg = Leg((i,), reset=op == "reset", value=v, depletion=op == "add" and v < 0)
         tr.add(leg, t)
-        legs.append((t, leg, remove))
-    for t, leg, remove in legs:
-        if remove:
+        legs.append((t, leg, then))
+    for t, leg, then in legs:
+        if then == "remove":
             tr.remove(leg, t)
-    live = sorted((t, leg.order, leg) for t, leg, remove in legs if not remove)
+        elif then == "unwatch":
+            leg.watched = False
+            tr.refresh(t)
+    live = sorted((t, leg.order, leg) for t, leg, then in legs if then != "remove")
 
     def walk(upto: int) -> int:
         bal = 0
@@ -137,9 +141,12 @@ def test_track_matches_a_plain_walk(ops: list[tuple[int, str, int, bool]], probe
         return bal
 
     assert tr.balance == walk(10**9)
-    assert tr.balance_after(probe) == walk(probe)
-    negative = {id(leg) for t, _o, leg in live if leg.depletion and t >= probe and walk(t) < 0}
-    assert {id(leg) for leg in tr.find_negative(probe)} == negative
+    assert [t for t, _legs in tr.walk()] == sorted({t for t, _leg, _then in legs})
+    for probe in range(-1, 32):
+        assert tr.balance_after(probe) == walk(probe)
+        negative = {id(leg) for t, _o, leg in live
+                    if leg.depletion and leg.watched and t >= probe and walk(t) < 0}
+        assert {id(leg) for leg in tr.find_negative(probe)} == negative
 
 
 def test_over_http_random_arrival_orders_match_the_reference(tmp_path: Any) -> None:
@@ -223,19 +230,13 @@ def test_parse_json_reads_a_body_as_the_json_module_does(value: Any, ascii_only:
         assert type(got) is type(expected)
 
 
-def _depth(tr: Track) -> int:
-    def depth(n: Any) -> int:
-        return 0 if n is None else 1 + max(depth(n.left), depth(n.right))
-    return depth(tr._root)
-
-
 def test_history_posted_in_order_is_a_balanced_tree() -> None:
     """The late-event cost at a million events rests on this: in-order appends (the usual
     case) build a tree of depth log2 n, not the ~1.4 log2 n of uniform random priorities."""
     tr = Track()
     for i in range(1, 2**12):
         tr.add(Leg((i,), reset=False, value=1, depletion=False), i * 10)
-    assert _depth(tr) == 12
+    assert tr.depth() == 12
 
 
 def test_late_groups_keep_the_tree_shallow_in_any_arrival_order() -> None:
@@ -251,4 +252,4 @@ def test_late_groups_keep_the_tree_shallow_in_any_arrival_order() -> None:
         tr.add(Leg((9000 + j,), reset=False, value=1, depletion=False),
                rnd.randrange(40_000_000) + 1)
     assert tr.groups >= 12_000
-    assert _depth(tr) <= 3 * 14
+    assert tr.depth() <= 3 * 14
