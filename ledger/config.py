@@ -6,6 +6,7 @@ problem; unknown keys are errors so that typos never pass silently.
 .. code-block:: toml
 
     max_body_bytes = 16777216        # larger requests get 413
+    head_timeout_s = 30.0            # a request head not in by then: connection closed
     body_timeout_s = 30.0            # a body not in by then gets 408 (a stalled client)
     max_batch_events = 10000         # more events in one batch get 413
     duplicate_window_s = 10.0        # window for suspected_duplicate
@@ -51,6 +52,7 @@ class LedgerConfig:
 
     path: str | None = None
     max_body_bytes: int = 16 * 1024 * 1024
+    head_timeout_s: float = 30.0
     body_timeout_s: float = 30.0
     max_batch_events: int = 10_000
     duplicate_window_s: float = 10.0
@@ -79,6 +81,7 @@ def parse_config(data: Mapping[str, Any], file: str = "<config>") -> LedgerConfi
     d = LedgerConfig()
     max_body_bytes = top.integer("max_body_bytes", d.max_body_bytes, lo=1024)
     max_batch_events = top.integer("max_batch_events", d.max_batch_events, lo=1)
+    head_timeout_s = top.number("head_timeout_s", d.head_timeout_s, lo=0.1)
     body_timeout_s = top.number("body_timeout_s", d.body_timeout_s, lo=0.1)
     duplicate_window_s = top.number("duplicate_window_s", d.duplicate_window_s, lo=0.0)
     read_token = top.text("read_token")
@@ -99,7 +102,8 @@ def parse_config(data: Mapping[str, Any], file: str = "<config>") -> LedgerConfi
         t.finish()
     top.finish()
     return LedgerConfig(
-        path=file, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s,
+        path=file, max_body_bytes=max_body_bytes, head_timeout_s=head_timeout_s,
+        body_timeout_s=body_timeout_s,
         max_batch_events=max_batch_events,
         duplicate_window_s=duplicate_window_s, read_token=read_token, webhook_url=webhook_url,
         webhook_timeout_s=webhook_timeout_s, webhook_max_attempts=webhook_max_attempts,

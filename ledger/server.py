@@ -10,6 +10,7 @@ before the first request) and run the real uvicorn server.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ledger.app import create_app
 from ledger.config import LedgerConfig, load_config
@@ -93,9 +95,75 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+class _HeadDeadline(HttpToolsProtocol):
+    """uvicorn's HTTP protocol with a deadline for every request's head.
+
+    uvicorn times nothing between a connection's opening and a complete request head, and
+    every byte received restarts its keep-alive timer: a client that connects and says
+    nothing, or sends its head a byte at a time, would hold a connection (and a file
+    descriptor) for ever, and enough of them would lock the stations out. Here the head
+    (request line and headers) must be complete within ``head_timeout_s`` of the
+    connection's opening or of the previous response, else the connection is closed, with
+    a 408 when part of a head had come. (A body has its own deadline in the application.)
+    """
+
+    head_timeout_s = 30.0  # set per server by _uvicorn_config
+    _deadline: asyncio.TimerHandle | None = None
+    _head_begun = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_begun = True
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        self._head_begun = False
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.timeout_keep_alive_task is not None:  # idle: waiting for the next request
+            self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self.head_timeout_s, self._head_too_late)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _head_too_late(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        if self._head_begun:
+            log.info("request head not complete after %g s: 408, connection closed",
+                     self.head_timeout_s)
+            body = (b'{"error":"request head not complete within %s s"}'
+                    % f"{self.head_timeout_s:g}".encode())
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\n"
+                                 b"content-type: application/json\r\n"
+                                 b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                                 % (len(body), body))
+        self.transport.close()
+
+
 def _uvicorn_config(service: LedgerService, log_level: str) -> uvicorn.Config:
-    return uvicorn.Config(create_app(service), lifespan="off", log_level=log_level,
-                          access_log=False, timeout_graceful_shutdown=5, server_header=False)
+    protocol = type("HeadDeadline", (_HeadDeadline,),
+                    {"head_timeout_s": service.config.head_timeout_s})
+    return uvicorn.Config(create_app(service), http=protocol, lifespan="off",
+                          log_level=log_level, access_log=False, timeout_graceful_shutdown=5,
+                          server_header=False)
 
 
 def serve(db: str | Path, *, host: str = "127.0.0.1", port: int = 8080,

@@ -346,7 +346,7 @@ def test_clients_dribbling_a_byte_every_100_ms_do_not_hold_up_the_others(
 @pytest.fixture
 def impatient_ledger(tmp_path: Path) -> Iterator[tuple[LedgerServer, str]]:
     cfg = tmp_path / "ledger.toml"
-    cfg.write_text("body_timeout_s = 0.5\n")
+    cfg.write_text("body_timeout_s = 0.5\nhead_timeout_s = 0.5\n")
     with LedgerServer(tmp_path / "ledger.db", cfg) as srv:
         yield srv, srv.add_station("dock-1", "WH1")
 
@@ -366,6 +366,80 @@ def test_a_client_that_stalls_mid_body_gets_408_and_loses_its_connection(
     assert json.loads(answer) == {"error": "request body not complete within 0.5 s"}
     assert waited < TIMEOUT
     _still_serving(srv, token)
+
+
+def _closed_within(s: socket.socket, seconds: float) -> bool:
+    """Whether the server closes ``s`` (the client sending nothing more) within ``seconds``."""
+    s.settimeout(seconds)
+    try:
+        return s.recv(65536) == b""
+    except TimeoutError:
+        return False
+
+
+def test_connections_that_say_nothing_are_closed_and_do_not_lock_stations_out(
+        impatient_ledger: tuple[LedgerServer, str]) -> None:
+    """uvicorn itself would keep a connection that never sends a byte open for ever: enough
+    of them exhaust the ledger's file descriptors. The head deadline closes them."""
+    srv, token = impatient_ledger
+    silent = [_connect(srv) for _ in range(20)]
+    try:
+        _still_serving(srv, token)  # while they are open
+        assert all(_closed_within(s, TIMEOUT) for s in silent)
+    finally:
+        for s in silent:
+            s.close()
+    _still_serving(srv, token)
+
+
+def test_a_client_dribbling_its_request_head_gets_408_and_loses_its_connection(
+        impatient_ledger: tuple[LedgerServer, str]) -> None:
+    """Every byte restarts uvicorn's keep-alive timer, so a head sent a byte at a time used to
+    hold its connection for as long as the client liked."""
+    srv, token = impatient_ledger
+    head = _head(token, **{"Content-Length": "2"})
+    answer = b""
+    with _connect(srv) as s:
+        s.settimeout(0.05)
+        started = time.monotonic()
+        for i in range(len(head) - 1):  # never the whole head
+            try:
+                s.sendall(head[i:i + 1])
+            except OSError:  # closed by the server while we were still sending
+                break
+            try:
+                answer += s.recv(65536)
+                break
+            except TimeoutError:
+                continue
+        waited = time.monotonic() - started
+        s.settimeout(TIMEOUT)
+        with contextlib.suppress(OSError):
+            while chunk := s.recv(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert answer.endswith(b'{"error":"request head not complete within 0.5 s"}')
+    assert b"connection: close" in answer
+    assert waited < len(head) * 0.05 / 2, "closed long before the head could have been sent"
+    _still_serving(srv, token)
+
+
+def test_a_keep_alive_connection_serves_request_after_request_then_closes_when_idle(
+        impatient_ledger: tuple[LedgerServer, str]) -> None:
+    """The deadline runs only while a connection waits for a head: requests on one
+    connection, each within the deadline of the answer before, are all served; after the
+    last one, an idle connection is closed by the deadline (uvicorn's own keep-alive timer
+    would wait 5 s)."""
+    srv, token = impatient_ledger
+    body = json.dumps(batch([])).encode()
+    with _connect(srv) as s:
+        for _ in range(5):
+            s.sendall(_head(token, **{"Content-Length": str(len(body))}) + body)
+            assert _read_response(s)[0] == 200
+            time.sleep(0.3)  # idle, within the 0.5 s deadline
+        started = time.monotonic()
+        assert _closed_within(s, TIMEOUT)
+        assert time.monotonic() - started < 4.5, "closed by the head deadline, not keep-alive"
 
 
 def test_a_client_gone_mid_body_is_not_an_error_in_the_log(
