@@ -5,6 +5,7 @@
 #   - systemd-analyze security --offline=yes at exposure 2.0 or lower
 #   - systemd-sysusers --dry-run and systemd-tmpfiles --create into scratch roots
 #   - the example dock config and the generated one load
+#   - the ledger's unit (verify, security), its sysusers line and its example config
 #   - udev rules use final (:=) assignments; shellcheck when installed
 # Exits non-zero when anything failed, after running every check and naming what failed.
 set -euo pipefail
@@ -205,6 +206,42 @@ for kept in "/etc/scan-agent/$DOCK.toml" "/etc/scan-agent/$DOCK.token" \
 done
 [ "${#FAILED[@]}" -ne "$n_failed" ] ||
     ok "uninstall removed the software and kept configs, tokens and the journal"
+
+# --- the ledger's unit (installed by hand, docs/ledger.md) ----------------------------------
+LSTAGE=$WORK/ledger-stage
+LUNIT=scan-ledger.service
+mkdir -p "$LSTAGE/usr/lib/systemd" "$LSTAGE/usr/local/lib/systemd/system" \
+    "$LSTAGE/etc/scan-ledger" "$LSTAGE/opt/scan-agent/venv/bin"
+[ -d /usr/lib/systemd/system ] && cp -a /usr/lib/systemd/system "$LSTAGE/usr/lib/systemd/"
+cp systemd/$LUNIT "$LSTAGE/usr/local/lib/systemd/system/"
+cp systemd/ledger.example.toml "$LSTAGE/etc/scan-ledger/ledger.toml"
+printf '#!/bin/sh\nexit 0\n' >"$LSTAGE/opt/scan-agent/venv/bin/scan-ledger"
+chmod 755 "$LSTAGE/opt/scan-agent/venv/bin/scan-ledger"
+if out=$(systemd-analyze verify --root="$LSTAGE" --man=no "$LUNIT" 2>&1) && [ -z "$out" ]; then
+    ok "systemd-analyze verify $LUNIT"
+else
+    fail "systemd-analyze verify $LUNIT"
+    printf '%s\n' "$out" | sed 's/^/    /' >&2
+fi
+if out=$(systemd-analyze security --offline=yes --root="$LSTAGE" --threshold="$THRESHOLD" \
+    --no-pager "$LUNIT" 2>&1); then
+    ok "systemd-analyze security: $(printf '%s\n' "$out" | grep -o 'exposure level.*' |
+        sed 's/^exposure level for //')"
+else
+    fail "systemd-analyze security $LUNIT: exposure above ${THRESHOLD%?}.${THRESHOLD#?}"
+    printf '%s\n' "$out" | grep -v '✓' | sed 's/^/    /' >&2
+fi
+check "systemd-sysusers --dry-run systemd/sysusers.d/scan-ledger.conf" \
+    sysusers_dry_run ledger "$HERE/systemd/sysusers.d/scan-ledger.conf"
+load_ledger_config() {
+    "$PY" -c 'import sys; from ledger.config import load_config; load_config(sys.argv[1])' "$1"
+}
+check "systemd/ledger.example.toml loads" load_ledger_config systemd/ledger.example.toml
+# The example's commented-out keys are the real ones, with valid values.
+sed -E 's/^# (([a-z_]+ = )|\[sites|allow_negative)/\1/' systemd/ledger.example.toml \
+    >"$WORK/ledger-all-keys.toml"
+check "systemd/ledger.example.toml with every key uncommented loads" \
+    load_ledger_config "$WORK/ledger-all-keys.toml"
 
 # --- shell scripts ----------------------------------------------------------------------------
 if command -v shellcheck >/dev/null; then

@@ -25,6 +25,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from agent.notify import Notifier
 from ledger.app import create_app
 from ledger.config import LedgerConfig, load_config
 from ledger.errors import ServerError
@@ -171,22 +172,25 @@ def serve(db: str | Path, *, host: str = "127.0.0.1", port: int = 8080,
     """Run the ledger in the foreground until SIGTERM or SIGINT.
 
     Once listening it prints exactly one line, ``scan-ledger listening on http://HOST:PORT``,
-    to standard output. Shutdown order: stop accepting, finish requests, stop alerts and the
-    worker, close the database.
+    to standard output, and tells systemd ``READY=1`` when run with ``Type=notify``
+    (systemd/scan-ledger.service). Shutdown order: stop accepting, finish requests, stop
+    alerts and the worker, close the database.
     """
     tune_gc()
     sock = bind(host, port)
     url = _url(host, sock)
-    with LedgerService(db, config or LedgerConfig()) as service:
+    with Notifier.from_env() as notifier, LedgerService(db, config or LedgerConfig()) as service:
 
         def announce() -> None:
             print(f"scan-ledger listening on {url}", flush=True)
+            notifier.ready(f"listening on {url}")
 
         server = _Server(_uvicorn_config(service, log_level), announce)
         try:
             server.run(sockets=[sock])
         finally:
             sock.close()
+            notifier.stopping("requests finished; closing the database")
 
 
 class LedgerServer:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +63,33 @@ def test_serve_on_port_0_prints_one_parseable_line_and_stops_on_sigterm(tmp_path
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serve_tells_systemd_when_it_listens_and_when_it_stops(tmp_path: Path) -> None:
+    """Under Type=notify (systemd/scan-ledger.service) `systemctl start` returns once the
+    ledger really listens: READY=1 comes after the socket is bound and the log replayed."""
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(path)
+        systemd.settimeout(20)
+        proc = subprocess.Popen([*LEDGER, "serve", "--db", str(tmp_path / "l.db"), "--port", "0"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "NOTIFY_SOCKET": path})
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().split()[-1]
+            ready = systemd.recv(4096).decode().splitlines()
+            assert ready == ["READY=1", f"STATUS=listening on {url}"]
+            assert httpx.get(url + "/v1/health").status_code == 200
+            proc.send_signal(signal.SIGTERM)
+            stopping = systemd.recv(4096).decode().splitlines()
+            assert stopping[0] == "STOPPING=1"
+            proc.communicate(timeout=20)
+            assert proc.returncode == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def test_serve_with_a_bad_config_names_file_and_key(tmp_path: Path) -> None:
