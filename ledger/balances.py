@@ -2,7 +2,8 @@
 
 Every movement leg at a location is a transform of the balance: ``add d`` (receipt, pick, a
 move's legs) or ``reset to c`` (a count). Legs that share an ``occurred_at`` form one *group*
-whose transform is their composition (in station, seq order); the balance "right after" any
+whose transform is their composition (in the legs' ``order``: a count last, then by station
+and seq; see :func:`ledger.engine.legs_of`); the balance "right after" any
 depletion of the group is the balance after the whole group, so a tie never manufactures a
 negative.
 

@@ -98,7 +98,12 @@ class Outcome:
 
 
 def legs_of(m: Movement) -> list[tuple[str, bool, int, bool]]:
-    """A movement's legs as (location, is_reset, value, is_depletion)."""
+    """A movement's legs as (location, is_reset, value, is_depletion).
+
+    Inside a tie group (legs at one location with the same ``occurred_at``) the legs are
+    ordered (is_reset, station, seq, event id, leg index): a count comes after the group's
+    other movements, because it states what was in the bin at that moment; so a tie never
+    manufactures a negative, a count's included."""
     if m.type == "receipt":
         return [(m.to_location or "", False, m.qty, False)]
     if m.type == "pick":
@@ -138,7 +143,7 @@ class Ledger:
         self._by_loc: dict[Key3, _IncidentIndex] = {}
         self.held: dict[Key2, list[Movement]] = {}
         self._pending_voids: dict[str, Movement] = {}
-        self._dups: dict[tuple[Any, ...], list[int]] = {}
+        self._dups: dict[tuple[Any, ...], list[tuple[int, str, int, str]]] = {}
         self.applied_seq = 0
         self.changes: list[Change] = []
 
@@ -234,9 +239,9 @@ class Ledger:
             return
         k = (_dup_key(m), m.t // max(1, self.duplicate_window_us))
         if add:
-            self._dups.setdefault(k, []).append(m.t)
+            self._dups.setdefault(k, []).append(m.key)
         else:
-            self._dups[k].remove(m.t)
+            self._dups[k].remove(m.key)
 
     def _apply(self, m: Movement, now: int, warnings: list[str]) -> None:
         site, item, t = m.site, m.item or "", m.t
@@ -250,7 +255,7 @@ class Ledger:
             else:
                 loc, value, depletion = m.from_location or "", -m.qty, True
             key = (site, item, loc)
-            leg = Leg((m.station, m.seq, m.event_id, 0), False, value, depletion, m)
+            leg = Leg((False, m.station, m.seq, m.event_id, 0), False, value, depletion, m)
             tr = tracks.get(key)
             if tr is None:
                 tr = self._track(key)
@@ -276,10 +281,10 @@ class Ledger:
         net: int | None = 0  # what this does to the item total from t on (None: a count)
         lowered: list[Key3] = []
         dep_track: Track | None = None  # the track of a depletion's from-location
-        order_of = (m.station, m.seq, m.event_id)
+        order_of = (m.station, m.seq, m.event_id)  # after the reset flag: see legs_of
         for i, (loc, reset, value, depletion) in enumerate(legs_of(m)):
             key = (site, item, loc)
-            leg = Leg((*order_of, i), reset, value, depletion, m)
+            leg = Leg((reset, *order_of, i), reset, value, depletion, m)
             tr = tracks.get(key)
             if tr is None:
                 tr = self._track(key)
@@ -374,7 +379,7 @@ class Ledger:
         """Would applying depletion m keep every balance at its location >= 0 from m on?"""
         key = (m.site, m.item or "", m.from_location or "")
         tr = self._track(key)
-        probe = Leg((m.station, m.seq, m.event_id, 0), reset=False, value=-m.qty,
+        probe = Leg((False, m.station, m.seq, m.event_id, 0), reset=False, value=-m.qty,
                     depletion=True, owner=m)
         tr.add(probe, m.t)
         try:
@@ -383,10 +388,18 @@ class Ledger:
             tr.remove(probe, m.t)
 
     def _release(self, site: str, item: str, now: int, out: Outcome) -> None:
+        """Release the item's held depletions that are covered now, in occurrence order per
+        location: one that is not covered keeps the later ones at its location held (they
+        would take what it is waiting for). A released move adds to its to-location, which
+        may cover a depletion there: so round again until nothing more is released."""
         held = self.held.get((site, item))
         while held:
             released = False
+            waiting: set[str | None] = set()  # locations with an earlier depletion still held
             for m in list(held):
+                loc = m.from_location
+                if loc in waiting:
+                    continue
                 if self._covered(m):
                     held.remove(m)
                     m.held = False
@@ -394,6 +407,8 @@ class Ledger:
                     self._apply(m, now, [])
                     out.released.append((m, seq))
                     released = True
+                else:
+                    waiting.add(loc)
             if not released:
                 break
 
@@ -512,7 +527,8 @@ class Ledger:
         before_cls, before_status = inc.cls, inc.status
         if m.voided_by is not None:
             if inc.status == "open":
-                inc.status, inc.resolved_at, inc.resolved_by = "resolved", now, m.voided_by
+                inc.status, inc.resolved_at = "resolved", now
+            inc.resolved_by = m.voided_by  # whatever resolved it before, the void does now
         else:
             if known is None:
                 cls, inc.balance, inc.total = self._classify(m)
@@ -521,12 +537,19 @@ class Ledger:
             inc.cls = cls
             count = self.settling_count(m)
             if cls == "ordering" or count is not None:
+                # resolved_by names what resolves it now: the settling count, or the late
+                # event that made it ordering (none when it was negative only in recorded
+                # order when it arrived). It stays resolved since resolved_at.
                 if inc.status == "open" or born:
                     inc.status, inc.resolved_at = "resolved", now
                     if cls != "ordering":
                         inc.resolved_by = count
                     else:
                         inc.resolved_by = None if trigger is m else trigger.event_id
+                elif cls != "ordering":
+                    inc.resolved_by = count
+                elif before_cls != "ordering":
+                    inc.resolved_by = None if trigger is m else trigger.event_id
             elif inc.status == "resolved":
                 inc.status, inc.resolved_at, inc.resolved_by = "open", None, None
         if born:
@@ -545,14 +568,15 @@ class Ledger:
     # --------------------------------------------------------------- queries
 
     def suspected_duplicate(self, m: Movement) -> bool:
-        """Another live event with the same station, scanner, item, qty, type and locations
-        occurred within the duplicate window of m."""
+        """m repeats another live event with the same station, scanner, item, qty, type and
+        locations: one that occurred before it (in occurrence order), within the duplicate
+        window. The first of two such scans is the original, not a repeat."""
         w = self.duplicate_window_us
-        key = _dup_key(m)
+        dup = _dup_key(m)
+        key = m.key
         bucket = m.t // max(1, w)
-        n = sum(1 for b in (bucket - 1, bucket, bucket + 1)
-                for t in self._dups.get((key, b), ()) if abs(t - m.t) <= w)
-        return n >= (2 if (m.applied or m.held) else 1)
+        return any(k < key and m.t - k[0] <= w
+                   for b in (bucket - 1, bucket) for k in self._dups.get((dup, b), ()))
 
     def iter_incidents(self, status: str | None = None) -> Iterator[Incident]:
         for inc in self.incidents:

@@ -53,13 +53,15 @@ def occurrence_balances(events: Sequence[Movement]) -> tuple[dict[Key3, int],
     depletion's tie group, and the live counts per location; by walking every event."""
     voided = _voided(events)
     live = [m for m in events if m.type != "void" and m.event_id not in voided]
-    groups: dict[Key3, dict[int, list[tuple[tuple[str, int, str, int], str, int]]]] = \
+    groups: dict[Key3, dict[int, list[tuple[tuple[bool, str, int, str, int], str, int]]]] = \
         defaultdict(lambda: defaultdict(list))
     counts: dict[Key3, list[tuple[int, str]]] = defaultdict(list)
     for m in live:
         for i, (loc, op, value) in enumerate(_legs(m)):
             key = (m.site, m.item or "", loc)
-            groups[key][m.t].append(((m.station, m.seq, m.event_id, i), op, value))
+            # In a tie, counts last: a count says what was there at that moment.
+            groups[key][m.t].append(((op == "reset", m.station, m.seq, m.event_id, i), op,
+                                     value))
             if op == "reset":
                 counts[key].append((m.t, m.event_id))
     final: dict[Key3, int] = {}

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.ledger.factory import at, count, move, pick, receipt, void
 
 
@@ -84,6 +86,23 @@ def test_a_tie_never_manufactures_a_negative(ledger: Any) -> None:
     assert ledger.on_hand("A-01") == 0
 
 
+@pytest.mark.parametrize("count_station,pick_station", [("dock-a", "dock-z"),
+                                                        ("dock-z", "dock-a")])
+def test_a_count_tied_with_a_pick_is_what_the_bin_held_at_that_moment(
+        ledger: Any, count_station: str, pick_station: str) -> None:
+    """A count and a pick at the same instant: the count says what was there, whichever
+    station's name sorts first; the tie must not manufacture a negative (it once did when
+    the count's station sorted first: reset to 0, then the pick, -5)."""
+    counting, picking = ledger.dock(count_station), ledger.dock(pick_station)
+    counting.post(receipt(5, "A-01", 0, station=count_station))
+    (res,) = picking.post(pick(5, "A-01", 7, station=pick_station))
+    assert res["warnings"] == []
+    (res,) = counting.post(count(0, "A-01", 7, station=count_station))
+    assert res["warnings"] == []
+    assert ledger.incidents() == []
+    assert ledger.on_hand("A-01") == 0
+
+
 def test_a_count_settles_a_negative_location(ledger: Any) -> None:
     dock = ledger.dock()
     p = pick(4, "A-01", 1)
@@ -106,6 +125,50 @@ def test_a_late_count_below_later_picks_opens_incidents_for_them(ledger: Any) ->
     assert res["warnings"] == ["made 1 depletion(s) at A-01 negative"]
     inc = ledger.incident_of(p)
     assert (inc["class"], inc["status"], inc["balance"]) == ("item", "open", -2)
+
+
+def test_resolved_by_names_the_count_once_the_late_receipt_no_longer_explains_it(
+        ledger: Any) -> None:
+    """Resolved by a late receipt (ordering), then a later pick takes that stock away: the
+    incident is a shortage again, still resolved, now by the count after it, and
+    resolved_by_event_id must say so (it kept naming the receipt)."""
+    dock = ledger.dock()
+    p = pick(3, "A-01", 10)
+    r = receipt(5, "A-01", 0)
+    dock.post(p, r)
+    assert ledger.incident_of(p)["resolved_by_event_id"] == r["event_id"]
+    c = count(0, "A-01", 30)
+    dock.post(c)
+    dock.post(pick(4, "A-01", 5))  # late: 10:05, before p
+    inc = ledger.incident_of(p)
+    assert (inc["class"], inc["status"], inc["balance"]) == ("item", "resolved", -2)
+    assert inc["resolved_by_event_id"] == c["event_id"]
+
+
+def test_resolved_by_names_the_count_when_a_recorded_order_negative_loses_its_receipt(
+        ledger: Any) -> None:
+    dock = ledger.dock()
+    r, c, p = receipt(5, "A-01", 0), count(0, "A-01", 30), pick(3, "A-01", 10)
+    dock.post(r)
+    dock.post(c)
+    dock.post(p)  # negative in recorded order only (the count came first): ordering
+    inc = ledger.incident_of(p)
+    assert (inc["class"], inc["status"], inc["resolved_by_event_id"]) == (
+        "ordering", "resolved", None)
+    dock.post(void(r, 31))
+    inc = ledger.incident_of(p)
+    assert (inc["class"], inc["status"], inc["resolved_by_event_id"]) == (
+        "item", "resolved", c["event_id"])
+
+
+def test_voiding_a_resolved_depletion_names_the_void(ledger: Any) -> None:
+    dock = ledger.dock()
+    p, r = pick(3, "A-01", 10), receipt(5, "A-01", 0)
+    dock.post(p, r)
+    v = void(p, 11)
+    dock.post(v)
+    inc = ledger.incident_of(p)
+    assert (inc["status"], inc["resolved_by_event_id"]) == ("resolved", v["event_id"])
 
 
 def test_a_void_resolves_its_depletion_and_removes_it_from_balances(ledger: Any) -> None:
@@ -211,6 +274,28 @@ def test_held_depletions_are_released_in_occurrence_order(make_ledger: Any) -> N
     assert ledger.on_hand("A-01") == 1
 
 
+def test_a_held_depletion_is_not_overtaken_by_a_later_one_at_its_location(
+        make_ledger: Any) -> None:
+    """Released in occurrence order: stock that covers only the later of two held picks
+    waits for the earlier one (the later pick releasing first used to keep the earlier one
+    held for good once enough stock for it had come); another bin is not held up."""
+    ledger = make_ledger("[sites.WH1]\nallow_negative = false\n")
+    dock = ledger.dock()
+    early, late, elsewhere = pick(5, "A-01", 0), pick(2, "A-01", 60), pick(1, "B-01", 30)
+    assert [r["status"] for r in dock.post(early, late, elsewhere)] == ["held"] * 3
+    dock.post(receipt(3, "A-01", -60), receipt(1, "B-01", -60))
+    assert [h["event_id"] for h in ledger.get("/v1/held")["held"]] == [
+        early["event_id"], late["event_id"]]  # B-01's pick went; A-01's wait for the early one
+    dock.post(receipt(2, "A-01", -30))
+    (still,) = ledger.get("/v1/held")["held"]
+    assert still["event_id"] == late["event_id"]  # 5 in the bin at 10:00: the early one went
+    assert ledger.on_hand("A-01") == 0
+    dock.post(receipt(2, "A-01", 30))
+    assert ledger.get("/v1/held")["held"] == []
+    assert ledger.on_hand("A-01") == 0
+    assert ledger.incidents() == []
+
+
 def test_other_sites_still_allow_negative(make_ledger: Any) -> None:
     ledger = make_ledger("[sites.WH2]\nallow_negative = false\n")
     (res,) = ledger.dock().post(pick(1, "A-01", 1))
@@ -235,9 +320,28 @@ def test_a_repeated_scan_is_flagged_as_suspected_duplicate(ledger: Any) -> None:
     a = pick(1, "A-01", 1.0)
     b = pick(1, "A-01", 1.05)  # 3 seconds later, same scanner
     c = pick(1, "A-01", 3.0)  # two minutes later: a real second pick
-    dock.post(a, b, c)
+    dock.post(b, a, c)  # the repeat may arrive first: occurrence order says which repeats
     flags = {i["depletion_event_id"]: i["suspected_duplicate"] for i in ledger.incidents()}
-    assert flags == {a["event_id"]: True, b["event_id"]: True, c["event_id"]: False}
+    # a is the original scan, b its repeat (the one to undo), c a real second pick
+    assert flags == {a["event_id"]: False, b["event_id"]: True, c["event_id"]: False}
+    dock.post(void(a, 4))
+    assert ledger.incident_of(b)["suspected_duplicate"] is False  # no original left to repeat
+
+
+def test_a_watermark_never_goes_back(ledger: Any) -> None:
+    """A batch replayed after a lost answer carries its old watermark: a confirmed incident
+    must not turn provisional again."""
+    dock = ledger.dock()
+    p = pick(1, "A-01", 5)
+    dock.post(p, watermark=at(10))
+    assert ledger.incident_of(p)["confirmed"] is True
+    dock.post(p, watermark=at(4))  # the replay
+    assert ledger.incident_of(p)["confirmed"] is True
+    (station,) = ledger.get("/v1/stations")["stations"]
+    assert station["watermark"] == at(10)
+    dock.post(watermark=at(12))
+    (station,) = ledger.get("/v1/stations")["stations"]
+    assert station["watermark"] == at(12)
 
 
 def test_everything_survives_a_restart(make_ledger: Any, tmp_path: Any) -> None:
