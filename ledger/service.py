@@ -230,6 +230,11 @@ class LedgerService:
                                f"{self.config.max_batch_events}")
         sent_at = batch.get("sent_at")
         watermark = batch.get("watermark")
+        if (watermark is not None and station.watermark is not None
+                and parse_time(watermark) <= parse_time(station.watermark)):
+            # Never backwards: what a station once said it has sent stays sent (a batch
+            # replayed after a lost answer carries its old watermark).
+            watermark = None
         offset = None if sent_at is None else (received - parse_time(sent_at)) / 1000.0
 
         engine = self.engine
