@@ -21,6 +21,8 @@ __all__ = ["events", "format_events", "format_status", "status"]
 def status(cfg: Config, now: float | None = None) -> dict[str, Any]:
     """Scanners, modes, queue depth, last scan, last sync, clock offset, recent errors."""
     now = time.time() if now is None else now
+    if not Path(cfg.database).exists():
+        return _never_run(cfg)
     conn = open_readonly(cfg.database)
     try:
         meta = {r["key"]: r["value"] for r in conn.execute("SELECT key, value FROM meta")}
@@ -69,7 +71,7 @@ def status(cfg: Config, now: float | None = None) -> dict[str, Any]:
     offset = meta.get("sync.offset_ms")
     return {
         "station": cfg.station, "site": cfg.site, "database": cfg.database,
-        "running": running,
+        "journal": "ok", "running": running,
         "pid": int(meta["agent.pid"]) if running else None,
         "ledger": cfg.ledger.url if cfg.ledger else None,
         "scanners": scanners,
@@ -99,6 +101,27 @@ def status(cfg: Config, now: float | None = None) -> dict[str, Any]:
         "ledger_warnings": [
             {"seq": w["seq"], "warnings": json.loads(w["warnings"])} for w in warned
         ],
+    }
+
+
+def _never_run(cfg: Config) -> dict[str, Any]:
+    """The status of a dock whose agent has not run yet with this config (no journal): what
+    the config says, and nothing captured."""
+    return {
+        "station": cfg.station, "site": cfg.site, "database": cfg.database,
+        "journal": "not created yet: the agent has not run with this config",
+        "running": False, "pid": None,
+        "ledger": cfg.ledger.url if cfg.ledger else None,
+        "scanners": [{
+            "name": sc.name, "driver": sc.driver, "connected": None,
+            "detail": "agent has not run yet", "mode": sc.mode or cfg.mode,
+            "from_location": None, "to_location": None, "operator": None,
+            "reference": None, "last_scan": None} for sc in cfg.scanners],
+        "queue": {"pending": 0, "rejected": 0, "synced": 0, "oldest_pending_age_s": None,
+                  "next_seq": 1},
+        "sync": {"last_ok": None, "last_ok_age_s": None, "last_error": None,
+                 "clock_offset_ms": None, "clock_basis": "none", "rtt_ms": None},
+        "recent_errors": [], "recent_rejections": [], "ledger_warnings": [],
     }
 
 
@@ -138,8 +161,9 @@ def format_status(s: dict[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
     q, sy = s["queue"], s["sync"]
     state = f"running (pid {s['pid']})" if s["running"] else "NOT RUNNING"
+    journal = s["database"] if s["journal"] == "ok" else f"{s['database']} ({s['journal']})"
     lines = [f"station {s['station']} (site {s['site']})   agent {state}",
-             f"journal {s['database']}",
+             f"journal {journal}",
              f"ledger  {s['ledger'] or '(none configured: capture only)'}", "", "scanners:"]
     for sc in s["scanners"]:
         conn = {True: "connected", False: "DISCONNECTED", None: "unknown"}[sc["connected"]]
@@ -181,7 +205,9 @@ def format_status(s: dict[str, Any], now: float | None = None) -> str:
 
 
 def events(cfg: Config, *, pending: bool = False, limit: int = 50) -> list[dict[str, Any]]:
-    """Journaled movements, newest first."""
+    """Journaled movements, newest first (none before the agent's first run)."""
+    if not Path(cfg.database).exists():
+        return []
     conn = open_readonly(cfg.database)
     try:
         where = "WHERE state = 'pending'" if pending else ""

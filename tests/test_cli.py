@@ -194,14 +194,25 @@ def test_status_text(shift: tuple[Path, list[str]]) -> None:
     assert "seq 2: check the item" in out
 
 
-def test_status_without_a_journal_says_so(tmp_path: Path) -> None:
+def test_status_before_the_first_run_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    """A dock configured but never started is a normal state to look at, not an error:
+    the configured scanners, an empty queue, and why there is nothing more."""
     db = tmp_path / "never" / "journal.db"
     config = write_config(tmp_path, db)
     result = invoke("status", "--config", str(config))
-    assert result.exit_code == 1
-    assert result.stderr == (f"scan-agent: {db}: no journal here yet (has the agent run with "
-                             "this config?)\n")
-    assert not db.exists()
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("station dock-3 (site WH1)   agent NOT RUNNING\n"
+                                    f"journal {db} (not created yet: the agent has not run "
+                                    "with this config)\n")
+    assert "queue:  0 pending, 0 rejected (quarantined), 0 synced" in result.stdout
+    as_json = invoke("status", "--config", str(config), "--json")
+    assert as_json.exit_code == 0, as_json.stderr
+    s = json.loads(as_json.stdout)
+    assert (s["running"], s["queue"]["pending"], s["sync"]["last_ok"]) == (False, 0, None)
+    assert {sc["detail"] for sc in s["scanners"]} == {"agent has not run yet"}
+    events = invoke("events", "--config", str(config), "--json")
+    assert (events.exit_code, json.loads(events.stdout)) == (0, [])
+    assert not db.exists() and not db.parent.exists()
 
 
 def test_status_with_a_bad_config_is_the_config_message(tmp_path: Path) -> None:
