@@ -150,8 +150,9 @@ class Station:
             status, reason = "debounced", None
         else:
             token = interpret(text, self.config.grammar)
-            step = apply(slot.state, token, slot.defaults, printable(text, 200),
-                         event_id=str(uuid6.uuid7()))
+            # The event's raw list holds the scans as read (a GS1 string keeps its GS): JSON
+            # escapes what needs it, and every display escapes control characters.
+            step = apply(slot.state, token, slot.defaults, text, event_id=str(uuid6.uuid7()))
             status = "rejected" if step.rejected else "accepted"
             reason = step.rejected
 

@@ -95,8 +95,9 @@ def status(config_path: str, as_json: bool) -> None:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--pending", is_flag=True, help="Only movements not yet synced.")
-@click.option("--limit", "-n", default=50, show_default=True, type=click.IntRange(1, 100000))
-def events(config_path: str, as_json: bool, pending: bool, limit: int) -> None:
+@click.option("--limit", "-n", default=None, type=click.IntRange(1, None),
+              help="At most this many, the newest (default: the whole journal).")
+def events(config_path: str, as_json: bool, pending: bool, limit: int | None) -> None:
     """The journal's movements, newest first."""
     from agent.status import events as read_events
     from agent.status import format_events

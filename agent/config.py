@@ -97,7 +97,7 @@ class ScannerConfig:
 
     name: str
     driver: str
-    debounce_ms: int = 300
+    debounce_ms: int = 0  # off: every scan makes its movement (DESIGN section 4)
     max_length: int = 512
     mode: Mode | None = None  # overrides the dock's default mode for this scanner
     location: str | None = None  # overrides the dock's default location
@@ -325,7 +325,7 @@ def _scanner(t: TomlTable, grammar: GrammarConfig) -> ScannerConfig:
     common: dict[str, Any] = dict(
         name=name,
         driver=driver,
-        debounce_ms=t.integer("debounce_ms", 300, lo=0, hi=60000),
+        debounce_ms=t.integer("debounce_ms", 0, lo=0, hi=60000),
         max_length=t.integer("max_length", grammar.max_length, lo=8, hi=1 << 20),
         mode=t.choice("mode", MODES, None),
         location=t.text("location", None),

@@ -73,7 +73,8 @@ class SessionState:
     qty: int | None = None
     reference: str | None = None
     operator: str | None = None
-    # running count totals for the current count: ((bin, item, lot), total)
+    # running count totals for the current count: ((bin, item, None), total); the
+    # lot slot is always None (older saved states may hold a lot there)
     counts: tuple[tuple[tuple[str, str, str | None], int], ...] = ()
     history: tuple[UndoEntry, ...] = ()
     context: tuple[str, ...] = ()
@@ -139,9 +140,15 @@ class Step:
 
 
 def initial_state(d: Defaults) -> SessionState:
-    """The state after start or CMD-RESET: default mode, default location in its slot."""
-    if d.mode in ("pick", "move"):
+    """The state after start or CMD-RESET: default mode, default location in its slot.
+
+    A move has none: its first LOC- scan sets the from-location, the second the to-location
+    (DESIGN section 4), so a default from-location would make the first one the
+    to-location."""
+    if d.mode == "pick":
         return SessionState(mode=d.mode, from_location=d.location)
+    if d.mode == "move":
+        return SessionState(mode=d.mode)
     return SessionState(mode=d.mode, to_location=d.location)
 
 
@@ -227,7 +234,9 @@ def _item(s: SessionState, it: Item, d: Defaults, raw: str, event_id: str) -> St
     counts = s.counts
     if s.mode == "count":
         assert to is not None
-        key = (to, it.item, it.lot)
+        # The total of the item in the bin, whatever the lots: the ledger's balance (which a
+        # count resets) is per item and bin.
+        key = (to, it.item, None)
         previous = s.count_total(key)
         qty = previous + qty
         counts = (*((k, v) for k, v in s.counts if k != key), (key, qty))

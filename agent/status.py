@@ -204,7 +204,8 @@ def format_status(s: dict[str, Any], now: float | None = None) -> str:
     return "\n".join(lines)
 
 
-def events(cfg: Config, *, pending: bool = False, limit: int = 50) -> list[dict[str, Any]]:
+def events(cfg: Config, *, pending: bool = False, limit: int | None = None
+           ) -> list[dict[str, Any]]:
     """Journaled movements, newest first (none before the agent's first run)."""
     if not Path(cfg.database).exists():
         return []
@@ -215,7 +216,7 @@ def events(cfg: Config, *, pending: bool = False, limit: int = 50) -> list[dict[
             f"SELECT seq, event_id, scanner, type, item, lot, serial, qty, from_location,"
             f" to_location, reference, operator, voids, wall_time, occurred_at, state, result,"
             f" reason, warnings, raw FROM movements {where} ORDER BY seq DESC LIMIT ?",
-            (limit,))]
+            (-1 if limit is None else limit,))]
     finally:
         conn.close()
     for r in rows:

@@ -45,6 +45,10 @@ _HEARTBEAT = 30.0  # seconds between exchanges when idle (watermark and clock)
 _PROBE_AGE_NS = 30 * 10**9  # refresh the clock before stamping if the base is older
 _RETRY_AFTER_MAX = 600.0
 _WATERMARK_MARGIN_NS = 10**9  # unsent events are promised only up to 1 s before their stamp
+# After sending movements, one more exchange once the margin has passed: the batch's own
+# watermark stops short of its newest movements, and the ledger confirms their incidents
+# only once a watermark passes them (a single-dock site would otherwise wait a heartbeat).
+_CATCH_UP = _WATERMARK_MARGIN_NS / 1e9 + 0.25
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -152,10 +156,13 @@ class SyncLoop:
     async def run(self) -> None:
         """Sync until ``close()``. Nothing that goes wrong in one round ends the loop."""
         attempt = 0
+        catch_up: float | None = None  # when to exchange again after sending movements
         self._wake.set()  # drain whatever the journal holds at start
         try:
             while not self._closed.is_set():
-                woke = await self._sleep(_HEARTBEAT, wake=True)
+                wait = (_HEARTBEAT if catch_up is None
+                        else max(0.0, catch_up - time.monotonic()))
+                woke = await self._sleep(wait, wake=True)
                 if self._closed.is_set():
                     break
                 if woke:
@@ -163,7 +170,11 @@ class SyncLoop:
                 try:
                     if self._client is None:
                         self._client = self._make_client()
-                    await self.drain()
+                    started = time.monotonic()
+                    if await self.drain():
+                        catch_up = started + _CATCH_UP
+                    elif catch_up is not None and started >= catch_up:
+                        catch_up = None  # this exchange's watermark passed what was sent
                 except Exception as exc:
                     # _Retry: the ledger or the network. JournalError: the journal could not
                     # take the results (disk full); the ledger answers the replay as
@@ -240,8 +251,9 @@ class SyncLoop:
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
         )
 
-    async def drain(self) -> None:
-        """Send everything pending, batch by batch; raises ``_Retry`` on a failure.
+    async def drain(self) -> bool:
+        """Send everything pending, batch by batch; raises ``_Retry`` on a failure. Returns
+        whether any movement was sent (else it was a heartbeat).
 
         The next batch is read and stamped on the journal's thread while the current one is
         on the wire, so a backlog drains at the pace of the slower side, not of both added.
@@ -265,6 +277,7 @@ class SyncLoop:
             if nxt is not None:
                 nxt.cancel()
                 await asyncio.gather(nxt, return_exceptions=True)
+        return sent_any
 
     async def _prepare(self, after_seq: int) -> tuple[list[dict[str, Any]], str | None]:
         """The next batch after ``after_seq``, stamped, and the watermark to send with it."""

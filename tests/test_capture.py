@@ -146,6 +146,19 @@ async def test_movement_row_has_the_event_fields_of_design_section_5(dock: Dock,
     assert (meta["station"], meta["site"]) == ("dock-3", "WH1")
 
 
+async def test_raw_holds_the_scans_as_read_with_a_gs1_strings_gs(dock: Dock,
+                                                                  cfg: Config) -> None:
+    """DESIGN section 5's ``raw`` is the scans themselves: a GS1 element string's GS used to
+    become the four characters ``\\x1d`` there (an escape meant for terminals)."""
+    gs1 = "]C1010061414199999610LOT42\x1d21SER9"
+    await dock.scan("LOC-A-01")
+    out = await dock.scan(gs1)
+    assert out.status == "accepted", out
+    (m,) = movements(cfg)
+    assert json.loads(m["raw"]) == ["LOC-A-01", gs1]
+    assert (m["lot"], m["serial"]) == ("LOT42", "SER9")
+
+
 async def test_event_ids_are_unique_and_time_ordered(dock: Dock, cfg: Config) -> None:
     for _ in range(5):
         await dock.scan(EAN)

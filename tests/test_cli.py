@@ -256,6 +256,27 @@ def test_events_limit(shift: tuple[Path, list[str]]) -> None:
     assert [r["seq"] for r in json.loads(result.stdout)] == [4]
 
 
+def test_events_lists_the_whole_journal_unless_limited(tmp_path: Path) -> None:
+    """DESIGN section 9: `events` is the journal, newest first; it stopped at 50."""
+    config = write_config(tmp_path)
+
+    async def scans() -> None:
+        cfg = load_config(config)
+        writer = JournalWriter(Journal(cfg.database, cfg.station, cfg.site))
+        station = Station(cfg, writer)
+        await station.start()
+        for i in range(120):
+            await station.handle(RawScan("handheld", EAN, EAN.encode(), time.time(),
+                                         10**12 + i * 10**9))
+        await writer.close()
+
+    asyncio.run(scans())
+    rows = json.loads(invoke("events", "--config", str(config), "--json").stdout)
+    assert [r["seq"] for r in rows] == list(range(120, 0, -1))
+    rows = json.loads(invoke("events", "--config", str(config), "--json", "--limit", "7").stdout)
+    assert [r["seq"] for r in rows] == list(range(120, 113, -1))
+
+
 def test_events_text_newest_first(shift: tuple[Path, list[str]]) -> None:
     config, _ = shift
     result = invoke("events", "--config", str(config))

@@ -60,6 +60,8 @@ def test_design_example_loads_as_documented(tmp_path: Path) -> None:
     assert (scanner.name, scanner.driver, scanner.port, scanner.baudrate) == (
         "handheld", "serial", "/dev/ttyACM0", 9600)
     assert scanner.ack is None and scanner.nak is None
+    # "Every item scan makes exactly one movement" (DESIGN section 4): no debounce unless set
+    assert scanner.debounce_ms == 0
     assert cfg.scanner("handheld") is scanner
 
 

@@ -171,6 +171,16 @@ def test_site_sku_patterns(text: str, token: Token) -> None:
     assert interpret(text, SITE) == token
 
 
+def test_an_all_digit_site_code_that_is_not_a_gtin_matches_the_site_pattern() -> None:
+    """A site SKU of 8, 12, 13 or 14 digits whose last digit is no GTIN check digit used to
+    be refused as a bad GTIN before the site's patterns were tried."""
+    site = GrammarConfig(sku_patterns=(r"[0-9]{8}",))
+    assert interpret("12345678", site) == Item("12345678")
+    assert interpret("12345670", site) == Item("00000012345670")  # a valid GTIN-8 stays one
+    assert interpret("12345678", G) == Rejected(
+        "invalid GTIN check digit in 12345678: expected 0, got 8")
+
+
 def test_sku_patterns_are_off_by_default() -> None:
     assert interpret("ABC12345", G) == Rejected("unknown barcode 'ABC12345'")
 

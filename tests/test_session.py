@@ -155,11 +155,17 @@ def test_scanner_defaults_decide_the_first_movement(mode: Mode, location: str,
     assert (m.type, m.from_location, m.to_location) == expect
 
 
-def test_default_move_location_is_the_from_side() -> None:
+def test_a_move_dock_starts_with_no_location_so_the_first_loc_is_the_from_side() -> None:
+    """DESIGN section 4: "move: first scan sets from, second sets to". A default location
+    pre-filled as the from-location made the first LOC- scan the to-location."""
     sc = Scanner(Defaults("move", "DOCK-3"))
-    assert sc.scan(EAN).rejected == "move without a to-location: scan LOC-<to> first"
-    m = moved(sc.scan("LOC-A-01", EAN))
-    assert (m.from_location, m.to_location) == ("DOCK-3", "A-01")
+    assert sc.scan(EAN).rejected == "no location yet: scan LOC-<from> then LOC-<to> first"
+    assert sc.scan("LOC-A-01", EAN).rejected == (
+        "move without a to-location: scan LOC-<to> first")
+    m = moved(sc.scan("LOC-B-02", EAN))
+    assert (m.from_location, m.to_location) == ("A-01", "B-02")
+    sc.scan("CMD-RESET")
+    assert sc.scan(EAN).rejected == "no location yet: scan LOC-<from> then LOC-<to> first"
 
 
 def test_sessions_are_per_scanner() -> None:
@@ -278,12 +284,16 @@ def test_count_sends_the_running_total_per_item_and_bin() -> None:
     assert moved(sc.scan("LOC-C-01", EAN)).qty == 14, "back in the first bin, the count goes on"
 
 
-def test_count_totals_are_per_lot() -> None:
+def test_count_totals_are_per_item_and_bin_whatever_the_lot() -> None:
+    """DESIGN section 5: the latest count event is the on-hand of the item in the bin, which
+    the ledger keeps per item and bin; a total per lot made the last lot's total the bin's
+    on-hand (3 counted, 1 on hand)."""
     sc = Scanner()
     sc.scan("MODE-COUNT", "LOC-C-01")
     lot_a = "]C10100614141999996" + "10A"
     lot_b = "]C10100614141999996" + "10B"
-    assert [moved(sc.scan(t)).qty for t in (lot_a, lot_a, lot_b)] == [1, 2, 1]
+    counted = [moved(sc.scan(t)) for t in (lot_a, lot_a, lot_b)]
+    assert [(m.qty, m.lot) for m in counted] == [(1, "A"), (2, "A"), (3, "B")]
 
 
 def test_mode_switch_starts_a_new_count() -> None:

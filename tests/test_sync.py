@@ -287,6 +287,25 @@ async def test_watermark_and_clock_sample_from_each_exchange(rig: Rig) -> None:
         assert json.loads(clock)["synced"] is True
 
 
+async def test_a_lone_docks_negative_is_confirmed_a_moment_after_it_syncs(rig: Rig) -> None:
+    """The batch carrying a movement promises only up to a margin before it, so the ledger
+    cannot confirm its incident from that batch; the next exchange must come once the
+    margin has passed, not at the next 30 s heartbeat."""
+    rig.start()
+    for text in ("MODE-PICK", "LOC-A-01", GTINS[0]):  # a pick from an empty bin
+        out = await rig.station.handle(RawScan("h", text, text.encode()))
+        assert out.status == "accepted", out
+    await rig.wait_drained()
+    started = time.monotonic()
+    while True:
+        (inc,) = (await rig.ledger_get("/v1/negatives"))["incidents"]
+        if inc["confirmed"]:
+            break
+        assert time.monotonic() - started < 10, "still provisional: no catch-up exchange"
+        await asyncio.sleep(0.1)
+    assert inc["class"] == "item"
+
+
 def test_backoff_is_capped_full_jitter() -> None:
     rng = random.Random(1)
     delays = [backoff_delay(n, 0.5, 10.0, rng) for n in range(1, 200)]
