@@ -170,23 +170,26 @@ def _value(v: str, what: str, cls: type[Location] | type[Reference] | type[Opera
 
 
 def _item(body: str, g: GrammarConfig) -> Token:
-    bad_check: Rejected | None = None
+    refused: Rejected | None = None
     if body.isascii() and body.isdigit():
         if len(body) in (8, 12, 13, 14):
             check = gtin_check_digit(body[:-1])
             if int(body[-1]) == check:
                 return Item(body.rjust(14, "0"))
             # Not a GTIN; it may still be one of the site's own codes.
-            bad_check = Rejected(f"invalid GTIN check digit in {body}: expected {check}, "
+            refused = Rejected(f"invalid GTIN check digit in {body}: expected {check}, "
                                  f"got {body[-1]}")
         elif len(body) >= 16 and body[:2] in ("01", "02"):  # 16: AI 01/02 + GTIN-14 alone
-            return _gs1("]C1" + body, body)
+            token = _gs1("]C1" + body, body)
+            if not isinstance(token, Rejected):
+                return token
+            refused = token  # not GS1 data; it may still be one of the site's codes
     for pattern in _sku_patterns(g.sku_patterns):
         m = pattern.fullmatch(body)
         if m:
             return Item(m.groupdict().get("sku") or body)
-    if bad_check is not None:
-        return bad_check
+    if refused is not None:
+        return refused
     if body.startswith(("01", "02")) and len(body) > 16:
         return _gs1("]C1" + body, body)
     return Rejected(f"unknown barcode {printable(body, 40)!r}")

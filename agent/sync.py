@@ -172,7 +172,8 @@ class SyncLoop:
                         self._client = self._make_client()
                     started = time.monotonic()
                     if await self.drain():
-                        catch_up = started + _CATCH_UP
+                        # from the end of the round: what it sent was read before then
+                        catch_up = time.monotonic() + _CATCH_UP
                     elif catch_up is not None and started >= catch_up:
                         catch_up = None  # this exchange's watermark passed what was sent
                 except Exception as exc:

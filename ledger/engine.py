@@ -388,18 +388,15 @@ class Ledger:
             tr.remove(probe, m.t)
 
     def _release(self, site: str, item: str, now: int, out: Outcome) -> None:
-        """Release the item's held depletions that are covered now, in occurrence order per
-        location: one that is not covered keeps the later ones at its location held (they
-        would take what it is waiting for). A released move adds to its to-location, which
-        may cover a depletion there: so round again until nothing more is released."""
+        """Release the item's held depletions that are covered now, in occurrence order
+        (the earliest first, so it is the first to take what arrived). One that is covered
+        goes as soon as it is, even if an earlier one is not: that one may never be. A
+        released move adds to its to-location, which may cover a depletion there: so round
+        again until nothing more is released."""
         held = self.held.get((site, item))
         while held:
             released = False
-            waiting: set[str | None] = set()  # locations with an earlier depletion still held
             for m in list(held):
-                loc = m.from_location
-                if loc in waiting:
-                    continue
                 if self._covered(m):
                     held.remove(m)
                     m.held = False
@@ -407,8 +404,6 @@ class Ledger:
                     self._apply(m, now, [])
                     out.released.append((m, seq))
                     released = True
-                else:
-                    waiting.add(loc)
             if not released:
                 break
 
@@ -550,6 +545,12 @@ class Ledger:
                     inc.resolved_by = count
                 elif before_cls != "ordering":
                     inc.resolved_by = None if trigger is m else trigger.event_id
+                elif inc.resolved_by is not None:
+                    # Still ordering, but the event that explained it may be undone (another
+                    # late event explains it now): never name an undone event.
+                    by = self.events.get(inc.resolved_by)
+                    if by is not None and by.voided_by is not None:
+                        inc.resolved_by = None
             elif inc.status == "resolved":
                 inc.status, inc.resolved_at, inc.resolved_by = "open", None, None
         if born:

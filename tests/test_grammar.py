@@ -179,6 +179,9 @@ def test_an_all_digit_site_code_that_is_not_a_gtin_matches_the_site_pattern() ->
     assert interpret("12345670", site) == Item("00000012345670")  # a valid GTIN-8 stays one
     assert interpret("12345678", G) == Rejected(
         "invalid GTIN check digit in 12345678: expected 0, got 8")
+    long_site = GrammarConfig(sku_patterns=(r"[0-9]{16}",))  # digits that start like GS1
+    assert interpret("0212345678901234", long_site) == Item("0212345678901234")
+    assert isinstance(interpret("0212345678901234", G), Rejected)
 
 
 def test_sku_patterns_are_off_by_default() -> None:

@@ -161,6 +161,19 @@ def test_resolved_by_names_the_count_when_a_recorded_order_negative_loses_its_re
         "item", "resolved", c["event_id"])
 
 
+def test_resolved_by_never_names_an_undone_event(ledger: Any) -> None:
+    """Two late receipts each explain the pick; undoing the one it names leaves it ordering
+    (the other still explains it), and it must not keep naming the undone receipt."""
+    dock = ledger.dock()
+    p, r1, r2 = pick(3, "A-01", 10), receipt(5, "A-01", 0), receipt(4, "A-01", 1)
+    dock.post(p, r1, r2)
+    assert ledger.incident_of(p)["resolved_by_event_id"] == r1["event_id"]
+    dock.post(void(r1, 11))
+    inc = ledger.incident_of(p)
+    assert (inc["class"], inc["status"], inc["resolved_by_event_id"]) == (
+        "ordering", "resolved", None)
+
+
 def test_voiding_a_resolved_depletion_names_the_void(ledger: Any) -> None:
     dock = ledger.dock()
     p, r = pick(3, "A-01", 10), receipt(5, "A-01", 0)
@@ -274,26 +287,21 @@ def test_held_depletions_are_released_in_occurrence_order(make_ledger: Any) -> N
     assert ledger.on_hand("A-01") == 1
 
 
-def test_a_held_depletion_is_not_overtaken_by_a_later_one_at_its_location(
+def test_a_covered_held_depletion_goes_even_if_an_earlier_one_cannot(
         make_ledger: Any) -> None:
-    """Released in occurrence order: stock that covers only the later of two held picks
-    waits for the earlier one (the later pick releasing first used to keep the earlier one
-    held for good once enough stock for it had come); another bin is not held up."""
+    """"As soon as the location's balance covers it": stock received at 10:05 covers the
+    10:10 pick, not the 10:00 one; the later one must not wait for the earlier for ever."""
     ledger = make_ledger("[sites.WH1]\nallow_negative = false\n")
     dock = ledger.dock()
-    early, late, elsewhere = pick(5, "A-01", 0), pick(2, "A-01", 60), pick(1, "B-01", 30)
-    assert [r["status"] for r in dock.post(early, late, elsewhere)] == ["held"] * 3
-    dock.post(receipt(3, "A-01", -60), receipt(1, "B-01", -60))
-    assert [h["event_id"] for h in ledger.get("/v1/held")["held"]] == [
-        early["event_id"], late["event_id"]]  # B-01's pick went; A-01's wait for the early one
-    dock.post(receipt(2, "A-01", -30))
+    early, late = pick(5, "A-01", 0), pick(2, "A-01", 10)
+    assert [r["status"] for r in dock.post(early, late)] == ["held", "held"]
+    dock.post(receipt(10, "A-01", 5))
     (still,) = ledger.get("/v1/held")["held"]
-    assert still["event_id"] == late["event_id"]  # 5 in the bin at 10:00: the early one went
-    assert ledger.on_hand("A-01") == 0
-    dock.post(receipt(2, "A-01", 30))
+    assert still["event_id"] == early["event_id"]
+    assert ledger.on_hand("A-01") == 8
+    dock.post(receipt(5, "A-01", -1))  # what the 10:00 pick took arrives, late
     assert ledger.get("/v1/held")["held"] == []
-    assert ledger.on_hand("A-01") == 0
-    assert ledger.incidents() == []
+    assert ledger.on_hand("A-01") == 8
 
 
 def test_other_sites_still_allow_negative(make_ledger: Any) -> None:
