@@ -125,22 +125,26 @@ mkdir -p "$STAGE/opt/scan-agent/venv/bin"
 printf '#!/bin/sh\nexit 0\n' >"$STAGE/opt/scan-agent/venv/bin/scan-agent"
 chmod 755 "$STAGE/opt/scan-agent/venv/bin/scan-agent"
 
-# systemd-analyze verify exits 0 on many warnings (unknown keys, bad values): any output fails.
-if out=$(systemd-analyze verify --root="$STAGE" --man=no "$UNIT" 2>&1) && [ -z "$out" ]; then
-    ok "systemd-analyze verify $UNIT"
-else
-    fail "systemd-analyze verify $UNIT"
-    printf '%s\n' "$out" | sed 's/^/    /' >&2
-fi
-
-if out=$(systemd-analyze security --offline=yes --root="$STAGE" --threshold="$THRESHOLD" \
-    --no-pager "$UNIT" 2>&1); then
-    ok "systemd-analyze security: $(printf '%s\n' "$out" | grep -o 'exposure level.*' |
-        sed 's/^exposure level for //')"
-else
-    fail "systemd-analyze security: exposure above ${THRESHOLD%?}.${THRESHOLD#?}"
-    printf '%s\n' "$out" | grep -v '✓' | sed 's/^/    /' >&2
-fi
+# verify_unit ROOT UNIT: systemd-analyze verify (it exits 0 on many warnings, unknown keys and
+# bad values among them, so any output fails) and the offline security score, on a staged unit.
+verify_unit() {
+    local root=$1 unit=$2 out
+    if out=$(systemd-analyze verify --root="$root" --man=no "$unit" 2>&1) && [ -z "$out" ]; then
+        ok "systemd-analyze verify $unit"
+    else
+        fail "systemd-analyze verify $unit"
+        printf '%s\n' "$out" | sed 's/^/    /' >&2
+    fi
+    if out=$(systemd-analyze security --offline=yes --root="$root" --threshold="$THRESHOLD" \
+        --no-pager "$unit" 2>&1); then
+        ok "systemd-analyze security: $(printf '%s\n' "$out" | grep -o 'exposure level.*' |
+            sed 's/^exposure level for //')"
+    else
+        fail "systemd-analyze security $unit: exposure above ${THRESHOLD%?}.${THRESHOLD#?}"
+        printf '%s\n' "$out" | grep -v '✓' | sed 's/^/    /' >&2
+    fi
+}
+verify_unit "$STAGE" "$UNIT"
 
 # --- sysusers and tmpfiles --------------------------------------------------------------------
 # Any message besides what a dry run reports (an unknown line type, a bad name) fails.
@@ -217,20 +221,7 @@ cp systemd/$LUNIT "$LSTAGE/usr/local/lib/systemd/system/"
 cp systemd/ledger.example.toml "$LSTAGE/etc/scan-ledger/ledger.toml"
 printf '#!/bin/sh\nexit 0\n' >"$LSTAGE/opt/scan-agent/venv/bin/scan-ledger"
 chmod 755 "$LSTAGE/opt/scan-agent/venv/bin/scan-ledger"
-if out=$(systemd-analyze verify --root="$LSTAGE" --man=no "$LUNIT" 2>&1) && [ -z "$out" ]; then
-    ok "systemd-analyze verify $LUNIT"
-else
-    fail "systemd-analyze verify $LUNIT"
-    printf '%s\n' "$out" | sed 's/^/    /' >&2
-fi
-if out=$(systemd-analyze security --offline=yes --root="$LSTAGE" --threshold="$THRESHOLD" \
-    --no-pager "$LUNIT" 2>&1); then
-    ok "systemd-analyze security: $(printf '%s\n' "$out" | grep -o 'exposure level.*' |
-        sed 's/^exposure level for //')"
-else
-    fail "systemd-analyze security $LUNIT: exposure above ${THRESHOLD%?}.${THRESHOLD#?}"
-    printf '%s\n' "$out" | grep -v '✓' | sed 's/^/    /' >&2
-fi
+verify_unit "$LSTAGE" "$LUNIT"
 check "systemd-sysusers --dry-run systemd/sysusers.d/scan-ledger.conf" \
     sysusers_dry_run ledger "$HERE/systemd/sysusers.d/scan-ledger.conf"
 load_ledger_config() {
