@@ -21,39 +21,43 @@ __all__ = ["events", "format_events", "format_status", "status"]
 def status(cfg: Config, now: float | None = None) -> dict[str, Any]:
     """Scanners, modes, queue depth, last scan, last sync, clock offset, recent errors."""
     now = time.time() if now is None else now
-    if not Path(cfg.database).exists():
-        return _never_run(cfg)
-    conn = open_readonly(cfg.database)
-    try:
-        meta = {r["key"]: r["value"] for r in conn.execute("SELECT key, value FROM meta")}
-        counts = {r[0]: r[1] for r in conn.execute(
-            "SELECT state, count(*) FROM movements GROUP BY state")}
-        top_seq = conn.execute("SELECT max(seq) FROM movements").fetchone()[0] or 0
-        oldest = conn.execute("SELECT seq, wall_time FROM movements WHERE state = 'pending'"
-                              " ORDER BY seq LIMIT 1").fetchone()
-        states = {r["scanner"]: dict(r) for r in conn.execute("SELECT * FROM scanners")}
-        sessions = {r["scanner"]: json.loads(r["state"]) for r in conn.execute(
-            "SELECT scanner, state FROM sessions")}
-        last = {r["scanner"]: dict(r) for r in conn.execute(
-            "SELECT scanner, max(wall_time) AS at, text, outcome, reason FROM scans"
-            " GROUP BY scanner")}
-        alerts = [dict(r) for r in conn.execute(
-            "SELECT at, source, message FROM alerts ORDER BY id DESC LIMIT 10")]
-        rejects = [dict(r) for r in conn.execute(
-            "SELECT wall_time AS at, scanner, text, reason FROM scans WHERE outcome = 'rejected'"
-            " ORDER BY id DESC LIMIT 10")]
-        warned = [dict(r) for r in conn.execute(
-            "SELECT seq, warnings FROM movements WHERE warnings IS NOT NULL"
-            " ORDER BY seq DESC LIMIT 10")]
-    finally:
-        conn.close()
+    journal = Path(cfg.database).exists()
+    if journal:
+        conn = open_readonly(cfg.database)
+        try:
+            meta = {r["key"]: r["value"] for r in conn.execute("SELECT key, value FROM meta")}
+            counts = {r[0]: r[1] for r in conn.execute(
+                "SELECT state, count(*) FROM movements GROUP BY state")}
+            top_seq = conn.execute("SELECT max(seq) FROM movements").fetchone()[0] or 0
+            oldest = conn.execute("SELECT seq, wall_time FROM movements WHERE state = 'pending'"
+                                  " ORDER BY seq LIMIT 1").fetchone()
+            states = {r["scanner"]: dict(r) for r in conn.execute("SELECT * FROM scanners")}
+            sessions = {r["scanner"]: json.loads(r["state"]) for r in conn.execute(
+                "SELECT scanner, state FROM sessions")}
+            last = {r["scanner"]: dict(r) for r in conn.execute(
+                "SELECT scanner, max(wall_time) AS at, text, outcome, reason FROM scans"
+                " GROUP BY scanner")}
+            alerts = [dict(r) for r in conn.execute(
+                "SELECT at, source, message FROM alerts ORDER BY id DESC LIMIT 10")]
+            rejects = [dict(r) for r in conn.execute(
+                "SELECT wall_time AS at, scanner, text, reason FROM scans"
+                " WHERE outcome = 'rejected' ORDER BY id DESC LIMIT 10")]
+            warned = [dict(r) for r in conn.execute(
+                "SELECT seq, warnings FROM movements WHERE warnings IS NOT NULL"
+                " ORDER BY seq DESC LIMIT 10")]
+        finally:
+            conn.close()
+    else:  # the agent has not run with this config yet: nothing captured
+        meta, counts, states, sessions, last = {}, {}, {}, {}, {}
+        top_seq, oldest, alerts, rejects, warned = 0, None, [], [], []
 
     running = agent_running(meta)
     scanners = []
     for sc in cfg.scanners:
         st = states.get(sc.name, {})
         if not running and (not st or st["connected"]):  # stale: the agent died holding it
-            st = {"connected": 0, "detail": "agent not running"}
+            st = {"connected": 0,
+                  "detail": "agent not running" if journal else "agent has not run yet"}
         sess = sessions.get(sc.name, {})
         ls = last.get(sc.name)
         scanners.append({
@@ -71,7 +75,8 @@ def status(cfg: Config, now: float | None = None) -> dict[str, Any]:
     offset = meta.get("sync.offset_ms")
     return {
         "station": cfg.station, "site": cfg.site, "database": cfg.database,
-        "journal": "ok", "running": running,
+        "journal": "ok" if journal else "not created yet: the agent has not run with this config",
+        "running": running,
         "pid": int(meta["agent.pid"]) if running else None,
         "ledger": cfg.ledger.url if cfg.ledger else None,
         "scanners": scanners,
@@ -101,27 +106,6 @@ def status(cfg: Config, now: float | None = None) -> dict[str, Any]:
         "ledger_warnings": [
             {"seq": w["seq"], "warnings": json.loads(w["warnings"])} for w in warned
         ],
-    }
-
-
-def _never_run(cfg: Config) -> dict[str, Any]:
-    """The status of a dock whose agent has not run yet with this config (no journal): what
-    the config says, and nothing captured."""
-    return {
-        "station": cfg.station, "site": cfg.site, "database": cfg.database,
-        "journal": "not created yet: the agent has not run with this config",
-        "running": False, "pid": None,
-        "ledger": cfg.ledger.url if cfg.ledger else None,
-        "scanners": [{
-            "name": sc.name, "driver": sc.driver, "connected": None,
-            "detail": "agent has not run yet", "mode": sc.mode or cfg.mode,
-            "from_location": None, "to_location": None, "operator": None,
-            "reference": None, "last_scan": None} for sc in cfg.scanners],
-        "queue": {"pending": 0, "rejected": 0, "synced": 0, "oldest_pending_age_s": None,
-                  "next_seq": 1},
-        "sync": {"last_ok": None, "last_ok_age_s": None, "last_error": None,
-                 "clock_offset_ms": None, "clock_basis": "none", "rtt_ms": None},
-        "recent_errors": [], "recent_rejections": [], "ledger_warnings": [],
     }
 
 
