@@ -21,7 +21,7 @@ from agent.config import Config, ScannerConfig
 from agent.errors import JournalError, JournalFullError
 from agent.grammar import interpret, printable
 from agent.journal import Capture, Captured, JournalWriter
-from agent.session import Defaults, SessionState, Step, apply, initial_state
+from agent.session import Defaults, Instant, SessionState, Step, apply, initial_state
 from drivers.base import RawScan
 
 __all__ = ["Outcome", "Station", "debounced"]
@@ -114,7 +114,8 @@ class Station:
         for sc in self.config.scanners:
             d = Defaults(mode=sc.mode or self.config.mode,
                          location=sc.location if sc.location is not None else self.config.location,
-                         require_operator=self.config.require_operator)
+                         require_operator=self.config.require_operator,
+                         undo_max_age_s=self.config.grammar.undo_max_age)
             state = initial_state(d)
             if sc.name in saved:
                 try:
@@ -152,7 +153,8 @@ class Station:
             token = interpret(text, self.config.grammar)
             # The event's raw list holds the scans as read (a GS1 string keeps its GS): JSON
             # escapes what needs it, and every display escapes control characters.
-            step = apply(slot.state, token, slot.defaults, text, event_id=str(uuid6.uuid7()))
+            step = apply(slot.state, token, slot.defaults, text, event_id=str(uuid6.uuid7()),
+                         at=Instant(boot_id(), scan.boot_ns))
             status = "rejected" if step.rejected else "accepted"
             reason = step.rejected
 

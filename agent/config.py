@@ -55,6 +55,7 @@ class GrammarConfig:
     sku_patterns: tuple[str, ...] = ()
     max_qty: int = 9999
     max_length: int = 512
+    undo_max_age: float = 600.0  # seconds: CMD-UNDO never voids an older movement
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,9 +252,10 @@ def _grammar(t: TomlTable | None) -> GrammarConfig:
             raise t.error(f"sku_patterns[{i}]", f"invalid regular expression: {exc}") from None
     max_qty = t.integer("max_qty", d.max_qty, lo=1)
     max_length = t.integer("max_length", d.max_length, lo=8, hi=1 << 20)
+    undo_max_age = t.number("undo_max_age", d.undo_max_age, lo=0.0)
     t.finish()
     return GrammarConfig(**prefixes, sku_patterns=tuple(pats), max_qty=max_qty,
-                         max_length=max_length)
+                         max_length=max_length, undo_max_age=undo_max_age)
 
 
 def _ledger(t: TomlTable | None, base_dir: Path | None) -> LedgerConfig | None:

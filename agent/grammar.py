@@ -147,10 +147,9 @@ def _command(body: str, g: GrammarConfig) -> Token | None:
     if body.startswith(g.qty_prefix):
         raw = body[len(g.qty_prefix):]
         if not raw.isascii() or not raw.isdigit():
-            return Rejected(f"quantity must be a positive whole number, got {printable(raw)!r}")
+            return Rejected(f"quantity must be a whole number, got {printable(raw)!r}")
         qty = int(raw)
-        if qty < 1:
-            return Rejected("quantity must be at least 1")
+        # QTY-0 is a count of an empty bin: only the session knows the mode, so it decides
         if qty > g.max_qty:
             return Rejected(f"quantity {qty} is over this site's maximum of {g.max_qty}")
         return Quantity(qty)

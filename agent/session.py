@@ -32,7 +32,7 @@ from agent.grammar import (
     Undo,
 )
 
-__all__ = ["Defaults", "Draft", "SessionState", "Step", "apply", "initial_state"]
+__all__ = ["Defaults", "Draft", "Instant", "SessionState", "Step", "apply", "initial_state"]
 
 _HISTORY = 20  # movements CMD-UNDO can reach back through, per scanner
 _CONTEXT = 8  # raw scans kept as the context of the next movement
@@ -45,6 +45,25 @@ class Defaults:
     mode: Mode
     location: str | None
     require_operator: bool = False
+    undo_max_age_s: float = 600.0  # CMD-UNDO never voids a movement older than this
+
+
+@dataclass(frozen=True, slots=True)
+class Instant:
+    """When a scan was read: the boot it was read in and ``CLOCK_BOOTTIME`` then.
+
+    Ages are measured on this clock, which never jumps (a wall clock stepped by NTP would
+    make a movement look older or younger than it is); two readings from different boots
+    cannot be compared, so an older boot's movement counts as too old to undo."""
+
+    boot_id: str
+    boot_ns: int
+
+    def age_s(self, since: Instant) -> float | None:
+        """Seconds from ``since`` to this instant, or None across a reboot."""
+        if since.boot_id != self.boot_id:
+            return None
+        return (self.boot_ns - since.boot_ns) / 1e9
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +72,7 @@ class UndoEntry:
     draft: dict[str, Any]
     count_key: tuple[str, str, str | None] | None = None
     previous_total: int | None = None
+    at: Instant | None = None  # when the movement was scanned (None: no clock given)
     # This entry as JSON, made once: the state is saved with every scan, the history rarely
     # changes, and re-encoding it each time would dominate the capture path.
     encoded: str = field(default="", compare=False, repr=False)
@@ -62,7 +82,9 @@ class UndoEntry:
             object.__setattr__(self, "encoded", json.dumps(
                 {"event_id": self.event_id, "draft": self.draft,
                  "count_key": list(self.count_key) if self.count_key else None,
-                 "previous_total": self.previous_total}, separators=(",", ":")))
+                 "previous_total": self.previous_total,
+                 "at": [self.at.boot_id, self.at.boot_ns] if self.at else None},
+                separators=(",", ":")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +119,7 @@ class SessionState:
                 event_id=h["event_id"], draft=h["draft"],
                 count_key=tuple(h["count_key"]) if h.get("count_key") else None,
                 previous_total=h.get("previous_total"),
+                at=Instant(*h["at"]) if h.get("at") else None,
             )
             for h in d.get("history", [])
         )
@@ -139,47 +162,61 @@ class Step:
     note: str = ""
 
 
-def initial_state(d: Defaults) -> SessionState:
-    """The state after start or CMD-RESET: default mode, default location in its slot.
+def initial_state(d: Defaults, mode: Mode | None = None) -> SessionState:
+    """The state after start or CMD-RESET (or a ``MODE-`` scan to ``mode``): that mode, the
+    default location in the slot the mode uses (receipt's to, pick's from, count's bin).
 
-    A move has none: its first LOC- scan sets the from-location, the second the to-location
-    (DESIGN section 4), so a default from-location would make the first one the
-    to-location."""
-    if d.mode == "pick":
-        return SessionState(mode=d.mode, from_location=d.location)
-    if d.mode == "move":
-        return SessionState(mode=d.mode)
-    return SessionState(mode=d.mode, to_location=d.location)
+    A move has none: its first LOC- scan sets the from-location, the second the to-location,
+    so a default from-location would make the first one the to-location."""
+    m = d.mode if mode is None else mode
+    if m == "pick":
+        return SessionState(mode=m, from_location=d.location)
+    if m == "move":
+        return SessionState(mode=m)
+    return SessionState(mode=m, to_location=d.location)
 
 
 def apply(state: SessionState, token: Token, defaults: Defaults, raw: str,
-          event_id: str) -> Step:
-    """What ``token`` (scanned as ``raw``) does to ``state``.
+          event_id: str, at: Instant | None = None) -> Step:
+    """What ``token`` (scanned as ``raw``, read at ``at``) does to ``state``.
 
-    ``event_id`` is used only when the scan makes a movement.
+    ``event_id`` is used only when the scan makes a movement. ``at`` dates the movement for
+    CMD-UNDO's age limit; without it (a test that does not care about time) no age applies.
+
+    ``MODE-``, ``USER-`` and ``CMD-RESET`` scans are undo barriers: they forget the
+    scanner's undo history, so CMD-UNDO never walks back across a change of mode, of
+    operator or a reset into movements made for another purpose or by another person.
     """
     s = state
     match token:
         case Rejected(reason):
             return Step(s, rejected=reason)
         case ModeSwitch(mode):
-            return Step(replace(s, mode=mode, from_location=None, to_location=None, counts=(),
-                                context=()), note=f"mode {mode}")
+            # as at start: the scanner's default location back in the slot the mode uses
+            fresh = initial_state(defaults, mode)
+            return Step(replace(fresh, reference=s.reference, operator=s.operator),
+                        note=f"mode {mode}")
         case Location(code):
             return _location(s, code, raw)
         case Quantity(qty):
-            return Step(replace(s, qty=qty, context=_ctx(s, raw)), note=f"quantity {qty}")
+            if qty == 0 and s.mode != "count":
+                return Step(s, rejected="quantity must be at least 1 (QTY-0 is for counting "
+                                        "an empty bin, in count mode)")
+            note = "quantity 0 (the next item is counted as none)" if qty == 0 else \
+                f"quantity {qty}"
+            return Step(replace(s, qty=qty, context=_ctx(s, raw)), note=note)
         case Reference(text):
             return Step(replace(s, reference=text, context=_ctx(s, raw)), note=f"reference {text}")
         case Operator(badge):
-            return Step(replace(s, operator=badge, context=_ctx(s, raw)), note=f"operator {badge}")
+            return Step(replace(s, operator=badge, history=(), context=_ctx(s, raw)),
+                        note=f"operator {badge}")
         case Reset():
             fresh = initial_state(defaults)
-            return Step(replace(fresh, operator=s.operator, history=s.history), note="reset")
+            return Step(replace(fresh, operator=s.operator), note="reset")
         case Undo():
-            return _undo(s, raw, event_id)
+            return _undo(s, raw, event_id, defaults, at)
         case Item():
-            return _item(s, token, defaults, raw, event_id)
+            return _item(s, token, defaults, raw, event_id, at)
     raise AssertionError(f"unhandled token {token!r}")  # pragma: no cover
 
 
@@ -194,7 +231,10 @@ def _location(s: SessionState, code: str, raw: str) -> Step:
     if s.mode == "pick":
         return Step(replace(s, from_location=code, context=ctx), note=f"from {code}")
     if s.mode == "count":
-        return Step(replace(s, to_location=code, context=ctx), note=f"counting {code}")
+        # A bin scanned (again) starts a new count of it: a recount never adds to the last.
+        counts = tuple((k, v) for k, v in s.counts if k[0] != code)
+        return Step(replace(s, to_location=code, counts=counts, context=ctx),
+                    note=f"counting {code}")
     # move: first scan sets from, second sets to, a third starts a new pair
     if s.from_location is None or s.to_location is not None:
         return Step(replace(s, from_location=code, to_location=None, context=ctx),
@@ -205,10 +245,11 @@ def _location(s: SessionState, code: str, raw: str) -> Step:
     return Step(replace(s, to_location=code, context=ctx), note=f"move {s.from_location} -> {code}")
 
 
-def _item(s: SessionState, it: Item, d: Defaults, raw: str, event_id: str) -> Step:
+def _item(s: SessionState, it: Item, d: Defaults, raw: str, event_id: str,
+          at: Instant | None) -> Step:
     if d.require_operator and s.operator is None:
         return Step(s, rejected="operator badge required: scan USER-<id> first")
-    qty = (s.qty or 1) * (it.count or 1)
+    qty = (1 if s.qty is None else s.qty) * (it.count or 1)
     frm, to = None, None
     if s.mode == "receipt":
         to = s.to_location
@@ -238,14 +279,15 @@ def _item(s: SessionState, it: Item, d: Defaults, raw: str, event_id: str) -> St
         # count resets) is per item and bin.
         key = (to, it.item, None)
         previous = s.count_total(key)
-        qty = previous + qty
+        # QTY-0 then the item: none of it in the bin, whatever was counted before
+        qty = 0 if s.qty == 0 else previous + qty
         counts = (*((k, v) for k, v in s.counts if k != key), (key, qty))
     draft = Draft(
         event_id=event_id, type=s.mode, item=it.item, qty=qty, lot=it.lot, serial=it.serial,
         expiry=expiry, from_location=frm, to_location=to, reference=s.reference,
         operator=s.operator, raw=(*s.context, raw),
     )
-    entry = UndoEntry(event_id, _undo_fields(draft), key, previous)
+    entry = UndoEntry(event_id, _undo_fields(draft), key, previous, at)
     nxt = replace(s, qty=None, counts=counts, context=(),
                   history=(*s.history, entry)[-_HISTORY:])
     return Step(nxt, movement=draft, note=f"{s.mode} {it.item} x{qty}")
@@ -256,10 +298,18 @@ def _undo_fields(d: Draft) -> dict[str, Any]:
             "from_location": d.from_location, "to_location": d.to_location, "type": d.type}
 
 
-def _undo(s: SessionState, raw: str, event_id: str) -> Step:
+def _undo(s: SessionState, raw: str, event_id: str, d: Defaults,
+          at: Instant | None) -> Step:
     if not s.history:
         return Step(s, rejected="nothing to undo on this scanner")
     last = s.history[-1]
+    if at is not None:
+        age = None if last.at is None else at.age_s(last.at)
+        if age is None or age > d.undo_max_age_s:
+            limit = d.undo_max_age_s
+            span = f"{limit / 60:g} minutes" if limit >= 60 else f"{limit:g} seconds"
+            return Step(s, rejected=f"nothing to undo: the last movement on this scanner is "
+                                    f"older than {span}")
     f = last.draft
     draft = Draft(
         event_id=event_id, type="void", item=f["item"], qty=f["qty"], lot=f["lot"],

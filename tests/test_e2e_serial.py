@@ -37,13 +37,15 @@ OTHER_ITEM = "05901234123457"
 
 
 def write_config(tmp_path: Path, port: str, *, mode: str = "receipt",
-                 require_operator: bool = False, debounce_ms: int = 0) -> Path:
+                 require_operator: bool = False, debounce_ms: int = 0,
+                 location: str | None = "DOCK-1") -> Path:
     path = tmp_path / "dock-1.toml"
+    where = "" if location is None else f'location = "{location}"'
     path.write_text(f"""\
 station = "dock-1"
 site = "WH1"
 mode = "{mode}"
-location = "DOCK-1"
+{where}
 database = "{tmp_path / 'journal.db'}"
 require_operator = {str(require_operator).lower()}
 
@@ -218,6 +220,18 @@ GRAMMAR_CASES = {
     "MODE-RECEIPT-after-pick": Case(
         ["MODE-PICK", "MODE-RECEIPT", "LOC-R-1", EAN13], "AAAA",
         [Move("receipt", ITEM, to_location="R-1")], {"mode": "pick"}),
+    "MODE-switch-puts-the-default-location-back": Case(
+        ["MODE-PICK", "LOC-P-1", EAN13, "MODE-RECEIPT", EAN13, "MODE-PICK", OTHER], "AAAAAAA",
+        [Move("pick", ITEM, from_location="P-1"), Move("receipt", ITEM, to_location="DOCK-1"),
+         Move("pick", OTHER_ITEM, from_location="DOCK-1")]),
+    "count-LOC-again-starts-a-new-count": Case(
+        ["MODE-COUNT", "LOC-A-07", EAN13, EAN13, "LOC-A-07", EAN13, EAN13, EAN13], "AAAAAAAA",
+        [Move("count", ITEM, 1, to_location="A-07"), Move("count", ITEM, 2, to_location="A-07"),
+         Move("count", ITEM, 1, to_location="A-07"), Move("count", ITEM, 2, to_location="A-07"),
+         Move("count", ITEM, 3, to_location="A-07")]),
+    "count-QTY-0-records-an-empty-bin": Case(
+        ["MODE-COUNT", "LOC-A-07", "QTY-0", EAN13], "AAAA",
+        [Move("count", ITEM, 0, to_location="A-07")]),
     "QTY-applies-to-the-next-item-only": Case(
         ["QTY-12", EAN13, EAN13], "AAA",
         [Move("receipt", ITEM, 12, to_location="DOCK-1"),
@@ -338,6 +352,10 @@ class Rejection:
     bad: bytes
     reason: str
     text: str  # what the audit row keeps (escaped for bytes that are not text)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+NOWHERE = {"location": None}  # a dock with no default location
 
 
 REJECTIONS = {
@@ -346,14 +364,17 @@ REJECTIONS = {
         [], b"4006381333932", "invalid GTIN check digit in 4006381333932: expected 1, got 2",
         "4006381333932"),
     "no-location-yet-pick": Rejection(
-        ["MODE-PICK"], EAN13.encode(), "no location yet: scan LOC-<code> first", EAN13),
+        ["MODE-PICK"], EAN13.encode(), "no location yet: scan LOC-<code> first", EAN13,
+        NOWHERE),
     "no-location-yet-receipt": Rejection(
-        ["MODE-RECEIPT"], EAN13.encode(), "no location yet: scan LOC-<code> first", EAN13),
+        ["MODE-RECEIPT"], EAN13.encode(), "no location yet: scan LOC-<code> first", EAN13,
+        NOWHERE),
     "no-location-yet-move": Rejection(
         ["MODE-MOVE"], EAN13.encode(), "no location yet: scan LOC-<from> then LOC-<to> first",
         EAN13),
     "no-bin-yet-count": Rejection(
-        ["MODE-COUNT"], EAN13.encode(), "no bin yet: scan LOC-<bin> before counting", EAN13),
+        ["MODE-COUNT"], EAN13.encode(), "no bin yet: scan LOC-<bin> before counting", EAN13,
+        NOWHERE),
     "move-without-a-to-location": Rejection(
         ["MODE-MOVE", "LOC-A-01"], EAN13.encode(),
         "move without a to-location: scan LOC-<to> first", EAN13),
@@ -370,7 +391,9 @@ REJECTIONS = {
         [], b"7" * 600, "over-long scan: more than 512 bytes", "7" * 512),
     "non-UTF-8-bytes": Rejection(
         [], b"AB\xff\xfeCD", "non-text bytes: invalid utf-8 at byte 2", "AB\\xff\\xfeCD"),
-    "QTY-zero": Rejection([], b"QTY-0", "quantity must be at least 1", "QTY-0"),
+    "QTY-zero-outside-count-mode": Rejection(
+        [], b"QTY-0", "quantity must be at least 1 (QTY-0 is for counting an empty bin, in "
+        "count mode)", "QTY-0"),
     "QTY-over-the-maximum": Rejection(
         [], b"QTY-10000", "quantity 10000 is over this site's maximum of 9999", "QTY-10000"),
     "unknown-mode": Rejection(
@@ -389,7 +412,7 @@ async def test_rejection_naks_audits_the_reason_and_makes_no_movement(
         running_dock: DockFactory, case: Rejection) -> None:
     """A bad scan: one NAK, the raw scan and its reason in the audit, no movement, the
     session untouched, and the next scan is captured normally."""
-    async with running_dock() as dock:
+    async with running_dock(**case.config) as dock:
         assert await dock.scan_all(case.setup) == "A" * len(case.setup)
         session_before = dock.session() if case.setup else None
         assert await dock.send(case.bad) == NAK
@@ -397,13 +420,14 @@ async def test_rejection_naks_audits_the_reason_and_makes_no_movement(
         assert dock.movements() == []
         if case.setup:
             assert dock.session() == session_before
-        assert await dock.scan_all(["CMD-RESET", EAN13]) == "AA", "capture goes on"
+        assert await dock.scan_all(["CMD-RESET", "LOC-DOCK-1", EAN13]) == "AAA", \
+            "capture goes on"
         audit = dock.audit()
         rows = dock.movements()
     assert (bad["outcome"], bad["reason"], bad["text"], bad["event_id"]) == (
         "rejected", case.reason, case.text, None)
     assert bad["raw"] == case.bad[:512], "the bytes as read are kept for the audit"
-    assert len(audit) == len(case.setup) + 3, "exactly one audit row for the bad scan"
+    assert len(audit) == len(case.setup) + 4, "exactly one audit row for the bad scan"
     assert [(r["seq"], r["type"], r["to_location"]) for r in rows] == [(1, "receipt", "DOCK-1")]
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from agent.config import GrammarConfig, Mode
 from agent.grammar import interpret
-from agent.session import Defaults, Draft, SessionState, Step, apply, initial_state
+from agent.session import Defaults, Draft, Instant, SessionState, Step, apply, initial_state
 
 G = GrammarConfig(sku_patterns=(r"SKU-(?P<sku>[A-Z0-9]+)",))
 EAN = "4006381333931"
@@ -30,12 +30,13 @@ class Scanner:
         self.state = state or initial_state(defaults)
         self.ids = (f"ev-{n}" for n in itertools.count(1))
         self.steps: list[Step] = []
+        self.at: Instant | None = None  # when the next scans are read (None: no clock)
 
     def scan(self, *texts: str) -> Step:
         step = Step(self.state)
         for text in texts:
             step = apply(self.state, interpret(text, G), self.defaults, text,
-                         event_id=next(self.ids))
+                         event_id=next(self.ids), at=self.at)
             self.state = step.state
             self.steps.append(step)
         return step
@@ -80,7 +81,7 @@ def test_receipt_without_any_location_is_rejected() -> None:
 
 
 def test_pick_takes_from_the_scanned_location() -> None:
-    sc = Scanner()
+    sc = Scanner(Defaults("receipt", None))
     sc.scan("MODE-PICK")
     assert sc.state.from_location is None and sc.state.to_location is None
     step = sc.scan(EAN)
@@ -125,18 +126,36 @@ def test_move_to_the_same_location_is_rejected_and_keeps_the_from() -> None:
 
 
 def test_count_counts_in_the_scanned_bin() -> None:
-    sc = Scanner()
+    sc = Scanner(Defaults("receipt", None))
     sc.scan("MODE-COUNT")
     assert sc.scan(EAN).rejected == "no bin yet: scan LOC-<bin> before counting"
     m = moved(sc.scan("LOC-C-01", EAN))
     assert (m.type, m.from_location, m.to_location, m.qty) == ("count", None, "C-01", 1)
 
 
-def test_mode_switch_clears_locations_but_keeps_reference_and_operator() -> None:
+def test_mode_switch_restores_the_default_location_and_keeps_reference_and_operator() -> None:
+    """After MODE-PICK then MODE-RECEIPT, receipts were refused with "no location yet" until a
+    LOC- scan: a mode switch must put the default location back in the slot that mode uses,
+    as at start."""
     sc = Scanner()
-    sc.scan("REF-PO-1", "USER-u17", "LOC-A-01", "MODE-PICK")
-    assert sc.state == SessionState(mode="pick", reference="PO-1", operator="u17",
-                                    history=sc.state.history)
+    sc.scan("REF-PO-1", "USER-u17", "LOC-A-01", "QTY-4", "MODE-PICK")
+    assert sc.state == SessionState(mode="pick", from_location="DOCK-3", reference="PO-1",
+                                    operator="u17")
+    sc.scan("MODE-RECEIPT")
+    assert sc.state == SessionState(mode="receipt", to_location="DOCK-3", reference="PO-1",
+                                    operator="u17")
+    m = moved(sc.scan(EAN))
+    assert (m.type, m.to_location, m.qty) == ("receipt", "DOCK-3", 1)
+    sc.scan("MODE-COUNT")
+    assert (sc.state.to_location, sc.state.from_location) == ("DOCK-3", None)
+    sc.scan("MODE-MOVE")
+    assert (sc.state.from_location, sc.state.to_location) == (None, None)
+
+
+def test_mode_switch_uses_the_scanners_own_default_location() -> None:
+    sc = Scanner(Defaults("pick", "PICK-FACE-2"))
+    sc.scan("MODE-RECEIPT", "LOC-X", "MODE-PICK")
+    assert moved(sc.scan(EAN)).from_location == "PICK-FACE-2"
 
 
 # -- defaults and per-scanner overrides ---------------------------------------------------
@@ -249,6 +268,48 @@ def test_undo_voids_the_last_movement_then_walks_back() -> None:
     assert step.movement is None
 
 
+@pytest.mark.parametrize("barrier", ["MODE-PICK", "MODE-RECEIPT", "USER-u18", "USER-u17",
+                                     "CMD-RESET"])
+def test_undo_never_walks_back_past_a_mode_operator_or_reset_scan(barrier: str) -> None:
+    """Three CMD-UNDO scans walked back across a reset and mode changes and voided a pick
+    made minutes earlier, silently: MODE-, USER- and CMD-RESET end what undo can reach."""
+    sc = Scanner()
+    moved(sc.scan("USER-u17", EAN))
+    sc.scan(barrier)
+    last = moved(sc.scan(EAN2))
+    assert moved(sc.scan("CMD-UNDO")).voids == last.event_id
+    step = sc.scan("CMD-UNDO")
+    assert step.rejected == "nothing to undo on this scanner"
+    assert step.movement is None
+
+
+def test_undo_never_reaches_past_its_age_limit() -> None:
+    sc = Scanner(Defaults("receipt", "DOCK-3", undo_max_age_s=600))
+    sc.at = Instant("boot-1", 0)
+    old = moved(sc.scan(EAN))
+    sc.at = Instant("boot-1", 590 * 10**9)
+    recent = moved(sc.scan(EAN2))
+    sc.at = Instant("boot-1", 601 * 10**9)
+    assert moved(sc.scan("CMD-UNDO")).voids == recent.event_id, "11 s old"
+    before = sc.state
+    step = sc.scan("CMD-UNDO")
+    assert step.rejected == ("nothing to undo: the last movement on this scanner is older "
+                             "than 10 minutes")
+    assert sc.state == before and old.event_id in [h.event_id for h in before.history]
+    sc.at = Instant("boot-1", 600 * 10**9)
+    assert moved(sc.scan("CMD-UNDO")).voids == old.event_id, "exactly 10 minutes: still in"
+
+
+def test_undo_after_a_reboot_is_too_old() -> None:
+    """CLOCK_BOOTTIME readings of two boots cannot be compared: an earlier boot's movement
+    is never undone (a reboot takes its time, and the limit must hold)."""
+    sc = Scanner()
+    sc.at = Instant("boot-1", 10**9)
+    moved(sc.scan(EAN))
+    sc.at = Instant("boot-2", 2 * 10**9)
+    assert (sc.scan("CMD-UNDO").rejected or "").startswith("nothing to undo: ")
+
+
 def test_undo_with_nothing_to_undo_changes_nothing() -> None:
     sc = Scanner()
     before = sc.state
@@ -281,7 +342,43 @@ def test_count_sends_the_running_total_per_item_and_bin() -> None:
     assert moved(sc.scan("QTY-10", EAN)).qty == 13
     assert moved(sc.scan(EAN2)).qty == 1, "another item has its own total"
     assert moved(sc.scan("LOC-C-02", EAN)).qty == 1, "another bin has its own total"
-    assert moved(sc.scan("LOC-C-01", EAN)).qty == 14, "back in the first bin, the count goes on"
+    assert moved(sc.scan("LOC-C-01", EAN)).qty == 1, "scanning the bin again starts a new count"
+
+
+def test_scanning_the_bin_again_restarts_its_count() -> None:
+    """A-07 counted 2, then a recount of A-07 reported 5 (2 + 3): a LOC- scan of a bin starts
+    a new count of it, so the running totals restart from zero."""
+    sc = Scanner()
+    sc.scan("MODE-COUNT", "LOC-A-07")
+    assert [moved(sc.scan(EAN)).qty for _ in range(2)] == [1, 2]
+    sc.scan("LOC-A-08", EAN2, "LOC-A-07")
+    assert [moved(sc.scan(EAN)).qty for _ in range(3)] == [1, 2, 3]
+    assert moved(sc.scan("LOC-A-08", EAN2)).qty == 1
+
+
+def test_qty_zero_in_count_mode_records_an_empty_bin() -> None:
+    sc = Scanner()
+    sc.scan("MODE-COUNT", "LOC-A-07", EAN, EAN)
+    step = sc.scan("QTY-0")
+    assert step.rejected is None and step.state.qty == 0
+    m = moved(sc.scan(EAN))
+    assert (m.type, m.item, m.qty, m.to_location) == ("count", ITEM, 0, "A-07")
+    assert moved(sc.scan(EAN)).qty == 1, "the next one found counts from the empty bin"
+    assert moved(sc.scan("QTY-0", EAN2)).qty == 0, "an item never counted here: 0 as well"
+
+
+@pytest.mark.parametrize("mode", ["MODE-RECEIPT", "MODE-PICK", "MODE-MOVE"])
+def test_qty_zero_outside_count_mode_is_refused(mode: str) -> None:
+    sc = Scanner()
+    sc.scan(mode)
+    assert sc.scan("QTY-0").rejected == ("quantity must be at least 1 (QTY-0 is for counting "
+                                         "an empty bin, in count mode)")
+
+
+def test_a_pending_qty_zero_does_not_survive_a_mode_switch() -> None:
+    sc = Scanner()
+    sc.scan("MODE-COUNT", "QTY-0", "MODE-PICK")
+    assert moved(sc.scan(EAN)).qty == 1
 
 
 def test_count_totals_are_per_item_and_bin_whatever_the_lot() -> None:
@@ -330,13 +427,14 @@ def test_reset_returns_to_defaults_and_clears_qty_and_reference() -> None:
     assert (m.type, m.to_location, m.qty, m.reference) == ("receipt", "DOCK-3", 1, None)
 
 
-def test_reset_keeps_the_operator_and_what_can_be_undone() -> None:
-    """The badge stays logged in, and an item scanned just before a reset can still be voided."""
+def test_reset_keeps_the_operator_but_is_an_undo_barrier() -> None:
+    """The badge stays logged in; a reset ends what CMD-UNDO can reach (three undos once walked
+    back across a reset and mode changes and voided a pick made minutes earlier)."""
     sc = Scanner()
-    last = moved(sc.scan("USER-u17", EAN))
+    moved(sc.scan("USER-u17", EAN))
     sc.scan("CMD-RESET")
     assert sc.state.operator == "u17"
-    assert moved(sc.scan("CMD-UNDO")).voids == last.event_id
+    assert sc.scan("CMD-UNDO").rejected == "nothing to undo on this scanner"
 
 
 # -- rejections leave the state alone -------------------------------------------------------
@@ -350,7 +448,9 @@ def test_reset_keeps_the_operator_and_what_can_be_undone() -> None:
 ])
 @pytest.mark.parametrize("scan", [EAN, "4006381333932", "hello", "QTY-0", "LOC-"])
 def test_rejections_leave_state_unchanged(setup: tuple[str, ...], scan: str) -> None:
-    sc = Scanner()
+    if scan == "QTY-0" and setup[0] == "MODE-COUNT":
+        scan = "QTY-x"  # QTY-0 is a count of an empty bin there
+    sc = Scanner(Defaults("receipt", None))
     sc.scan("REF-PO-1", "QTY-3", *setup)
     before = sc.state
     step = sc.scan(scan)
