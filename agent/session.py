@@ -307,7 +307,8 @@ def _undo(s: SessionState, raw: str, event_id: str, d: Defaults,
         age = None if last.at is None else at.age_s(last.at)
         if age is None or age > d.undo_max_age_s:
             limit = d.undo_max_age_s
-            span = f"{limit / 60:g} minutes" if limit >= 60 else f"{limit:g} seconds"
+            n, unit = (limit / 60, "minute") if limit >= 60 else (limit, "second")
+            span = f"{n:g} {unit}" + ("" if n == 1 else "s")
             return Step(s, rejected=f"nothing to undo: the last movement on this scanner is "
                                     f"older than {span}")
     f = last.draft

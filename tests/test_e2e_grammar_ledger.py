@@ -1,0 +1,196 @@
+"""The operator's grammar end to end, as the ledger sees it: bytes into a real
+pseudo-terminal read by the real serial driver in a running :class:`~agent.daemon.Agent`,
+which syncs to a real ledger on 127.0.0.1 (DESIGN sections 4, 5 and 8).
+
+Each test is one thing an operator relies on: a ``MODE-`` scan lands movements at the dock's
+default location again; scanning a bin again starts a new count of it; ``QTY-0`` counts an
+empty bin, and that count resolves an ``item`` negative; ``CMD-UNDO`` never reaches past a
+mode switch nor past its age limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import tty
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agent.config import load_config
+from agent.daemon import Agent
+from ledger.server import LedgerServer
+from tests.test_e2e_serial import ACK, NAK, TIMEOUT, Dock, _connected
+
+EAN13 = "4006381333931"
+ITEM = "04006381333931"
+OTHER = "5901234123457"
+OTHER_ITEM = "05901234123457"
+
+
+class LedgerDock(Dock):
+    """A running agent on a pty, syncing to ``url``."""
+
+    url: str = ""
+
+    async def ledger(self, path: str, **params: Any) -> dict[str, Any]:
+        async with httpx.AsyncClient(base_url=self.url, timeout=5) as http:
+            resp = await http.get(path, params=params)
+            resp.raise_for_status()
+            body: dict[str, Any] = resp.json()
+            return body
+
+    async def synced(self, n: int) -> list[dict[str, Any]]:
+        """The station's events at the ledger once ``n`` have arrived, in seq order."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            events = (await self.ledger("/v1/events", station="dock-1"))["events"]
+            if len(events) >= n or time.monotonic() > deadline:
+                assert len(events) == n, events
+                return sorted(events, key=lambda e: e["seq"])
+            self.agent.sync.wake() if self.agent.sync else None
+            await asyncio.sleep(0.05)
+
+    async def on_hand(self, item: str, location: str) -> int | None:
+        rows = (await self.ledger("/v1/balances", item=item, location=location))["balances"]
+        return rows[0]["on_hand"] if rows else None
+
+    async def incidents(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = (await self.ledger("/v1/negatives"))["incidents"]
+        return out
+
+
+DockFactory = Callable[..., contextlib.AbstractAsyncContextManager[LedgerDock]]
+
+
+@pytest.fixture
+def dock_with_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DockFactory:
+    """``async with dock_with_ledger(grammar=...) as dock``: an agent reading a fresh pty and
+    syncing to a ledger of its own."""
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+
+    @contextlib.asynccontextmanager
+    async def start(grammar: str = "") -> AsyncIterator[LedgerDock]:
+        master, slave = os.openpty()
+        tty.setraw(master)
+        tty.setraw(slave)
+        try:
+            with LedgerServer(tmp_path / "ledger.db") as ledger:
+                token = ledger.add_station("dock-1", site="WH1")
+                (tmp_path / "token").write_text(token + "\n")
+                (tmp_path / "token").chmod(0o600)
+                path = tmp_path / "dock-1.toml"
+                path.write_text(f"""\
+station = "dock-1"
+site = "WH1"
+mode = "receipt"
+location = "DOCK-1"
+database = "{tmp_path / 'journal.db'}"
+
+[ledger]
+url = "{ledger.url}"
+token_file = "{tmp_path / 'token'}"
+
+[grammar]
+{grammar}
+
+[[scanners]]
+name = "handheld"
+driver = "serial"
+port = "{os.ttyname(slave)}"
+ack = "\\u0006"
+nak = "\\u0015"
+""", encoding="utf-8")
+                cfg = load_config(path)
+                async with Agent(cfg) as agent:
+                    await asyncio.wait_for(_connected(agent), TIMEOUT)
+                    dock = LedgerDock(agent, master, Path(cfg.database))
+                    dock.url = ledger.url
+                    yield dock
+        finally:
+            os.close(master)
+            os.close(slave)
+
+    return start
+
+
+async def test_mode_switch_lands_movements_at_the_default_location_again(
+        dock_with_ledger: DockFactory) -> None:
+    """After MODE-PICK then MODE-RECEIPT, receipts were refused ("no location yet") until a
+    LOC- scan: a MODE- scan puts the dock's default location back in the mode's slot."""
+    async with dock_with_ledger() as dock:
+        assert await dock.scan_all(["QTY-5", EAN13, "MODE-PICK", EAN13, "MODE-RECEIPT",
+                                    EAN13]) == "AAAAAA"
+        events = await dock.synced(3)
+        assert [(e["type"], e["qty"], e["from_location"], e["to_location"]) for e in events] == [
+            ("receipt", 5, None, "DOCK-1"), ("pick", 1, "DOCK-1", None),
+            ("receipt", 1, None, "DOCK-1")]
+        assert await dock.on_hand(ITEM, "DOCK-1") == 5
+
+
+async def test_scanning_the_bin_again_starts_a_new_count(dock_with_ledger: DockFactory) -> None:
+    """A-07 was counted at 2; going back to it counted 3 more and reported 5. Scanning the
+    bin's LOC- starts a new count: the ledger's on-hand is the recount's 3."""
+    async with dock_with_ledger() as dock:
+        assert await dock.scan_all(["MODE-COUNT", "LOC-A-07", EAN13, EAN13, "LOC-A-07",
+                                    EAN13, EAN13, EAN13]) == "AAAAAAAA"
+        events = await dock.synced(5)
+        assert [e["qty"] for e in events] == [1, 2, 1, 2, 3]
+        assert await dock.on_hand(ITEM, "A-07") == 3
+
+
+async def test_a_count_of_an_empty_bin_resolves_an_item_negative(
+        dock_with_ledger: DockFactory) -> None:
+    """A pick from a bin that never had the item is an ``item`` negative; the only honest fix
+    was undoing the pick. Now QTY-0 then the item counts the bin empty: the ledger takes the
+    count of 0 and it resolves the incident like any count."""
+    async with dock_with_ledger() as dock:
+        assert await dock.scan_all(["MODE-PICK", "LOC-A-07", EAN13]) == "AAA"
+        (pick,) = await dock.synced(1)
+        deadline = time.monotonic() + TIMEOUT
+        while not (incidents := await dock.incidents()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        (inc,) = incidents
+        assert (inc["class"], inc["status"], inc["depletion_event_id"]) == (
+            "item", "open", pick["event_id"])
+        assert await dock.scan_all(["MODE-COUNT", "LOC-A-07", "QTY-0", EAN13]) == "AAAA"
+        count = (await dock.synced(2))[1]
+        assert (count["type"], count["qty"], count["to_location"]) == ("count", 0, "A-07")
+        (inc,) = await dock.incidents()
+        assert (inc["status"], inc["resolved_by_event_id"]) == ("resolved", count["event_id"])
+        assert await dock.on_hand(ITEM, "A-07") == 0
+
+
+async def test_undo_stops_at_a_mode_switch(dock_with_ledger: DockFactory) -> None:
+    """Three CMD-UNDO scans once walked back across mode changes and voided a receipt made
+    earlier, silently: undo stops at the scanner's last MODE- scan with a NAK."""
+    async with dock_with_ledger() as dock:
+        assert await dock.scan_all(["QTY-4", EAN13, "MODE-PICK", OTHER]) == "AAAA"
+        assert await dock.send("CMD-UNDO") == ACK
+        assert await dock.send("CMD-UNDO") == NAK
+        assert await dock.send("CMD-UNDO") == NAK
+        reasons = [r["reason"] for r in dock.audit()[-2:]]
+        assert reasons == ["nothing to undo on this scanner"] * 2
+        receipt, pick, void = await dock.synced(3)
+        assert (void["type"], void["voids"]) == ("void", pick["event_id"])
+        assert await dock.on_hand(ITEM, "DOCK-1") == 4, "the receipt before MODE-PICK stands"
+        assert receipt["type"] == "receipt"
+
+
+async def test_undo_stops_at_its_age_limit(dock_with_ledger: DockFactory) -> None:
+    """``[grammar] undo_max_age``: a movement older than that is never voided by CMD-UNDO."""
+    async with dock_with_ledger(grammar="undo_max_age = 1.0") as dock:
+        assert await dock.scan_all(["QTY-4", EAN13]) == "AA"
+        await asyncio.sleep(1.3)
+        assert await dock.send("CMD-UNDO") == NAK
+        assert dock.audit()[-1]["reason"] == (
+            "nothing to undo: the last movement on this scanner is older than 1 second")
+        (receipt,) = await dock.synced(1)
+        assert await dock.on_hand(ITEM, "DOCK-1") == 4
+        assert dock.movements()[-1]["type"] == "receipt", "no void was made"
