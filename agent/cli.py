@@ -68,8 +68,22 @@ def run(config_path: str) -> None:
 @main.command("check-config")
 @click.argument("file", type=click.Path(dir_okay=False))
 def check_config(file: str) -> None:
-    """Validate a dock config: exit 0, or non-zero with what is wrong and where."""
+    """Validate a dock config: exit 0, or non-zero with what is wrong and where.
+
+    Besides the file itself: the ledger token it names can be read (with
+    $CREDENTIALS_DIRECTORY set, the systemd credential), there is a scanner, and the metrics
+    textfile is somewhere the shipped unit can write (else a warning).
+    """
+    from agent.preflight import check_dock
+
     cfg = _load(file)
+    try:
+        warnings = check_dock(cfg)
+    except ConfigError as exc:
+        _fail(exc)
+        return
+    for w in warnings:
+        click.echo(f"scan-agent: warning: {w}", err=True)
     names = ", ".join(f"{s.name} ({s.driver})" for s in cfg.scanners) or "no scanners"
     click.echo(f"{file}: OK: station {cfg.station}, site {cfg.site}, {names}")
 

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -37,6 +40,7 @@ database = "{db or tmp_path / 'journal.db'}"
 
 [ledger]
 url = "http://127.0.0.1:8080"
+token_file = "{tmp_path / 'dock-3.token'}"
 
 [[scanners]]
 name = "handheld"
@@ -49,6 +53,9 @@ driver = "tcp"
 host = "127.0.0.1"
 port = 4001
 """, encoding="utf-8")
+    token = tmp_path / "dock-3.token"
+    token.write_text("st_0123456789abcdef\n")
+    token.chmod(0o600)
     return path
 
 
@@ -117,6 +124,127 @@ def test_check_config_rejects_a_bad_file_with_one_message(tmp_path: Path, text: 
     assert result.exit_code == 2
     assert result.stdout == ""
     assert result.stderr == f"scan-agent: {path}: {message}\n"
+
+
+@pytest.mark.parametrize(("setup", "problem"), [
+    pytest.param(lambda t: t.unlink(), "token file not found", id="token-file-missing"),
+    pytest.param(lambda t: t.write_text("\n"), "token file is empty", id="token-file-empty"),
+    pytest.param(lambda t: (t.unlink(), t.mkdir()), "is a directory, expected a token file",
+                 id="token-file-a-directory"),
+])
+def test_check_config_fails_on_a_token_file_the_agent_cannot_use(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setup: Any, problem: str) -> None:
+    """check-config passed a dock whose token file was missing or empty; the agent then
+    failed every sync. One message names the config file, the key and the token file."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    path = write_config(tmp_path)
+    token = tmp_path / "dock-3.token"
+    setup(token)
+    result = invoke("check-config", str(path))
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr == f"scan-agent: {path}: ledger.token_file: {token}: {problem}\n"
+
+
+def test_check_config_fails_on_an_unreadable_token_file(tmp_path: Path) -> None:
+    """As the user who runs it: as root, the check runs as nobody (root reads any file)."""
+    work = Path(tempfile.mkdtemp(prefix="check-config-"))
+    try:
+        work.chmod(0o755)
+        path = write_config(work)
+        path.chmod(0o644)
+        token = work / "dock-3.token"
+        token.chmod(0o000)
+        cmd = [str(SCAN_AGENT), "check-config", str(path)]
+        if os.geteuid() == 0:
+            cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+        env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False,
+                              env=env)
+    finally:
+        shutil.rmtree(work)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (
+        f"scan-agent: {path}: ledger.token_file: {token}: permission denied: the token file "
+        "must be readable by the user running scan-agent (under systemd, pass it as the "
+        "credential 'ledger-token')\n")
+
+
+def test_check_config_fails_on_a_ledger_without_any_token(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace(f'token_file = "{tmp_path / "dock-3.token"}"\n',
+                                             ""))
+    result = invoke("check-config", str(path))
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"scan-agent: {path}: ledger.token_file: required with [ledger]: the ledger refuses a "
+        "station without its token (not set, nor is the systemd credential 'ledger-token' "
+        "passed)\n")
+
+
+def test_check_config_checks_the_credential_when_systemd_passes_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under the unit ($CREDENTIALS_DIRECTORY set) the daemon reads the credential, not
+    token_file: check-config checks what the daemon will read."""
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    path = write_config(tmp_path)
+    (creds / "ledger-token").write_text("")
+    result = invoke("check-config", str(path))
+    assert result.exit_code == 2
+    assert result.stderr == (f"scan-agent: {path}: $CREDENTIALS_DIRECTORY/ledger-token: "
+                             f"{creds / 'ledger-token'}: token file is empty\n")
+    (creds / "ledger-token").write_text("st_0123456789abcdef\n")
+    (tmp_path / "dock-3.token").unlink()  # not read when the credential is there
+    assert invoke("check-config", str(path)).exit_code == 0
+
+
+def test_check_config_fails_on_a_dock_without_scanners(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    text = path.read_text()
+    path.write_text(text[:text.index("[[scanners]]")])
+    result = invoke("check-config", str(path))
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"scan-agent: {path}: scanners: no scanners: a dock reads at least one; add a "
+        "[[scanners]] table (`scan-agent devices` lists candidates)\n")
+
+
+@pytest.mark.parametrize(("textfile", "warned"), [
+    pytest.param("/tmp/dock-3.prom", True, id="private-tmp-of-the-unit"),
+    pytest.param("/var/lib/node_exporter/textfile/dock-3.prom", True, id="read-only-there"),
+    pytest.param("/var/lib/scan-agent/metrics/../dock-3.prom", True, id="dot-dot-out"),
+    pytest.param("/var/lib/scan-agent/metrics/dock-3.prom", False, id="the-units-path"),
+])
+def test_check_config_warns_of_a_metrics_path_the_shipped_unit_cannot_write(
+        tmp_path: Path, textfile: str, warned: bool) -> None:
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace(
+        "[[scanners]]", f'[metrics]\ntextfile = "{textfile}"\n\n[[scanners]]', 1))
+    result = invoke("check-config", str(path))
+    assert result.exit_code == 0
+    assert result.stdout.startswith(f"{path}: OK: station dock-3")
+    if warned:
+        assert result.stderr == (
+            f"scan-agent: warning: {path}: metrics.textfile: {textfile} cannot be written by "
+            "the shipped unit scan-agent@.service (only /var/lib/scan-agent/metrics/ is "
+            "writable for metrics there); use /var/lib/scan-agent/metrics/dock-3.prom, or add "
+            "the path to ReadWritePaths= in a drop-in\n")
+    else:
+        assert result.stderr == ""
+
+
+def test_the_metrics_path_check_follows_the_shipped_unit() -> None:
+    """check-config's idea of the writable metrics directory is the unit's ReadWritePaths."""
+    from agent.preflight import UNIT_METRICS_DIR
+
+    unit = (Path(__file__).parent.parent / "systemd" / "scan-agent@.service").read_text()
+    writable = [line.split("=", 1)[1].lstrip("-") for line in unit.splitlines()
+                if line.startswith("ReadWritePaths=")]
+    assert writable == [UNIT_METRICS_DIR]
 
 
 def test_check_config_missing_file(tmp_path: Path) -> None:
