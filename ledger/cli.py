@@ -22,7 +22,7 @@ from ledger.store import open_store
 __all__ = ["cli", "main"]
 
 _DB = click.option("--db", "db", required=True, type=click.Path(dir_okay=False),
-                   help="SQLite database of the ledger (created if missing).")
+                   help="SQLite database of the ledger (serve and station add create it; other commands need it to exist).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -94,8 +94,8 @@ def station_add(name: str, site: str, db: str) -> None:
 @_DB
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def station_list(db: str, as_json: bool) -> None:
-    """List stations with their last contact and watermark."""
-    with open_store(db) as store:
+    """List stations with their last contact and watermark (never creates a database)."""
+    with open_store(db, create=False) as store:
         stations = store.stations()
     if as_json:
         click.echo(json.dumps([{
@@ -119,7 +119,7 @@ def station_list(db: str, as_json: bool) -> None:
 @_DB
 def station_revoke(name: str, db: str) -> None:
     """Revoke station NAME's token; a running server refuses it at once."""
-    with open_store(db) as store:
+    with open_store(db, create=False) as store:
         store.revoke_station(name, format_time(now_us()))
     click.echo(f"station {name} revoked")
 

@@ -143,11 +143,22 @@ _EVENT_COLS = "event_id, station, site, status, applied_seq, applied_at, receive
 class SqliteStore:
     """The SQLite store (WAL). Use one instance from one thread at a time."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
         self.path = str(path)
+        if not create and not Path(self.path).is_file():
+            # A typo must not look like an empty ledger (nor leave a file behind).
+            raise StoreError(f"{self.path}: no ledger database there (nothing was created; "
+                             "'scan-ledger serve' or 'scan-ledger station add' makes one)")
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                       timeout=10.0)
+            target = self.path if create else f"{Path(self.path).resolve().as_uri()}?mode=rw"
+            self._db = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
+                                       timeout=10.0, uri=not create)
+            if not create and self._db.execute(
+                    "SELECT count(*) FROM sqlite_schema WHERE name = 'stations'"
+                    ).fetchone()[0] == 0:
+                self._db.close()
+                raise StoreError(f"{self.path}: not a ledger database (it has no stations "
+                                 "table)")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             # Ingest appends a few hundred rows per transaction: a larger page cache and
@@ -309,6 +320,9 @@ class SqliteStore:
             pass
 
 
-def open_store(path: str | Path) -> SqliteStore:
-    """Open (creating and migrating) the SQLite ledger database at ``path``."""
-    return SqliteStore(path)
+def open_store(path: str | Path, *, create: bool = True) -> SqliteStore:
+    """Open (creating and migrating) the SQLite ledger database at ``path``.
+
+    With ``create=False`` (commands that only read, or change an existing ledger) a path
+    that holds no ledger is a :class:`StoreError` naming it, and nothing is created."""
+    return SqliteStore(path, create=create)

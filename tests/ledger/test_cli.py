@@ -42,6 +42,33 @@ def test_station_add_prints_the_token_alone_on_the_last_line_and_stores_a_hash(
         "scan-ledger: no active station named 'dock-3'")
 
 
+@pytest.mark.parametrize("command", [["station", "list"], ["station", "list", "--json"],
+                                     ["station", "revoke", "dock-3"]],
+                         ids=["list", "list-json", "revoke"])
+def test_commands_on_an_existing_ledger_never_create_one(tmp_path: Path,
+                                                         command: list[str]) -> None:
+    """``station list --db <typo>`` created an empty database and said "no stations": a
+    path that holds no ledger is an error naming it, and nothing is created."""
+    typo = tmp_path / "ledgr.db"
+    out = run(*command, "--db", str(typo))
+    assert out.returncode == 1
+    assert out.stdout == ""
+    assert out.stderr.strip() == (
+        f"scan-ledger: {typo}: no ledger database there (nothing was created; 'scan-ledger "
+        "serve' or 'scan-ledger station add' makes one)")
+    assert list(tmp_path.iterdir()) == [], "no file, no -wal, no -shm"
+
+
+def test_station_list_on_a_file_that_is_no_ledger_says_so(tmp_path: Path) -> None:
+    other = tmp_path / "journal.db"
+    other.write_bytes(b"")
+    out = run("station", "list", "--db", str(other))
+    assert out.returncode == 1
+    assert out.stderr.strip() == (f"scan-ledger: {other}: not a ledger database (it has no "
+                                  "stations table)")
+    assert other.read_bytes() == b""
+
+
 def test_serve_on_port_0_prints_one_parseable_line_and_stops_on_sigterm(tmp_path: Path) -> None:
     db = tmp_path / "l.db"
     token = run("station", "add", "dock-1", "--site", "WH1", "--db", str(db)).stdout.split()[-1]
