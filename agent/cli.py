@@ -24,6 +24,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_CONFIG = 2
 EXIT_ERROR = 1
+EXIT_NOT_RUNNING = 3  # status: the agent is not running (as `systemctl is-active` says)
 
 config_option = click.option(
     "--config", "-c", "config_path", required=True, metavar="FILE",
@@ -92,7 +93,11 @@ def check_config(file: str) -> None:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(config_path: str, as_json: bool) -> None:
-    """Scanners, modes, queue depth, last scan and sync, clock offset, recent errors."""
+    """Scanners, modes, queue depth, last scan and sync, clock offset, recent errors.
+
+    Exits 0 when the agent is running and 3 when it is not, whatever it prints (the codes
+    systemctl uses for a unit that is active or not); 2 for a bad config file.
+    """
     from agent.status import format_status
     from agent.status import status as read_status
 
@@ -103,6 +108,7 @@ def status(config_path: str, as_json: bool) -> None:
         _fail(exc)
         return
     click.echo(json.dumps(s, indent=2) if as_json else format_status(s))
+    sys.exit(0 if s["running"] else EXIT_NOT_RUNNING)
 
 
 @main.command()

@@ -42,9 +42,7 @@ def status(cfg: Config, now: float | None = None) -> dict[str, Any]:
             rejects = [dict(r) for r in conn.execute(
                 "SELECT wall_time AS at, scanner, text, reason FROM scans"
                 " WHERE outcome = 'rejected' ORDER BY id DESC LIMIT 10")]
-            warned = [dict(r) for r in conn.execute(
-                "SELECT seq, warnings FROM movements WHERE warnings IS NOT NULL"
-                " ORDER BY seq DESC LIMIT 10")]
+            warned = _still_true(conn)
         finally:
             conn.close()
     else:  # the agent has not run with this config yet: nothing captured
@@ -107,6 +105,43 @@ def status(cfg: Config, now: float | None = None) -> dict[str, Any]:
             {"seq": w["seq"], "warnings": json.loads(w["warnings"])} for w in warned
         ],
     }
+
+
+_NEGATIVE = "negative balance at "  # the ledger's warning on a depletion it found negative
+
+
+def _still_true(conn: Any, limit: int = 10) -> list[dict[str, Any]]:
+    """The newest ledger warnings that this station's own journal has not made stale.
+
+    A warning is the ledger's word at the time it took the movement. Since then the
+    operator may have undone the movement (its void ends every warning on it), or counted
+    the item in the bin it went negative in (a later count settles that negative, so the
+    ledger resolves the incident). What another station sends can resolve an incident too;
+    the station cannot see that, and the ledger's page is the place for it.
+    """
+    rows = [dict(r) for r in conn.execute(
+        "SELECT seq, event_id, item, from_location, warnings FROM movements"
+        " WHERE warnings IS NOT NULL ORDER BY seq DESC LIMIT ?", (limit * 5,))]
+    if not rows:
+        return []
+    ids = [r["event_id"] for r in rows]
+    marks = ",".join("?" * len(ids))
+    voided = {v for (v,) in conn.execute(
+        f"SELECT voids FROM movements WHERE voids IN ({marks})", ids)}
+    items = sorted({r["item"] for r in rows})
+    counted = {(i, loc): seq for i, loc, seq in conn.execute(
+        f"SELECT item, to_location, max(seq) FROM movements WHERE type = 'count'"
+        f" AND item IN ({','.join('?' * len(items))}) GROUP BY item, to_location", items)}
+    out = []
+    for r in rows:
+        if r["event_id"] in voided:
+            continue
+        settled = counted.get((r["item"], r["from_location"]), 0) > r["seq"]
+        warnings = [w for w in json.loads(r["warnings"])
+                    if not (settled and str(w).startswith(_NEGATIVE))]
+        if warnings:
+            out.append({"seq": r["seq"], "warnings": json.dumps(warnings)})
+    return out[:limit]
 
 
 def agent_running(meta: dict[str, str]) -> bool:
@@ -183,7 +218,7 @@ def format_status(s: dict[str, Any], now: float | None = None) -> str:
         lines += [f"  {_ago(r['at'], now):>9}  {r['scanner']}: {r['text']!r}: {r['reason']}"
                   for r in s["recent_rejections"]]
     if s["ledger_warnings"]:
-        lines += ["", "ledger warnings:"]
+        lines += ["", "ledger warnings (on movements not since undone or recounted here):"]
         lines += [f"  seq {w['seq']}: {'; '.join(w['warnings'])}" for w in s["ledger_warnings"]]
     return "\n".join(lines)
 

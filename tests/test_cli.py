@@ -283,7 +283,7 @@ def test_status_json_reports_queue_scanners_and_recent_errors(
     a journal holding four movements."""
     config, ids = shift
     result = invoke("status", "--config", str(config), "--json")
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 3, "the agent is not running"
     s = json.loads(result.stdout)
     assert (s["station"], s["site"], s["ledger"]) == ("dock-3", "WH1", "http://127.0.0.1:8080")
     assert len(ids) == 4
@@ -311,7 +311,7 @@ def test_status_json_reports_queue_scanners_and_recent_errors(
 def test_status_text(shift: tuple[Path, list[str]]) -> None:
     config, _ = shift
     result = invoke("status", "--config", str(config))
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 3, result.stderr
     out = result.stdout
     assert out.startswith("station dock-3 (site WH1)")
     assert "queue:  2 pending, 1 rejected (quarantined), 1 synced" in out
@@ -328,13 +328,13 @@ def test_status_before_the_first_run_says_so_and_creates_nothing(tmp_path: Path)
     db = tmp_path / "never" / "journal.db"
     config = write_config(tmp_path, db)
     result = invoke("status", "--config", str(config))
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 3, "not running, as `systemctl is-active` says"
     assert result.stdout.startswith("station dock-3 (site WH1)   agent NOT RUNNING\n"
                                     f"journal {db} (not created yet: the agent has not run "
                                     "with this config)\n")
     assert "queue:  0 pending, 0 rejected (quarantined), 0 synced" in result.stdout
     as_json = invoke("status", "--config", str(config), "--json")
-    assert as_json.exit_code == 0, as_json.stderr
+    assert as_json.exit_code == 3, as_json.stderr
     s = json.loads(as_json.stdout)
     assert (s["running"], s["queue"]["pending"], s["sync"]["last_ok"]) == (False, 0, None)
     assert {sc["detail"] for sc in s["scanners"]} == {"agent has not run yet"}

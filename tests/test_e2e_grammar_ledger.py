@@ -159,12 +159,38 @@ async def test_a_count_of_an_empty_bin_resolves_an_item_negative(
         (inc,) = incidents
         assert (inc["class"], inc["status"], inc["depletion_event_id"]) == (
             "item", "open", pick["event_id"])
+        warned = await _warnings(dock)
+        assert warned == [{"seq": 1, "warnings": ["negative balance at A-07: -1 (class item)"]}]
         assert await dock.scan_all(["MODE-COUNT", "LOC-A-07", "QTY-0", EAN13]) == "AAAA"
         count = (await dock.synced(2))[1]
         assert (count["type"], count["qty"], count["to_location"]) == ("count", 0, "A-07")
         (inc,) = await dock.incidents()
         assert (inc["status"], inc["resolved_by_event_id"]) == ("resolved", count["event_id"])
         assert await dock.on_hand(ITEM, "A-07") == 0
+        assert await _warnings(dock) == [], "status shows what is still true"
+
+
+async def _warnings(dock: LedgerDock) -> list[dict[str, Any]]:
+    """``scan-agent status``'s ledger warnings, once the station has its results."""
+    from agent.status import status
+
+    deadline = time.monotonic() + TIMEOUT
+    while dock.rows("SELECT seq FROM movements WHERE state = 'pending'"):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    warned: list[dict[str, Any]] = status(dock.agent.config)["ledger_warnings"]
+    return warned
+
+
+async def test_status_drops_the_warning_of_an_undone_pick(dock_with_ledger: DockFactory) -> None:
+    """`status` kept showing the negative of a pick the operator had undone."""
+    async with dock_with_ledger() as dock:
+        assert await dock.scan_all(["MODE-PICK", "LOC-A-07", EAN13, OTHER]) == "AAAA"
+        await dock.synced(2)
+        assert [w["seq"] for w in await _warnings(dock)] == [2, 1]
+        assert await dock.send("CMD-UNDO") == ACK
+        await dock.synced(3)
+        assert [w["seq"] for w in await _warnings(dock)] == [1]
 
 
 async def test_undo_stops_at_a_mode_switch(dock_with_ledger: DockFactory) -> None:
