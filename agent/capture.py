@@ -19,7 +19,7 @@ import uuid6
 from agent.clock import TimeBase, boot_id
 from agent.config import Config, ScannerConfig
 from agent.errors import JournalError, JournalFullError
-from agent.grammar import interpret, printable
+from agent.grammar import interpret, quoted
 from agent.journal import Capture, Captured, JournalWriter
 from agent.session import Defaults, Instant, SessionState, Step, apply, initial_state
 from drivers.base import RawScan
@@ -47,13 +47,13 @@ class Outcome:
         return self.status in ("accepted", "debounced")
 
     def describe(self) -> str:
-        text = printable(self.text, 60)
+        text = quoted(self.text, 60)
         if self.status == "accepted":
             tail = f" (seq {self.seq})" if self.seq is not None else ""
-            return f"{self.scanner}: {text!r} -> {self.note}{tail}"
+            return f"{self.scanner}: {text} -> {self.note}{tail}"
         if self.status == "debounced":
-            return f"{self.scanner}: {text!r} ignored: repeated read within the debounce window"
-        return f"{self.scanner}: {text!r} {self.status}: {self.reason}"
+            return f"{self.scanner}: {text} ignored: repeated read within the debounce window"
+        return f"{self.scanner}: {text} {self.status}: {self.reason}"
 
 
 class _Described:

@@ -33,6 +33,7 @@ __all__ = [
     "gtin_check_digit",
     "interpret",
     "printable",
+    "quoted",
 ]
 
 GS = "\x1d"
@@ -103,6 +104,18 @@ def printable(text: str, limit: int = 120) -> str:
     return out if len(out) <= limit else out[: limit - 1] + "…"
 
 
+def quoted(text: str, limit: int = 120) -> str:
+    r"""``text`` in quotes for a message: :func:`printable`, quoted once.
+
+    ``repr()`` of an already escaped text doubled every backslash, so a GS1 string's GS
+    showed as ``\\x1d`` in the log; here it shows as ``\x1d``.
+
+    >>> print(quoted("]C10100614141999996" + GS + "10L"))
+    ']C10100614141999996\x1d10L'
+    """
+    return f"'{printable(text, limit)}'"
+
+
 def gtin_check_digit(body: str) -> int:
     """GS1 mod-10 check digit for the digits of ``body`` (without its check digit)."""
     total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
@@ -140,14 +153,14 @@ def _command(body: str, g: GrammarConfig) -> Token | None:
         for m in MODES:
             if name == m:
                 return ModeSwitch(m)
-        return Rejected(f"unknown mode {printable(body[len(g.mode_prefix):])!r} "
+        return Rejected(f"unknown mode {quoted(body[len(g.mode_prefix):])} "
                         f"(known: {', '.join(m.upper() for m in MODES)})")
     if body.startswith(g.location_prefix):
         return _value(body[len(g.location_prefix):], "location", Location)
     if body.startswith(g.qty_prefix):
         raw = body[len(g.qty_prefix):]
         if not raw.isascii() or not raw.isdigit():
-            return Rejected(f"quantity must be a whole number, got {printable(raw)!r}")
+            return Rejected(f"quantity must be a whole number, got {quoted(raw)}")
         qty = int(raw)
         # QTY-0 is a count of an empty bin: only the session knows the mode, so it decides
         if qty > g.max_qty:
@@ -164,7 +177,7 @@ def _value(v: str, what: str, cls: type[Location] | type[Reference] | type[Opera
     if not v:
         return Rejected(f"empty {what}")
     if not _VALUE.match(v):
-        return Rejected(f"invalid {what} {printable(v)!r} (printable ASCII, at most 64)")
+        return Rejected(f"invalid {what} {quoted(v)} (printable ASCII, at most 64)")
     return cls(v)
 
 
@@ -191,7 +204,7 @@ def _item(body: str, g: GrammarConfig) -> Token:
         return refused
     if body.startswith(("01", "02")) and len(body) > 16:
         return _gs1("]C1" + body, body)
-    return Rejected(f"unknown barcode {printable(body, 40)!r}")
+    return Rejected(f"unknown barcode {quoted(body, 40)}")
 
 
 @lru_cache(maxsize=32)
@@ -235,7 +248,7 @@ def _gs1(data: str, original: str) -> Token:
             try:
                 count = int(es.value)
             except ValueError:
-                return Rejected(f"invalid count in GS1 AI {ai}: {printable(es.value)!r}")
+                return Rejected(f"invalid count in GS1 AI {ai}: {quoted(es.value)}")
             if count < 1:
                 return Rejected(f"GS1 count (AI {ai}) must be at least 1")
     if gtin is None:

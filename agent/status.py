@@ -194,7 +194,7 @@ def format_status(s: dict[str, Any], now: float | None = None) -> str:
         if sc["last_scan"]:
             ls = sc["last_scan"]
             tail = f": {ls['reason']}" if ls["reason"] else ""
-            lines.append(f"  {'':<14} last scan {_ago(ls['at'], now)} {ls['text']!r} "
+            lines.append(f"  {'':<14} last scan {_ago(ls['at'], now)} '{ls['text']}' "
                          f"{ls['outcome']}{tail}")
     offset = sy["clock_offset_ms"]
     lines += [
@@ -215,7 +215,7 @@ def format_status(s: dict[str, Any], now: float | None = None) -> str:
                   for e in s["recent_errors"]]
     if s["recent_rejections"]:
         lines += ["", "recent rejected scans:"]
-        lines += [f"  {_ago(r['at'], now):>9}  {r['scanner']}: {r['text']!r}: {r['reason']}"
+        lines += [f"  {_ago(r['at'], now):>9}  {r['scanner']}: '{r['text']}': {r['reason']}"
                   for r in s["recent_rejections"]]
     if s["ledger_warnings"]:
         lines += ["", "ledger warnings (on movements not since undone or recounted here):"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import time
 import uuid
@@ -157,6 +158,17 @@ async def test_raw_holds_the_scans_as_read_with_a_gs1_strings_gs(dock: Dock,
     (m,) = movements(cfg)
     assert json.loads(m["raw"]) == ["LOC-A-01", gs1]
     assert (m["lot"], m["serial"]) == ("LOT42", "SER9")
+
+
+async def test_a_gs1_scans_log_line_shows_its_gs_escaped_once(
+        dock: Dock, caplog: pytest.LogCaptureFixture) -> None:
+    """The GS showed as ``\\\\x1d`` in the log (an escape, escaped again by repr)."""
+    gs1 = "]C1010061414199999610LOT42\x1d21SER9"
+    await dock.scan("LOC-A-01")
+    with caplog.at_level(logging.INFO, logger="scan_agent.capture"):
+        await dock.scan(gs1)
+    (line,) = [r.getMessage() for r in caplog.records if "LOT42" in r.getMessage()]
+    assert line.startswith("handheld: ']C1010061414199999610LOT42\\x1d21SER9' -> receipt "), line
 
 
 async def test_event_ids_are_unique_and_time_ordered(dock: Dock, cfg: Config) -> None:

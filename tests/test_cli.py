@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -443,20 +444,43 @@ def test_top_level_help_lists_the_commands() -> None:
         assert f"  {command}" in result.stdout
 
 
-def test_log_lines_carry_journal_priorities_under_systemd(tmp_path: Path) -> None:
-    """Under systemd (JOURNAL_STREAM set) warnings are tagged <4> so journalctl -p works."""
+def _run_briefly(tmp_path: Path, stream: str | None) -> list[str]:
+    """`scan-agent run` for two seconds with standard error to a file; its lines. ``stream``
+    is the JOURNAL_STREAM to set: "self" for the file itself (as systemd sets it)."""
     cfg = tmp_path / "dock.toml"
     cfg.write_text(f'station = "d1"\nsite = "WH1"\ndatabase = "{tmp_path / "j.db"}"\n'
                    '[[scanners]]\nname = "h"\ndriver = "tcp"\nhost = "127.0.0.1"\nport = 9\n')
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
-                            env=dict(os.environ, JOURNAL_STREAM="8:12345"),
-                            stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=20)
-    lines = err.splitlines()
-    assert any(line.startswith("<6>INFO scan_agent: station d1") for line in lines), err
-    assert any(line.startswith("<4>WARNING") and "cannot connect" in line for line in lines), err
+    env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
+    with open(tmp_path / "stderr", "w+") as err:
+        st = os.fstat(err.fileno())
+        if stream is not None:
+            env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}" if stream == "self" else stream
+        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config",
+                                 str(cfg)], env=env, stderr=err, text=True)
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        err.seek(0)
+        return err.read().splitlines()
+
+
+def test_log_lines_carry_journal_priorities_and_no_time_under_systemd(tmp_path: Path) -> None:
+    """Under systemd (JOURNAL_STREAM names standard error) warnings are tagged <4> so
+    journalctl -p works, and no line carries a second timestamp beside the journal's."""
+    lines = _run_briefly(tmp_path, "self")
+    assert any(line.startswith("<6>INFO scan_agent: station d1") for line in lines), lines
+    assert any(line.startswith("<4>WARNING") and "cannot connect" in line for line in lines)
+
+
+@pytest.mark.parametrize("stream", [None, "8:12345"], ids=["foreground", "inherited-elsewhere"])
+def test_log_lines_carry_the_time_outside_the_journal(tmp_path: Path,
+                                                      stream: str | None) -> None:
+    """In the foreground (or with a JOURNAL_STREAM inherited from a service but standard
+    error sent elsewhere) the lines had no time at all."""
+    lines = _run_briefly(tmp_path, stream)
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} "
+    assert any(re.match(stamp + "INFO scan_agent: station d1", line) for line in lines), lines
+    assert all(re.match(stamp + r"[A-Z]+ ", line) for line in lines if line.strip()), lines
 
 
 def test_new_journal_carries_on_from_the_given_seq(tmp_path: Path) -> None:
