@@ -22,7 +22,8 @@ from ledger.store import open_store
 __all__ = ["cli", "main"]
 
 _DB = click.option("--db", "db", required=True, type=click.Path(dir_okay=False),
-                   help="SQLite database of the ledger (serve and station add create it; other commands need it to exist).")
+                   help="SQLite database of the ledger (serve and station add create it; "
+                   "other commands need it to exist).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

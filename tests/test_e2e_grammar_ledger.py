@@ -53,7 +53,8 @@ class LedgerDock(Dock):
             if len(events) >= n or time.monotonic() > deadline:
                 assert len(events) == n, events
                 return sorted(events, key=lambda e: e["seq"])
-            self.agent.sync.wake() if self.agent.sync else None
+            if self.agent.sync is not None:
+                self.agent.sync.wake()
             await asyncio.sleep(0.05)
 
     async def on_hand(self, item: str, location: str) -> int | None:
@@ -217,6 +218,6 @@ async def test_undo_stops_at_its_age_limit(dock_with_ledger: DockFactory) -> Non
         assert await dock.send("CMD-UNDO") == NAK
         assert dock.audit()[-1]["reason"] == (
             "nothing to undo: the last movement on this scanner is older than 1 second")
-        (receipt,) = await dock.synced(1)
+        await dock.synced(1)
         assert await dock.on_hand(ITEM, "DOCK-1") == 4
         assert dock.movements()[-1]["type"] == "receipt", "no void was made"
