@@ -360,7 +360,13 @@ class Agent:
             for t in still:
                 t.cancel()
         if self.sync is not None:
+            from agent.sync import FAREWELL_S
+
             await self.sync.close()
+            # let its last exchange (bounded) tell the ledger that nothing older is coming
+            syncing = [t for t in self._tasks if t.get_name() == "sync" and not t.done()]
+            if syncing:
+                await asyncio.wait(syncing, timeout=FAREWELL_S + 1.0)
         if self.writer is not None and self.scanners:
             stopped = time.time()
             with contextlib.suppress(AgentError):

@@ -49,6 +49,8 @@ _WATERMARK_MARGIN_NS = 10**9  # unsent events are promised only up to 1 s before
 # watermark stops short of its newest movements, and the ledger confirms their incidents
 # only once a watermark passes them (a single-dock site would otherwise wait a heartbeat).
 _CATCH_UP = _WATERMARK_MARGIN_NS / 1e9 + 0.25
+# A clean stop's last exchange may take this long at most (systemd's stop timeout is 30 s).
+FAREWELL_S = 5.0
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -134,6 +136,7 @@ class SyncLoop:
         self._clock = clock or _now
         self._wake = asyncio.Event()
         self._closed = asyncio.Event()
+        self._final = False  # the last exchange of a clean stop: drain despite close()
         self._batch = self.ledger.batch_size
         self._client: httpx.AsyncClient | None = None
 
@@ -196,10 +199,36 @@ class SyncLoop:
                     self._wake.set()
                 else:
                     attempt = 0
+            if self.stats.last_error is None:
+                await self._farewell()
         finally:
             if self._client is not None:
                 await self._client.aclose()
                 self._client = None
+
+    async def _farewell(self) -> None:
+        """A clean stop's last exchange: whatever is still queued, and a watermark of now.
+
+        Scanners are closed before sync stops, so nothing older can come from this station
+        until it starts again, and its next movements are newer still. Telling the ledger so
+        lets it confirm the incidents of the day (every station's watermark past them)
+        instead of keeping them provisional until the station is back. Skipped when the last
+        round failed (the ledger is unreachable: the stop must not wait for it), and bounded
+        by :data:`FAREWELL_S` when it is tried.
+        """
+        self._final = True
+        try:
+            async with asyncio.timeout(min(self.ledger.timeout, FAREWELL_S)):
+                if self._client is None:
+                    self._client = self._make_client()
+                await self.drain()
+        except Exception as exc:  # best effort: the ledger keeps the last watermark it had
+            log.info("no last exchange at stop (%s); the ledger keeps the earlier watermark",
+                     _describe(exc) if not isinstance(exc, TimeoutError) else "timed out")
+        else:
+            log.info("last exchange at stop: the ledger has everything captured until now")
+        finally:
+            self._final = False
 
     async def _sleep(self, seconds: float, *, wake: bool) -> bool:
         """Sleep, ending early on close (and on a wake when ``wake``). True if woken."""
@@ -264,7 +293,7 @@ class SyncLoop:
         nxt: asyncio.Task[tuple[list[dict[str, Any]], str | None]] | None = None
         try:
             nxt = asyncio.ensure_future(self._prepare(after_seq=0))
-            while not self._closed.is_set():
+            while not self._closed.is_set() or self._final:
                 batch, watermark = await nxt
                 nxt = None
                 if not batch:

@@ -37,6 +37,7 @@ class LedgerDock(Dock):
     """A running agent on a pty, syncing to ``url``."""
 
     url: str = ""
+    server: LedgerServer | None = None
 
     async def ledger(self, path: str, **params: Any) -> dict[str, Any]:
         async with httpx.AsyncClient(base_url=self.url, timeout=5) as http:
@@ -112,7 +113,7 @@ nak = "\\u0015"
                 async with Agent(cfg) as agent:
                     await asyncio.wait_for(_connected(agent), TIMEOUT)
                     dock = LedgerDock(agent, master, Path(cfg.database))
-                    dock.url = ledger.url
+                    dock.url, dock.server = ledger.url, ledger
                     yield dock
         finally:
             os.close(master)
@@ -221,3 +222,50 @@ async def test_undo_stops_at_its_age_limit(dock_with_ledger: DockFactory) -> Non
         await dock.synced(1)
         assert await dock.on_hand(ITEM, "DOCK-1") == 4
         assert dock.movements()[-1]["type"] == "receipt", "no void was made"
+
+
+async def test_a_clean_stop_tells_the_ledger_nothing_older_is_coming(
+        dock_with_ledger: DockFactory, tmp_path: Path) -> None:
+    """With a station stopped for the night, the day's incidents stayed provisional for
+    ever: its watermark never moved past them. A clean stop's last exchange moves it to the
+    stop, so the ledger confirms what no station can still explain."""
+    async with dock_with_ledger() as dock:
+        assert dock.server is not None
+        token = dock.server.add_station("dock-2", site="WH1")
+        (tmp_path / "token-2").write_text(token)
+        (tmp_path / "token-2").chmod(0o600)
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        try:
+            (tmp_path / "dock-2.toml").write_text(
+                f'station = "dock-2"\nsite = "WH1"\nlocation = "DOCK-2"\n'
+                f'database = "{tmp_path / "journal-2.db"}"\n'
+                f'[ledger]\nurl = "{dock.url}"\ntoken_file = "{tmp_path / "token-2"}"\n'
+                f'[[scanners]]\nname = "h"\ndriver = "serial"\n'
+                f'port = "{os.ttyname(slave)}"\n')
+            other = Agent(load_config(tmp_path / "dock-2.toml"))
+            await other.start()
+            try:
+                deadline = time.monotonic() + TIMEOUT
+                while not await _watermark(dock, "dock-2"):
+                    assert time.monotonic() < deadline, "dock-2 never reached the ledger"
+                    await asyncio.sleep(0.05)
+                assert await dock.scan_all(["MODE-PICK", "LOC-A-07", EAN13]) == "AAA"
+                await dock.synced(1)
+                await asyncio.sleep(1.5)  # past the watermark's margin
+                (inc,) = await dock.incidents()
+                assert inc["confirmed"] is False, "dock-2 could still send an earlier receipt"
+            finally:
+                await other.close()
+            (inc,) = await dock.incidents()
+            assert inc["confirmed"] is True
+            assert await _watermark(dock, "dock-2") > inc["opened_at"]
+        finally:
+            os.close(master)
+            os.close(slave)
+
+
+async def _watermark(dock: LedgerDock, station: str) -> str | None:
+    stations = (await dock.ledger("/v1/stations"))["stations"]
+    wm: str | None = next(s["watermark"] for s in stations if s["station"] == station)
+    return wm
