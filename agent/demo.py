@@ -46,15 +46,28 @@ __all__ = ["run_demo"]
 SITE = "WH1"
 SKEW_S = -600  # the put-away station's wall clock runs 10 minutes behind
 
-# items (valid GTIN-13s)
-ITEMS = {
-    "A": "4006381333931",  # mugs
-    "B": "5901234123457",  # tea
-    "C": "4012345678901",  # kettles (received while the dock is offline, then picked)
-    "D": "9780201379624",  # books (received while offline, moved on at once)
-    "E": "8711253001202",  # lamps: never received anywhere
-    "F": "5449000000996",  # the last bottle of lemonade, scanned twice at the pick face
+# The demo's item list: letter -> (GTIN-13, name)
+CATALOGUE = {
+    "A": ("4006381333931", "mugs"),
+    "B": ("5901234123457", "tea"),
+    "C": ("4012345678901", "kettles"),  # received while the dock is offline, then picked
+    "D": ("9780201379624", "books"),  # received while offline, moved on at once
+    "E": ("8711253001202", "lamps"),  # never received anywhere
+    "F": ("5449000000996", "lemonade"),  # the last bottle, scanned twice at the pick face
 }
+ITEMS = {k: gtin for k, (gtin, _) in CATALOGUE.items()}
+NAMES = {gtin.rjust(14, "0"): name for gtin, name in CATALOGUE.values()}
+
+
+def named(text: str) -> str:
+    """``text`` with each of the demo's items (as the agent logs it: 14 digits) named.
+
+    >>> named("pick 04012345678901 x4 (seq 2)")
+    'pick 04012345678901 (kettles) x4 (seq 2)'
+    """
+    for gtin14, name in NAMES.items():
+        text = re.sub(rf"\b{gtin14}\b", f"{gtin14} ({name})", text)
+    return text
 
 
 @dataclass
@@ -99,7 +112,9 @@ class Narrator:
                                    bold=True))
 
 
-_AGENT_LINE = re.compile(r"^(?P<level>\w+) (?P<logger>[\w.]+): (?P<msg>.*)$")
+# an agent's log line: its local time (the narrator shows the shift's own), level, logger
+_AGENT_LINE = re.compile(r"^(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} )?"
+                         r"(?P<level>\w+) (?P<logger>[\w.]+): (?P<msg>.*)$")
 
 
 def _pump(dock: Dock, n: Narrator, lines: queue.Queue[tuple[str, str]]) -> None:
@@ -119,7 +134,7 @@ def _pump(dock: Dock, n: Narrator, lines: queue.Queue[tuple[str, str]]) -> None:
             msg = "sync: ledger unreachable; scans stay queued in the journal"
         if m and m.group("logger") == "scan_agent.sync" and msg.startswith("synced"):
             color = "blue"
-        n.line(dock.station, msg, color)
+        n.line(dock.station, named(msg), color)
 
 
 def _pty() -> tuple[int, int, str]:
@@ -190,37 +205,36 @@ class Shift:
                 continue
             first = inc["id"] not in self.seen
             self.seen[inc["id"]] = key
-            item = next((k for k, v in ITEMS.items() if v.rjust(14, "0") == inc["item"]),
-                        inc["item"])
+            item = NAMES.get(inc["item"], inc["item"])
+            where = f"{item} at {inc['location']}"
             dup = " (suspected duplicate scan)" if inc.get("suspected_duplicate") else ""
             state = "provisional" if not inc.get("confirmed") else "confirmed"
             if inc["status"] == "resolved":
+                event = self.event(inc.get("resolved_by_event_id"))
                 if inc["class"] == "ordering":
-                    why = " (self-correcting: a timing artefact)"
+                    text = (f"negative of {where} resolved: only the order the ledger heard "
+                            "of things made it (ordering, self-correcting)")
+                elif event is not None and event["type"] == "void":
+                    what = "double read" if inc.get("suspected_duplicate") else "pick"
+                    text = (f"negative of {where} resolved: the {what} was undone (CMD-UNDO at "
+                            f"{event['station']}); no shortage")
                 else:
-                    why = f" by {self.describe_event(inc.get('resolved_by_event_id'))}"
-                text = f"incident {item}@{inc['location']} resolved as {inc['class']}{why}"
+                    text = (f"negative of {where} resolved by "
+                            + (f"a {event['type']} from {event['station']}" if event
+                               else "a later event"))
                 color = "green"
             elif first:
-                text = (f"NEGATIVE {item}@{inc['location']} balance {inc['balance']}: class "
-                        f"{inc['class']}, {state}{dup}")
+                text = (f"NEGATIVE {where}: balance {inc['balance']}, class {inc['class']}, "
+                        f"{state}{dup}")
                 color = "magenta"
             else:
-                text = f"incident {item}@{inc['location']} is now class {inc['class']}"
+                text = f"negative of {where} is now class {inc['class']}"
                 color = "magenta"
             self.n.line("ledger", text, color)
 
-    def describe_event(self, event_id: str | None) -> str:
-        """'a void from pick' for an event id, for the narration."""
-        try:
-            events = self.http.get("/v1/events", params={"limit": 1000}).json()["events"]
-        except (httpx.HTTPError, ValueError, KeyError):
-            events = []
-        for e in events:
-            if e["event_id"] == event_id:
-                what = "a void (CMD-UNDO)" if e["type"] == "void" else f"a {e['type']}"
-                return f"{what} from {e['station']}"
-        return "a later event"
+    def event(self, event_id: str | None) -> dict[str, Any] | None:
+        """The ledger's stored event ``event_id``, if it has it."""
+        return _event(self.http, event_id)
 
     def wait_drained(self, stations: list[str], timeout: float = 15) -> bool:
         from agent.journal import open_readonly
@@ -277,6 +291,36 @@ class Shift:
         self.pause(1.0)
 
 
+def _event(http: httpx.Client, event_id: str | None) -> dict[str, Any] | None:
+    """The ledger's stored event ``event_id`` (None if unknown or unreachable)."""
+    if event_id is None:
+        return None
+    try:
+        events = http.get("/v1/events", params={"limit": 10000}).json()["events"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        return None
+    return next((e for e in events if e["event_id"] == event_id), None)
+
+
+# What each kind of negative was, for someone who has not read the design.
+_KINDS = {
+    "ordering": "timing only, resolved by itself (ordering)",
+    "location": "stock is in another bin (location)",
+    "item": "a real shortage of the item (item)",
+    "undone": "a double read, undone at the scanner",
+}
+
+
+def _kind(inc: dict[str, Any], http: httpx.Client) -> str:
+    """An incident's kind for the summary: its class, or "undone" when its depletion was
+    voided (a double read is not a shortage, whatever class it had while it stood)."""
+    if inc["status"] == "resolved" and inc["class"] != "ordering":
+        event = _event(http, inc.get("resolved_by_event_id"))
+        if event is not None and event["type"] == "void":
+            return "undone"
+    return str(inc["class"])
+
+
 def _summary(docks: dict[str, Dock], http: httpx.Client) -> tuple[list[str], dict[str, Any]]:
     from agent.journal import open_readonly
 
@@ -299,11 +343,22 @@ def _summary(docks: dict[str, Dock], http: httpx.Client) -> tuple[list[str], dic
         out.append(f"  {s:<10} {scans:>6} {rej:>9} {moves:>10} {synced:>7}")
     incidents = http.get("/v1/negatives").json()["incidents"]
     facts["incidents"] = incidents
-    out += ["", f"  {'class':<10} {'incidents':>9} {'resolved':>9} {'open':>6}"]
-    for cls in ("ordering", "location", "item"):
-        of = [i for i in incidents if i["class"] == cls]
+    kinds = {i["id"]: _kind(i, http) for i in incidents}
+    facts["kinds"] = kinds
+    out += ["", f"  {'negatives the ledger found':<44} {'count':>5} {'resolved':>9} "
+                f"{'open':>5}"]
+    for kind, label in _KINDS.items():
+        of = [i for i in incidents if kinds[i["id"]] == kind]
         res = sum(1 for i in of if i["status"] == "resolved")
-        out.append(f"  {cls:<10} {len(of):>9} {res:>9} {len(of) - res:>6}")
+        out.append(f"  {label:<44} {len(of):>5} {res:>9} {len(of) - res:>5}")
+    still = [i for i in incidents if i["status"] == "open"]
+    if still:
+        out += ["", "  Still open, for a person to look at (what the manager's page shows):"]
+        for i in still:
+            state = ("confirmed: no station can still send anything older" if i["confirmed"]
+                     else "provisional: a station may still send what explains it")
+            out.append(f"    {NAMES.get(i['item'], i['item'])} at {i['location']}: balance "
+                       f"{i['balance']}, {i['class']}, {state}")
     return out, facts
 
 
@@ -319,6 +374,10 @@ def _check(docks: dict[str, Dock], facts: dict[str, Any], http: httpx.Client) ->
     for s, f in facts["stations"].items():
         if f["synced"] != f["movements"]:
             fails.append(f"{s}: {f['movements'] - f['synced']} movement(s) not synced")
+    for i in inc:
+        if i["status"] == "open" and not i["confirmed"]:
+            fails.append(f"expected the open negative of {NAMES.get(i['item'], i['item'])} at "
+                         f"{i['location']} confirmed once every station stopped cleanly")
     for item, loc in (("C", "DOCK-1"), ("D", "DOCK-1")):
         got = find(item, loc)
         if not got or any(i["class"] != "ordering" or i["status"] != "resolved" for i in got):
@@ -331,7 +390,8 @@ def _check(docks: dict[str, Dock], facts: dict[str, Any], http: httpx.Client) ->
     if not got or got[0]["class"] != "item" or got[0]["status"] != "open":
         fails.append(f"expected an item negative for the never-received item, got {got}")
     got = find("F", "F-01")
-    if not any(i.get("suspected_duplicate") and i["status"] == "resolved" for i in got):
+    if not any(i.get("suspected_duplicate") and i["status"] == "resolved"
+               and facts["kinds"][i["id"]] == "undone" for i in got):
         fails.append(f"expected the double scan flagged as a suspected duplicate and undone, "
                      f"got {got}")
     # The skewed put-away station: its movements landed at the true time, not 10 min early.
@@ -386,6 +446,8 @@ def run_demo(*, keep: bool = False, speed: float = 1.0, workdir: str | None = No
     with _workdir(workdir) as work, LedgerServer(work / "ledger.db") as ledger:
         click.echo(click.style("scan-agent demo: one warehouse shift", bold=True)
                    + f"  (ledger {ledger.url}, files in {work})")
+        click.echo("items: " + ", ".join(f"{name} {gtin}" for gtin, name in CATALOGUE.values())
+                   + "\n(the agents log items as 14-digit GTINs; the demo adds their names)")
         loop = asyncio.new_event_loop()
         proxy_thread = threading.Thread(target=loop.run_forever, name="proxies", daemon=True)
         proxy_thread.start()
@@ -430,13 +492,20 @@ def run_demo(*, keep: bool = False, speed: float = 1.0, workdir: str | None = No
             else:
                 click.echo(click.style(
                     "Every expected outcome happened: timing negatives resolved by themselves "
-                    "as 'ordering'; the wrong bin and the real shortage stay open for a person.",
-                    fg="green", bold=True))
-            click.echo(f"Dashboard: {ledger.url}/   (shift took {elapsed:.1f}s)")
+                    "as 'ordering', the double read was undone; the wrong bin and the real "
+                    "shortage stay open for a person, confirmed once every station had "
+                    "stopped.", fg="green", bold=True))
+            click.echo(f"(the shift took {elapsed:.1f}s)")
             if keep:
-                click.echo("--keep: the ledger keeps running; press Ctrl-C to stop.")
+                click.echo(f"\nThe ledger keeps running (database {work / 'ledger.db'}):\n"
+                           f"  dashboard  {ledger.url}/\n"
+                           f"  JSON       {ledger.url}/v1/negatives\n"
+                           "Press Ctrl-C to stop it.")
                 with contextlib.suppress(KeyboardInterrupt):
                     signal.pause()
+            else:
+                click.echo("The ledger stopped with the demo; 'scan-agent demo --keep' leaves "
+                           "it running to browse its dashboard.")
             return not fails
         finally:
             _stop_agents(docks)

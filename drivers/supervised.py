@@ -94,7 +94,7 @@ class SupervisedScanner:
         if state == self._state:
             return
         self._state = state
-        if connected:
+        if connected or self._closed:  # a stop asked for is no warning
             log.info("scanner %s: %s", self.name, detail)
         else:
             log.warning("scanner %s: %s", self.name, detail)

@@ -650,7 +650,56 @@ def test_demo_runs_the_whole_shift() -> None:
             proc.communicate()
     assert proc.returncode == 0, out
     assert "Every expected outcome happened" in out
-    assert any(line.startswith("Dashboard: http://127.0.0.1:") for line in out.splitlines()), out
+    lines = out.splitlines()
+    assert "http://" not in lines[-1], "no dashboard URL once the ledger has stopped"
+    assert lines[-1] == ("The ledger stopped with the demo; 'scan-agent demo --keep' leaves it "
+                         "running to browse its dashboard.")
+    # the items by name, and the voided double read as what it was, not a real shortage
+    assert any("pick 04012345678901 (kettles) x4" in line for line in lines), out
+    kinds = {" ".join(line.split()[:-3]): line.split()[-3:] for line in lines
+             if line.startswith("  ") and len(line.split()) > 4 and line.split()[-1].isdigit()}
+    assert kinds["a real shortage of the item (item)"] == ["1", "0", "1"], out
+    assert kinds["a double read, undone at the scanner"] == ["1", "1", "0"], out
+    assert "    lamps at A-01: balance -1, item, confirmed: no station can still send anything " \
+        "older" in lines, out
+
+
+@pytest.mark.slow
+def test_demo_keep_leaves_a_ledger_with_confirmed_incidents(tmp_path: Path) -> None:
+    """With --keep the open incidents stayed provisional for ever (the stopped stations'
+    watermarks never moved): the kept ledger shows what a manager sees the next morning."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "demo", "--speed", "3", "--keep", "--workdir",
+         str(tmp_path / "demo")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env, start_new_session=True)
+    out: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            out.append(line)
+            if not line or line.startswith("Press Ctrl-C"):
+                break
+        url = next(ln.split()[1] for ln in out if ln.strip().startswith("dashboard "))
+        incidents = httpx.get(f"{url}v1/negatives", params={"status": "open"},
+                              timeout=10).json()["incidents"]
+        page = httpx.get(url, timeout=10).text
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            agents = _children(proc.pid)
+            os.killpg(proc.pid, signal.SIGKILL)
+            for pid in agents:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0, "".join(out) + rest
+    assert sorted((i["class"], i["confirmed"]) for i in incidents) == [
+        ("item", True), ("location", True)], incidents
+    assert "1 confirmed, 0 provisional" in page
 
 
 def _children(pid: int) -> list[int]:
