@@ -139,8 +139,8 @@ def new_journal(config_path: str, first_seq: int) -> None:
     """Start a new journal for a station whose journal was lost or damaged.
 
     Its seqs carry on from FIRST_SEQ instead of starting again at 1 (the ledger orders a
-    station's movements by seq). Find the last seq the ledger has with
-    GET /v1/events?station=NAME&limit=1.
+    station's movements by seq). The last seq the ledger has is that of the station's newest
+    event, GET /v1/events?station=NAME&limit=1; FIRST_SEQ is one more.
     """
     from agent.journal import create_journal
 
