@@ -91,6 +91,7 @@ class Dock:
         if mode == self.mode:
             return []
         self.mode = mode
+        self.undoable = []  # CMD-UNDO never walks back past a MODE- scan
         return [f"MODE-{mode.upper()}"]
 
     def next_movement(self) -> tuple[list[str], Effect]:
