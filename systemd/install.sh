@@ -306,7 +306,10 @@ EOF
         fi
     fi
     if [ -x "$ROOT$VENV/bin/scan-agent" ] && [ -z "$ROOT" ]; then
-        "$VENV/bin/scan-agent" check-config "$CONF"
+        # A starter config has no scanner yet (and maybe no token): say what is missing
+        # rather than stop the install half-way.
+        "$VENV/bin/scan-agent" check-config "$CONF" ||
+            say "dock $DOCK is not ready yet (above); fix $CONF, then: sudo scan-agent check-config $CONF"
     fi
     if [ "$LIVE" = 1 ]; then
         run_systemctl enable "scan-agent@$DOCK.service"
