@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from agent.config import Config, load_config
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError, ConfigError, DriverError
 from agent.logs import setup_logging
 
 __all__ = ["main"]
@@ -40,7 +40,7 @@ def _load(path: str) -> Config:
         sys.exit(EXIT_CONFIG)
 
 
-def _fail(exc: AgentError) -> None:
+def _fail(exc: AgentError | DriverError) -> None:
     click.echo(f"scan-agent: {exc}", err=True)
     sys.exit(EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_ERROR)
 
@@ -61,7 +61,7 @@ def run(config_path: str) -> None:
 
     try:
         asyncio.run(run_daemon(cfg))
-    except AgentError as exc:
+    except (AgentError, DriverError) as exc:
         _fail(exc)
 
 

@@ -20,10 +20,9 @@ from pathlib import Path
 import pytest
 from evdev import InputEvent, ecodes
 
-from agent.config import EvdevScannerConfig
-from agent.errors import DriverError, ScannerGoneError
 from drivers import open_scanner
 from drivers.base import RawScan, Scanner, ScannerState
+from drivers.errors import DriverError, ScannerGoneError
 from drivers.evdev import (
     IN_ATTRIB,
     IN_CREATE,
@@ -31,6 +30,7 @@ from drivers.evdev import (
     DeviceIdentity,
     DirectoryWatcher,
     EvdevScanner,
+    EvdevScannerConfig,
     EventSource,
     FdEventSource,
     matches,
@@ -43,7 +43,7 @@ GS = "\x1d"
 
 
 def config(**kw: object) -> EvdevScannerConfig:
-    base: dict[str, object] = {"name": "wedge", "driver": "evdev", "name_pattern": "scanner"}
+    base: dict[str, object] = {"name": "wedge", "name_pattern": "scanner"}
     base.update(kw)
     return EvdevScannerConfig(**base)  # type: ignore[arg-type]
 

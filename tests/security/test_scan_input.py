@@ -30,7 +30,7 @@ from evdev import InputEvent, ecodes
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import drivers.evdev
+import drivers.evdev.scanner
 from agent.config import Config, parse_config
 from drivers.evdev import FdEventSource
 from drivers.keymap import KeyDecoder
@@ -339,7 +339,7 @@ class EventPipe:
 def evdev_dock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                no_systemd: None) -> Iterator[tuple[LiveAgent, EventPipe]]:
     pipe = EventPipe()
-    monkeypatch.setattr(drivers.evdev, "open_matching_device",
+    monkeypatch.setattr(drivers.evdev.scanner, "open_matching_device",
                         lambda cfg, input_dir="/dev/input": pipe.open())
     try:
         cfg = agent_config(tmp_path, {"driver": "evdev", "match_name": "scanner",
