@@ -5,6 +5,7 @@
     DriverError                         root of everything a driver raises on purpose
     ├── DriverConfigError (ValueError)  a scanner's settings are wrong: names the key and why
     │   └── UnknownLayoutError (LookupError)  no such keyboard layout in the XKB data
+    ├── RecordingError (ValueError)     a key recording cannot be read: names file and line
     └── ScannerGoneError                the device disappeared (unplug, reset); retried
 
 Drivers translate ``OSError`` and ``serial.SerialException`` into these with
@@ -16,7 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["DriverConfigError", "DriverError", "ScannerGoneError", "UnknownLayoutError"]
+__all__ = ["DriverConfigError", "DriverError", "RecordingError", "ScannerGoneError",
+           "UnknownLayoutError"]
 
 
 class DriverError(Exception):
@@ -46,3 +48,7 @@ class UnknownLayoutError(DriverConfigError, LookupError):
     def __init__(self, problem: str, suggestions: Sequence[str] = ()) -> None:
         self.suggestions = tuple(suggestions)
         super().__init__("layout", problem)
+
+
+class RecordingError(DriverError, ValueError):
+    """A recording of key events cannot be read or written (the message names file and line)."""

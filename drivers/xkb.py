@@ -201,15 +201,18 @@ class Keymap:
         first = keymap.key_get_syms_by_level(_KEY_RIGHTALT + EVDEV_OFFSET, 0, 0)
         #: Whether the right Alt key is AltGr (ISO_Level3_Shift) rather than a second Alt.
         self.has_altgr = bool(first) and first[0] == _ISO_LEVEL3_SHIFT
-        #: Whether some key types a dead key (then composing needs the compose table).
-        self.has_dead_keys = any(
-            is_dead_keysym(sym)
-            for code in keymap
-            for level in range(keymap.num_levels_for_key(code, 0))
-            for sym in keymap.key_get_syms_by_level(code, 0, level))
 
     def __repr__(self) -> str:
         return f"Keymap({self.name!r})"
+
+    @functools.cached_property
+    def has_dead_keys(self) -> bool:
+        """Whether some key types a dead key (then composing needs the compose table)."""
+        km = self._keymap
+        return any(is_dead_keysym(sym)
+                   for code in km
+                   for level in range(km.num_levels_for_key(code, 0))
+                   for sym in km.key_get_syms_by_level(code, 0, level))
 
     def new_state(self, *, numlock: bool = False, capslock: bool = False) -> Any:
         """A fresh keyboard state (nothing held), with the lock keys as asked."""
