@@ -36,6 +36,8 @@ __all__ = [
     "EVDEV_OFFSET",
     "Keymap",
     "LayoutInfo",
+    "compile_keymap",
+    "compose_status",
     "compose_table",
     "installed_layouts",
     "is_dead_keysym",
@@ -43,7 +45,9 @@ __all__ = [
     "load_keymap",
     "new_compose_state",
     "normalize_layout",
+    "spacing_char",
     "suggest_layouts",
+    "xkb_root",
 ]
 
 log = logging.getLogger(__name__)

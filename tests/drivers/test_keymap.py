@@ -7,6 +7,8 @@ keymap, and the decoder must give the characters back.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from evdev import InputEvent, ecodes
 from hypothesis import given, settings
@@ -162,6 +164,22 @@ def test_unknown_layouts_raise_naming_close_ones(name: str, message: str) -> Non
         decode_events([], name)
     assert str(info.value).startswith("layout: " + message)
     assert isinstance(info.value, LookupError)
+
+
+def test_without_the_compose_tables_a_dead_key_is_flagged(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A machine without libx11-data cannot compose: the scan says so instead of guessing."""
+    from drivers import xkb
+
+    monkeypatch.setenv("XLOCALEDIR", str(tmp_path))
+    xkb.compose_table.cache_clear()
+    try:
+        [scan] = decode(Typist("de").scan("a^b").take(), "de")
+    finally:
+        xkb.compose_table.cache_clear()
+    assert (scan.text, scan.error) == (
+        "a b", "KEY_GRAVE is a dead key, and composing it needs the X11 compose tables "
+        "(Debian package libx11-data)")
 
 
 def test_uk_is_the_xkb_gb_layout() -> None:
