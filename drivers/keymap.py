@@ -204,6 +204,7 @@ class KeyDecoder:
         self._state: Any = self.keymap.new_state(numlock=numlock, capslock=capslock)
         self._compose: Any = new_compose_state()
         self._held: set[int] = set()
+        self._down: set[int] = set()  # every key down, as far as the events tell
         self._dropping = False
         self._resync_needed = False
         self._last_us: int | None = None
@@ -256,6 +257,19 @@ class KeyDecoder:
         self._last_us = ts
         if value == _KEY_REPEAT:
             return out
+        # As the kernel's input core does: a key goes down only if it is up, and up only if
+        # it is down (a device never sends otherwise; a broken stream must not leave the
+        # keyboard state with a lock key pressed twice or a modifier released never pressed).
+        if value == _KEY_DOWN:
+            if code in self._down:
+                return out
+            self._down.add(code)
+        elif value == _KEY_UP:
+            if code not in self._down:
+                return out
+            self._down.discard(code)
+        else:
+            return out
         if value == _KEY_DOWN and not self._in_scan:
             self._in_scan, self._started_us = True, ts
         if value == _KEY_DOWN:
@@ -300,14 +314,26 @@ class KeyDecoder:
         return scan
 
     def resync(self, held_keys: Iterable[int]) -> None:
-        """Set the held modifiers from the device's current key state (``EVIOCGKEY``)."""
+        """Set the held keys from the device's current key state (``EVIOCGKEY``).
+
+        Modifiers held take effect again; lock keys held are not pressed again (their press,
+        if it was lost, cannot be told from one that was not).
+        """
         self._forget_held()
         for code in held_keys:
+            self._down.add(code)
+            if code in _LOCKS:
+                continue
             if code in _MODIFIERS or _is_modifier_keysym(self.keymap.level_keysym(code, 0)):
                 self.keymap.press(self._state, code, True)
                 if code in _MODIFIERS:
                     self._held.add(code)
         self._resync_needed = False
+
+    @property
+    def keys_down(self) -> frozenset[int]:
+        """The keys down, as the events fed so far tell (or :meth:`resync` said)."""
+        return frozenset(self._down)
 
     # -- internals --------------------------------------------------------------------------
 
@@ -315,6 +341,7 @@ class KeyDecoder:
         """Release every held key in the xkb state, keeping Caps Lock and Num Lock."""
         self._state = self.keymap.new_state(numlock=self.numlock, capslock=self.capslock)
         self._held.clear()
+        self._down.clear()
 
     def _start_scan_state(self) -> None:
         self._in_scan = False

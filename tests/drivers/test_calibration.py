@@ -140,7 +140,8 @@ def calibration(layout: str, **kw: object) -> list[InputEvent]:
 
 @pytest.mark.parametrize(
     ("layout", "found", "recommended"),
-    [("de", {"de", "at"}, "de"), ("fr", {"fr"}, "fr"), ("fr(azerty)", {"fr", "fr(azerty)"}, "fr"), ("be", {"be"}, "be"),
+    [("de", {"de", "at"}, "de"), ("fr", {"fr"}, "fr"),
+     ("fr(azerty)", {"fr", "fr(azerty)"}, "fr"), ("be", {"be"}, "be"),
      ("es", {"es"}, "es"), ("it", {"it"}, "it"), ("se", {"se", "fi"}, "se"),
      ("fi", {"se", "fi"}, "se"), ("pt", {"pt"}, "pt"), ("dk", {"dk"}, "dk"),
      ("no", {"no"}, "no"), ("gb", {"gb"}, "gb"), ("us", {"us", "pl"}, "us"),

@@ -349,6 +349,17 @@ def test_lone_enter_and_modifier_only_presses_make_no_scan() -> None:
     assert decoder.expire() is None
 
 
+def test_key_changes_a_device_cannot_send_are_ignored() -> None:
+    """The kernel never sends a key down twice without an up between (nor an up for a key
+    that is up): a broken stream that does must not toggle Caps Lock twice, nor release a
+    Shift that was never pressed."""
+    t = Typist("us").key(E.KEY_CAPSLOCK, 1).key(E.KEY_CAPSLOCK, 1).key(E.KEY_CAPSLOCK, 0)
+    t.key(E.KEY_CAPSLOCK, 0).key(E.KEY_RIGHTSHIFT, 0).tap(E.KEY_A).enter()
+    decoder = KeyDecoder("us")
+    assert texts(decoder.feed_many(t.take())) == ["A"]
+    assert decoder.capslock and decoder.keys_down == frozenset()
+
+
 def test_auto_repeat_is_ignored() -> None:
     t = Typist("us").key(E.KEY_A, 1).key(E.KEY_A, 2).key(E.KEY_A, 2).key(E.KEY_A, 0).enter()
     assert texts(decode(t.take())) == ["a"]
