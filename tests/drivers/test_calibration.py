@@ -251,3 +251,36 @@ async def test_listening_skips_other_scans_until_the_calibration_barcode() -> No
     assert find_layouts(events, layouts=["dk"]).matches  # the winning scan's own events
     os.close(w)
     source.close()
+
+
+_NO_UINPUT = not os.access("/dev/uinput", os.R_OK | os.W_OK)
+
+
+@pytest.mark.hardware
+@pytest.mark.skipif(_NO_UINPUT,
+                    reason="needs /dev/uinput (read-write) for a virtual keyboard; absent here")
+async def test_record_calibration_from_a_virtual_scanner() -> None:
+    """A real input device: found by its name, grabbed, read until the calibration barcode."""
+    from evdev import UInput, ecodes
+
+    from drivers.calibration import record_calibration
+    from drivers.evdev import EvdevScannerConfig
+
+    ui = UInput({ecodes.EV_KEY: list(range(1, 128))}, name="Virtual Calibration Scanner")
+    try:
+        await asyncio.sleep(0.3)
+        cfg = EvdevScannerConfig(name="wedge", name_pattern="^virtual calibration scanner$",
+                                 layout="us")
+        opened: list[str] = []
+        recording = asyncio.ensure_future(record_calibration(
+            cfg, on_open=opened.append, layouts=["us", "pt", "de"]))
+        while not opened:
+            await asyncio.sleep(0.05)
+        for ev in calibration("pt"):
+            ui.write(ev.type, ev.code, ev.value)
+        events, finding = await asyncio.wait_for(recording, 30)
+        assert [m.name for m in finding.matches] == ["pt"]
+        assert opened[0].endswith("(Virtual Calibration Scanner)")
+        assert events
+    finally:
+        ui.close()
