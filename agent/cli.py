@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from agent.config import Config, load_config
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError, ConfigError, DriverError
 from agent.logs import setup_logging
 
 __all__ = ["main"]
@@ -41,7 +41,7 @@ def _load(path: str) -> Config:
         sys.exit(EXIT_CONFIG)
 
 
-def _fail(exc: AgentError) -> None:
+def _fail(exc: AgentError | DriverError) -> None:
     click.echo(f"scan-agent: {exc}", err=True)
     sys.exit(EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_ERROR)
 
@@ -62,7 +62,7 @@ def run(config_path: str) -> None:
 
     try:
         asyncio.run(run_daemon(cfg))
-    except AgentError as exc:
+    except (AgentError, DriverError) as exc:
         _fail(exc)
 
 
@@ -167,6 +167,89 @@ def devices(as_json: bool) -> None:
         click.echo(json.dumps([asdict(c) for c in cands], indent=2))
     else:
         click.echo(format_candidates(cands))
+
+
+@main.command("calibration-barcode")
+@click.option("--output", "-o", required=True, metavar="FILE",
+              help="Where to write the SVG image ('-' for standard output).")
+def calibration_barcode(output: str) -> None:
+    """Write the layout finder's calibration barcode: an SVG to print at 100%, landscape."""
+    from drivers.calibration import CALIBRATION_TEXT, save_svg
+
+    try:
+        save_svg(output)
+    except DriverError as exc:
+        _fail(exc)
+    if output != "-":
+        click.echo(f"{output}: Code 128 of every printable ASCII character: {CALIBRATION_TEXT}")
+
+
+@main.command("find-layout")
+@click.option("--config", "-c", "config_path", metavar="FILE", type=click.Path(dir_okay=False),
+              help="The dock's TOML config: listen on one of its evdev scanners.")
+@click.option("--scanner", metavar="NAME", help="The [[scanners]] name to listen on.")
+@click.option("--recording", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Decode a saved recording instead of listening.")
+@click.option("--save", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Save the calibration scan's key events as a recording.")
+def find_layout(config_path: str | None, scanner: str | None, recording: str | None,
+                save: str | None) -> None:
+    """Find the keyboard layout a wedge scanner is set to, from the calibration barcode.
+
+    Print the barcode with `scan-agent calibration-barcode`, then either listen on a
+    configured scanner (--config FILE --scanner NAME) and scan it, or decode a recording
+    (--recording FILE). The key events are decoded under every layout this machine's XKB
+    data knows; those that give the barcode's text exactly are listed, with the config line.
+    """
+    from drivers.calibration import find_layouts, record_calibration
+    from drivers.recording import read_recording, write_recording
+
+    if (recording is None) == (config_path is None):
+        raise click.UsageError("give either --config FILE --scanner NAME, or --recording FILE")
+    configured: str | None = None
+    try:
+        if recording is not None:
+            events = read_recording(recording)
+            click.echo(f"Decoding {recording} under every installed layout...", err=True)
+            finding = find_layouts(events)
+            name = ""
+        else:
+            assert config_path is not None
+            cfg = _load(config_path)
+            if scanner is None:
+                raise click.UsageError("--scanner NAME: which of the config's scanners")
+            try:
+                settings = cfg.scanner(scanner).settings
+            except KeyError:
+                raise click.UsageError(f"{config_path} has no scanner named {scanner!r}") \
+                    from None
+            configured = getattr(settings, "layout", None)
+
+            def opened(device: str) -> None:
+                click.echo(f"Listening on {device}. Scan the calibration barcode "
+                           "(docs/calibration-barcode.svg) ... Ctrl+C stops.", err=True)
+
+            def missed(f: object) -> None:
+                click.echo("That scan is not the calibration barcode under any layout; "
+                           "scan it again.", err=True)
+
+            events, finding = asyncio.run(record_calibration(settings, on_open=opened,
+                                                             on_scan=missed))
+            name = scanner
+        if save is not None:
+            write_recording(save, events, name=name)
+            click.echo(f"Saved the key events to {save}.", err=True)
+    except (AgentError, DriverError) as exc:
+        _fail(exc)
+        return
+    except KeyboardInterrupt:
+        click.echo("scan-agent: stopped before the calibration barcode was scanned", err=True)
+        sys.exit(EXIT_ERROR)
+    report = finding.report()
+    if configured is not None and (verdict := finding.verdict(configured)):
+        report += "\n" + verdict
+    click.echo(report)
+    sys.exit(0 if finding.matches else EXIT_ERROR)
 
 
 @main.command()

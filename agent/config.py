@@ -10,7 +10,6 @@ problem; unknown keys are errors so that typos never pass silently.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 from collections.abc import Mapping
@@ -20,18 +19,19 @@ from typing import Any, Literal
 
 from agent.errors import ConfigError
 from agent.tomltable import REQUIRED, TomlTable, read_toml
+from drivers import DRIVERS, parse_scanner_config
+from drivers import ScannerConfig as DriverConfig
+from drivers.errors import DriverConfigError
 
 __all__ = [
     "MODES",
     "Config",
-    "EvdevScannerConfig",
+    "DriverConfig",
     "FeedbackConfig",
     "GrammarConfig",
     "LedgerConfig",
     "MetricsConfig",
     "ScannerConfig",
-    "SerialScannerConfig",
-    "TcpScannerConfig",
     "load_config",
     "parse_config",
 ]
@@ -94,60 +94,20 @@ class MetricsConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScannerConfig:
-    """Keys every scanner has, whatever its driver."""
+    """One ``[[scanners]]`` table: the keys every scanner has, and its driver's own settings.
+
+    ``settings`` is the driver's frozen config (``drivers.evdev.EvdevScannerConfig``,
+    ``drivers.serial.SerialScannerConfig``, ``drivers.tcp.TcpScannerConfig``), parsed by the
+    driver itself; :func:`drivers.open_scanner` takes it.
+    """
 
     name: str
     driver: str
+    settings: DriverConfig
     debounce_ms: int = 0  # off: every scan makes its movement (DESIGN section 4)
     max_length: int = 512
     mode: Mode | None = None  # overrides the dock's default mode for this scanner
     location: str | None = None  # overrides the dock's default location
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SerialScannerConfig(ScannerConfig):
-    """``driver = "serial"``: USB-CDC or RS-232 scanners, or a pyserial URL."""
-
-    port: str
-    baudrate: int = 9600
-    bytesize: int = 8
-    parity: Literal["N", "E", "O", "M", "S"] = "N"
-    stopbits: float = 1
-    terminator: str = "auto"  # auto (CR, LF or CRLF) | CR | LF | CRLF | one character
-    prefix: str = ""  # stripped from the start of each scan when present
-    suffix: str = ""  # stripped from the end of each scan when present
-    ack: str | None = None  # sent after a scan is committed (host-acknowledge mode)
-    nak: str | None = None  # sent after a scan is rejected
-    encoding: str = "utf-8"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EvdevScannerConfig(ScannerConfig):
-    """``driver = "evdev"``: USB keyboard-wedge scanners read through /dev/input."""
-
-    device: str | None = None
-    vendor: str | None = None  # hex, e.g. "05e0"
-    product: str | None = None  # hex, e.g. "1200"
-    serial: str | None = None
-    # A regular expression (config key "match_name") matched case-insensitively against the
-    # input device's name. When device, vendor/product and match_name are all absent, the
-    # scanner's own ``name`` is taken as a glob pattern for the device name (DESIGN section 3).
-    name_pattern: str | None = None
-    layout: str = "us"
-    terminator: Literal["enter", "tab", "timeout"] = "enter"
-    timeout_ms: int = 50  # inter-key gap that ends a scan when terminator = "timeout"
-    grab: bool = True
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TcpScannerConfig(ScannerConfig):
-    """``driver = "tcp"``: fixed-mount readers streaming scans over TCP."""
-
-    host: str
-    port: int
-    framing: Literal["line", "stx-etx"] = "line"
-    trigger: str | None = None  # sent on each (re)connect, e.g. to start a reading session
-    encoding: str = "utf-8"
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,110 +271,25 @@ def _metrics(t: TomlTable | None, base_dir: Path | None) -> MetricsConfig:
                          listen=listen, interval=interval)
 
 
-def _unescape_control(t: TomlTable, k: str, v: str | None) -> str | None:
-    # TOML already turns "\u0006" into the character; also accept the names operators use.
-    names = {"ACK": "\x06", "NAK": "\x15", "BEL": "\x07", "CR": "\r", "LF": "\n"}
-    if v is None:
-        return None
-    return names.get(v, v)
+_SCANNER_KEYS = ("name", "driver", "debounce_ms", "max_length", "mode", "location")
 
 
 def _scanner(t: TomlTable, grammar: GrammarConfig) -> ScannerConfig:
     name = t.text("name", REQUIRED)
     if len(name) > 64 or not name.isprintable():
         raise t.error("name", "must be printable text of at most 64 characters")
-    driver = t.choice("driver", ("serial", "evdev", "tcp"), REQUIRED)
-    common: dict[str, Any] = dict(
-        name=name,
-        driver=driver,
-        debounce_ms=t.integer("debounce_ms", 0, lo=0, hi=60000),
-        max_length=t.integer("max_length", grammar.max_length, lo=8, hi=1 << 20),
-        mode=t.choice("mode", MODES, None),
-        location=t.text("location", None),
-    )
-    cfg: ScannerConfig
-    if driver == "serial":
-        terminator = t.text("terminator", "auto")
-        if terminator not in ("auto", "CR", "LF", "CRLF") and len(terminator) != 1:
-            raise t.error("terminator", "must be auto, CR, LF, CRLF or a single character, "
-                          f"got {terminator!r}")
-        cfg = SerialScannerConfig(
-            **common,
-            port=t.text("port", REQUIRED),
-            baudrate=t.integer("baudrate", 9600, lo=50, hi=4_000_000),
-            bytesize=t.integer("bytesize", 8, lo=5, hi=8),
-            parity=t.choice("parity", ("N", "E", "O", "M", "S"), "N"),
-            stopbits=t.number("stopbits", 1.0),
-            terminator=terminator,
-            prefix=t.text("prefix", "", nonempty=False),
-            suffix=t.text("suffix", "", nonempty=False),
-            ack=_unescape_control(t, "ack", t.text("ack", None, nonempty=False)),
-            nak=_unescape_control(t, "nak", t.text("nak", None, nonempty=False)),
-            encoding=_encoding(t, t.text("encoding", "utf-8")),
-        )
-        if cfg.stopbits not in (1.0, 1.5, 2.0):
-            raise t.error("stopbits", "must be 1, 1.5 or 2")
-    elif driver == "evdev":
-        vendor = _hex(t, "vendor")
-        product = _hex(t, "product")
-        cfg = EvdevScannerConfig(
-            **common,
-            device=t.text("device", None),
-            vendor=vendor,
-            product=product,
-            serial=t.text("serial", None),
-            name_pattern=t.text("match_name", None),
-            layout=t.text("layout", "us"),
-            terminator=t.choice("terminator", ("enter", "tab", "timeout"), "enter"),
-            timeout_ms=t.integer("timeout_ms", 50, lo=5, hi=5000),
-            grab=t.flag("grab", True),
-        )
-        e: EvdevScannerConfig = cfg
-        if e.device is None and e.name_pattern is None and e.vendor is None:
-            # DESIGN section 3: with no device or USB ids, the scanner's name is the pattern
-            # (a glob, case-insensitive) that the input device's name must match.
-            object.__setattr__(cfg, "name_pattern", fnmatch.translate(name))
-        if (e.vendor is None) != (e.product is None):
-            raise t.error("vendor" if e.vendor is None else "product",
-                          "vendor and product go together")
-        if e.name_pattern is not None:
-            try:
-                re.compile(e.name_pattern, re.IGNORECASE)
-            except re.error as exc:
-                raise t.error("match_name", f"invalid regular expression: {exc}") from None
-        from drivers.layouts import LAYOUTS  # small table module, no device access
-
-        if e.layout not in LAYOUTS:
-            raise t.error("layout", f"unknown layout {e.layout!r}; known: "
-                          + ", ".join(sorted(LAYOUTS)))
-    else:
-        cfg = TcpScannerConfig(
-            **common,
-            host=t.text("host", REQUIRED),
-            port=t.integer("port", REQUIRED, lo=1, hi=65535),
-            framing=t.choice("framing", ("line", "stx-etx"), "line"),
-            trigger=t.text("trigger", None, nonempty=False),
-            encoding=_encoding(t, t.text("encoding", "utf-8")),
-        )
-    t.finish()
-    return cfg
-
-
-def _hex(t: TomlTable, k: str) -> str | None:
-    v: str | None = t.text(k, None)
-    if v is None:
-        return None
-    s = v.lower().removeprefix("0x")
-    if not re.fullmatch(r"[0-9a-f]{1,4}", s):
-        raise t.error(k, f"expected a USB id in hex such as \"05e0\", got {v!r}")
-    return s.rjust(4, "0")
-
-
-def _encoding(t: TomlTable, enc: str) -> str:
-    import codecs
-
+    driver = t.choice("driver", tuple(DRIVERS), REQUIRED)
+    debounce_ms = t.integer("debounce_ms", 0, lo=0, hi=60000)
+    max_length = t.integer("max_length", grammar.max_length, lo=8, hi=1 << 20)
+    mode = t.choice("mode", MODES, None)
+    location = t.text("location", None)
+    # The rest of the table is the driver's: it parses and checks its own keys.
+    own = {k: v for k, v in t.data.items() if k not in _SCANNER_KEYS}
     try:
-        codecs.lookup(enc)
-    except LookupError:
-        raise t.error("encoding", f"unknown text encoding {enc!r}") from None
-    return enc
+        settings = parse_scanner_config(driver, own, name=name, max_length=max_length)
+    except DriverConfigError as exc:
+        raise t.error(exc.key, exc.problem) from None
+    t.used.update(own)
+    t.finish()
+    return ScannerConfig(name=name, driver=driver, settings=settings, debounce_ms=debounce_ms,
+                         max_length=max_length, mode=mode, location=location)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from agent.capture import Outcome, Station
 from agent.clock import TimeBase, boot_id, kernel_clock_synced
 from agent.config import Config
-from agent.errors import AgentError, JournalError
+from agent.errors import AgentError, DriverError, JournalError
 from agent.feedback import Feedback, build_feedback
 from agent.journal import Journal, JournalWriter
 from agent.metrics import (
@@ -117,7 +117,7 @@ class Agent:
             self._spawn(self.sync.run(), "sync")
 
         for sc in cfg.scanners:
-            scanner = open_scanner(sc, on_state=self._on_scanner_state)
+            scanner = open_scanner(sc.settings, on_state=self._on_scanner_state)
             self.scanners[sc.name] = scanner
             self.scanner_states[sc.name] = scanner.state
             self._spawn(self._read(scanner), f"scan:{sc.name}")
@@ -291,7 +291,7 @@ class Agent:
                 room.release()
             try:
                 await scanner.acknowledge(outcome.ok)
-            except AgentError as exc:
+            except (AgentError, DriverError) as exc:
                 log.warning("scanner %s: feedback failed: %s", scanner.name, exc)
             if self.feedback is not None:
                 if outcome.ok:
@@ -352,7 +352,7 @@ class Agent:
             await self._metrics_server.wait_closed()
             self._metrics_server = None
         for scanner in self.scanners.values():
-            with contextlib.suppress(AgentError, OSError):
+            with contextlib.suppress(AgentError, DriverError, OSError):
                 await scanner.close()
         readers = [t for t in self._tasks if t.get_name().startswith("scan:")]
         if readers:

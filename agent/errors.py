@@ -6,10 +6,12 @@
     ├── ConfigError (ValueError)    a dock config file is wrong: names file, key, problem
     ├── JournalError                the SQLite journal could not be read or written
     │   └── JournalFullError (OSError)  the journal's disk is full (ENOSPC / SQLITE_FULL)
-    ├── DriverError                 a scanner could not be opened or read
-    │   └── ScannerGoneError        the device disappeared (unplug, reset); retried
     └── SyncError                   the ledger could not be reached or refused a batch
         └── AuthError               401/403: the station's token is wrong or revoked
+
+Drivers stand on their own and have their own tree, :mod:`drivers.errors` (``DriverError``,
+``ScannerGoneError``, ``DriverConfigError``), re-exported here; the CLI and the daemon catch
+``AgentError`` and ``DriverError`` alike.
 
 Lower layers translate ``OSError``, ``serial.SerialException``, ``sqlite3.Error`` and
 ``httpx.HTTPError`` into these with ``raise ... from exc`` at the boundary. Only the CLI turns
@@ -17,6 +19,8 @@ them into messages and exit codes.
 """
 
 from __future__ import annotations
+
+from drivers.errors import DriverError, ScannerGoneError
 
 __all__ = [
     "AgentError",
@@ -55,14 +59,6 @@ class JournalError(AgentError):
 
 class JournalFullError(JournalError, OSError):
     """The journal's filesystem is full: captures are refused until space returns."""
-
-
-class DriverError(AgentError):
-    """A scanner could not be opened or read."""
-
-
-class ScannerGoneError(DriverError):
-    """The scanner disappeared (unplugged, reset, connection closed); the driver retries."""
 
 
 class SyncError(AgentError):

@@ -14,19 +14,18 @@ agent.errors.ConfigError: dock.toml: scanners[0].baudrat: unknown key (did you m
 
 from __future__ import annotations
 
-import difflib
 import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from drivers.settings import REQUIRED, Settings, describe
+
 __all__ = ["ID", "REQUIRED", "ErrorFactory", "TomlTable", "describe", "read_toml"]
 
 #: station, site and similar ids: letters, digits, '.', '_', '-'; at most 64
 ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-#: a default that makes a key required
-REQUIRED: Any = object()
 
 ErrorFactory = Callable[[str, str, str], Exception]
 
@@ -48,52 +47,23 @@ def read_toml(path: Path, error: ErrorFactory) -> dict[str, Any]:
         raise error(name, "", f"invalid TOML: {exc}") from None
 
 
-def describe(v: Any) -> str:
-    """What a TOML value is, for messages: ``a string ('fast')``."""
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, int | float):
-        return f"a number ({v!r})"
-    if isinstance(v, str):
-        return f"a string ({v!r})"
-    if isinstance(v, list):
-        return "an array"
-    if isinstance(v, dict):
-        return "a table"
-    return type(v).__name__
+class TomlTable(Settings):
+    """Reads one TOML table, tracking which keys were used so leftovers are reported.
 
-
-class TomlTable:
-    """Reads one TOML table, tracking which keys were used so leftovers are reported."""
+    :class:`drivers.settings.Settings` with messages that name the file and the table.
+    """
 
     def __init__(self, file: str, data: Any, prefix: str, error: ErrorFactory) -> None:
         if not isinstance(data, Mapping):
             raise error(file, prefix or "(top level)", f"expected a table, got {describe(data)}")
-        self.file, self.data, self.prefix, self._error = file, data, prefix, error
-        self.used: set[str] = set()
+        super().__init__(data)
+        self.file, self.prefix, self._error = file, prefix, error
 
     def key(self, k: str) -> str:
         return f"{self.prefix}.{k}" if self.prefix else k
 
     def error(self, k: str, problem: str) -> Exception:
         return self._error(self.file, self.key(k), problem)
-
-    def get(self, k: str, types: tuple[type, ...], expected: str, default: Any) -> Any:
-        self.used.add(k)
-        if k not in self.data:
-            if default is REQUIRED:
-                raise self.error(k, "required key is missing")
-            return default
-        v = self.data[k]
-        if (isinstance(v, bool) and bool not in types) or not isinstance(v, types):
-            raise self.error(k, f"expected {expected}, got {describe(v)}")
-        return v
-
-    def text(self, k: str, default: Any = None, *, nonempty: bool = True) -> Any:
-        v = self.get(k, (str,), "a string", default)
-        if isinstance(v, str) and nonempty and not v.strip():
-            raise self.error(k, "must not be empty")
-        return v
 
     def ident(self, k: str, default: Any = None) -> Any:
         v = self.text(k, default)
@@ -103,43 +73,8 @@ class TomlTable:
             )
         return v
 
-    def integer(self, k: str, default: Any = None, *, lo: int | None = None,
-                hi: int | None = None) -> Any:
-        v = self.get(k, (int,), "an integer", default)
-        if isinstance(v, int):
-            if lo is not None and v < lo:
-                raise self.error(k, f"must be at least {lo}, got {v}")
-            if hi is not None and v > hi:
-                raise self.error(k, f"must be at most {hi}, got {v}")
-        return v
-
-    def number(self, k: str, default: Any = None, *, lo: float | None = None) -> Any:
-        v = self.get(k, (int, float), "a number", default)
-        if isinstance(v, int | float):
-            if lo is not None and v < lo:
-                raise self.error(k, f"must be at least {lo}, got {v}")
-            return float(v)
-        return v
-
-    def flag(self, k: str, default: Any = None) -> Any:
-        return self.get(k, (bool,), "true or false", default)
-
-    def choice(self, k: str, choices: tuple[str, ...], default: Any = None) -> Any:
-        v = self.text(k, default)
-        if v is not None and v not in choices:
-            raise self.error(k, f"must be one of {', '.join(choices)}; got {v!r}")
-        return v
-
     def table(self, k: str) -> TomlTable | None:
         self.used.add(k)
         if k not in self.data:
             return None
         return TomlTable(self.file, self.data[k], self.key(k), self._error)
-
-    def finish(self) -> None:
-        """Raise for the first key nobody asked for (with a did-you-mean hint)."""
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            k = unknown[0]
-            m = difflib.get_close_matches(k, sorted(self.used), n=1, cutoff=0.6)
-            raise self.error(k, "unknown key" + (f" (did you mean {m[0]!r}?)" if m else ""))

@@ -17,10 +17,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-__all__ = ["MAX_WAITING", "RawScan", "ScanQueue", "Scanner", "ScannerState", "StateCallback",
-           "boottime_ns"]
+if TYPE_CHECKING:
+    from drivers.settings import ScannerConfig, Settings
+
+__all__ = ["MAX_WAITING", "Driver", "RawScan", "ScanQueue", "Scanner", "ScannerState",
+           "StateCallback", "boottime_ns"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,28 @@ class Scanner(Protocol):
 
     async def close(self) -> None:
         """Stop reading and release the device. Idempotent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Driver:
+    """One kind of scanner, as the registry in :mod:`drivers` knows it.
+
+    ``parse`` reads the driver's keys of a ``[[scanners]]`` table into its frozen ``config``
+    type (raising :class:`~drivers.errors.DriverConfigError`); ``scanner`` builds the driver
+    from that config and an optional state callback.
+    """
+
+    name: str
+    config: type[ScannerConfig]
+    parse: Callable[..., ScannerConfig]
+    scanner: Callable[..., Any]
+
+    def parse_settings(self, settings: Settings, *, name: str,
+                       max_length: int = 512) -> ScannerConfig:
+        """Read this driver's keys from ``settings``; unknown keys are errors."""
+        cfg = self.parse(settings, name=name, max_length=max_length)
+        settings.finish()
+        return cfg
 
 
 class ScanQueue:

@@ -137,7 +137,7 @@ def _evdev_snippet(slug: str, name: str, stable: Sequence[str], vendor: str | No
         lines.append(f"device = {_toml(stable[0])}")
     else:
         lines.append(f"match_name = {_toml('^' + re.escape(name) + '$')}")
-    lines += ['layout = "us"            # the keyboard layout set in the scanner: us, uk, de, fr',
+    lines += ['layout = "us"            # the keyboard layout set in the scanner (find-layout)',
               'terminator = "enter"     # the scanner\'s suffix: enter, tab, or "timeout"']
     return "\n".join(lines)
 

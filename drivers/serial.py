@@ -31,20 +31,18 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, ClassVar, Final, Literal
 
 import serial
 from serial.urlhandler import protocol_socket
 
-from agent.errors import DriverError
-from drivers.base import StateCallback, boottime_ns
+from drivers.base import Driver, StateCallback, boottime_ns
+from drivers.errors import DriverError
 from drivers.framing import Backoff, Framer, encode_setting
+from drivers.settings import REQUIRED, ScannerConfig, Settings
 from drivers.supervised import SupervisedScanner
 
-if TYPE_CHECKING:
-    from agent.config import SerialScannerConfig
-
-__all__ = ["SerialScanner"]
+__all__ = ["DRIVER", "SerialScanner", "SerialScannerConfig", "parse_config"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +50,55 @@ _READ_SIZE: Final = 4096
 #: How long a reader thread waits in one read, i.e. how soon it notices close().
 _THREAD_READ_TIMEOUT: Final = 0.1
 _WRITE_TIMEOUT: Final = 1.0
+
+#: Names operators use for the control characters of ``ack`` and ``nak``.
+_CONTROL_NAMES: Final = {"ACK": "\x06", "NAK": "\x15", "BEL": "\x07", "CR": "\r", "LF": "\n"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SerialScannerConfig(ScannerConfig):
+    """``driver = "serial"``: USB-CDC or RS-232 scanners, or a pyserial URL."""
+
+    driver: ClassVar[str] = "serial"
+    port: str
+    baudrate: int = 9600
+    bytesize: int = 8
+    parity: Literal["N", "E", "O", "M", "S"] = "N"
+    stopbits: float = 1
+    terminator: str = "auto"  # auto (CR, LF or CRLF) | CR | LF | CRLF | one character
+    prefix: str = ""  # stripped from the start of each scan when present
+    suffix: str = ""  # stripped from the end of each scan when present
+    ack: str | None = None  # sent after a scan is committed (host-acknowledge mode)
+    nak: str | None = None  # sent after a scan is rejected
+    encoding: str = "utf-8"
+
+
+def parse_config(s: Settings, *, name: str, max_length: int = 512) -> SerialScannerConfig:
+    """The serial keys of a ``[[scanners]]`` table; raises ``DriverConfigError`` naming the key."""
+    terminator = s.text("terminator", "auto")
+    if terminator not in ("auto", "CR", "LF", "CRLF") and len(terminator) != 1:
+        raise s.error("terminator", "must be auto, CR, LF, CRLF or a single character, "
+                      f"got {terminator!r}")
+    ack, nak = s.text("ack", None, nonempty=False), s.text("nak", None, nonempty=False)
+    cfg = SerialScannerConfig(
+        name=name,
+        max_length=max_length,
+        port=s.text("port", REQUIRED),
+        baudrate=s.integer("baudrate", 9600, lo=50, hi=4_000_000),
+        bytesize=s.integer("bytesize", 8, lo=5, hi=8),
+        parity=s.choice("parity", ("N", "E", "O", "M", "S"), "N"),
+        stopbits=s.number("stopbits", 1.0),
+        terminator=terminator,
+        prefix=s.text("prefix", "", nonempty=False),
+        suffix=s.text("suffix", "", nonempty=False),
+        # TOML already turns "\u0006" into the character; the names are accepted too.
+        ack=None if ack is None else _CONTROL_NAMES.get(ack, ack),
+        nak=None if nak is None else _CONTROL_NAMES.get(nak, nak),
+        encoding=s.encoding("encoding", "utf-8"),
+    )
+    if cfg.stopbits not in (1.0, 1.5, 2.0):
+        raise s.error("stopbits", "must be 1, 1.5 or 2")
+    return cfg
 
 
 # pyserial flushes the input on open. A scan that arrived while the driver was reopening the
@@ -374,3 +421,7 @@ def _close_quietly(port: Any) -> None:
 def _close_opened_port(opening: asyncio.Future[Any]) -> None:
     if not opening.cancelled() and opening.exception() is None:
         _close_quietly(opening.result())
+
+
+#: The registry entry (see :mod:`drivers`).
+DRIVER = Driver("serial", SerialScannerConfig, parse_config, SerialScanner)

@@ -21,21 +21,45 @@ import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Final
+from dataclasses import dataclass
+from typing import ClassVar, Final, Literal
 
-from agent.errors import DriverError
-from drivers.base import StateCallback, boottime_ns
+from drivers.base import Driver, StateCallback, boottime_ns
+from drivers.errors import DriverError
 from drivers.framing import STX_ETX, Backoff, Framer, encode_setting
+from drivers.settings import REQUIRED, ScannerConfig, Settings
 from drivers.supervised import SupervisedScanner
 
-if TYPE_CHECKING:
-    from agent.config import TcpScannerConfig
-
-__all__ = ["TcpScanner"]
+__all__ = ["DRIVER", "TcpScanner", "TcpScannerConfig", "parse_config"]
 
 log = logging.getLogger(__name__)
 
 _READ_SIZE: Final = 4096
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TcpScannerConfig(ScannerConfig):
+    """``driver = "tcp"``: fixed-mount readers streaming scans over TCP."""
+
+    driver: ClassVar[str] = "tcp"
+    host: str
+    port: int
+    framing: Literal["line", "stx-etx"] = "line"
+    trigger: str | None = None  # sent on each (re)connect, e.g. to start a reading session
+    encoding: str = "utf-8"
+
+
+def parse_config(s: Settings, *, name: str, max_length: int = 512) -> TcpScannerConfig:
+    """The TCP keys of a ``[[scanners]]`` table; raises ``DriverConfigError`` naming the key."""
+    return TcpScannerConfig(
+        name=name,
+        max_length=max_length,
+        host=s.text("host", REQUIRED),
+        port=s.integer("port", REQUIRED, lo=1, hi=65535),
+        framing=s.choice("framing", ("line", "stx-etx"), "line"),
+        trigger=s.text("trigger", None, nonempty=False),
+        encoding=s.encoding("encoding", "utf-8"),
+    )
 
 
 class TcpScanner(SupervisedScanner):
@@ -145,3 +169,7 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and isinstance(exc.errno, int):
         return os.strerror(exc.errno)  # not asyncio's "Connect call failed ('::1', ...)"
     return str(exc) or type(exc).__name__
+
+
+#: The registry entry (see :mod:`drivers`).
+DRIVER = Driver("tcp", TcpScannerConfig, parse_config, TcpScanner)

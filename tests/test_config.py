@@ -13,11 +13,11 @@ from agent.config import (
     Config,
     GrammarConfig,
     LedgerConfig,
-    SerialScannerConfig,
-    TcpScannerConfig,
     load_config,
 )
 from agent.errors import AgentError, ConfigError
+from drivers.serial import SerialScannerConfig
+from drivers.tcp import TcpScannerConfig
 
 # DESIGN section 3, verbatim: these keys must work exactly as written.
 DESIGN_EXAMPLE = """\
@@ -56,10 +56,10 @@ def test_design_example_loads_as_documented(tmp_path: Path) -> None:
     assert cfg.ledger == LedgerConfig(url="http://127.0.0.1:8080",
                                       token_file="/etc/scan-agent/dock-3.token")
     (scanner,) = cfg.scanners
-    assert isinstance(scanner, SerialScannerConfig)
-    assert (scanner.name, scanner.driver, scanner.port, scanner.baudrate) == (
+    assert isinstance(scanner.settings, SerialScannerConfig)
+    assert (scanner.name, scanner.driver, scanner.settings.port, scanner.settings.baudrate) == (
         "handheld", "serial", "/dev/ttyACM0", 9600)
-    assert scanner.ack is None and scanner.nak is None
+    assert scanner.settings.ack is None and scanner.settings.nak is None
     # "Every item scan makes exactly one movement" (DESIGN section 4): no debounce unless set
     assert scanner.debounce_ms == 0
     assert cfg.scanner("handheld") is scanner
@@ -96,10 +96,10 @@ nak = "NAK"
     assert cfg.grammar == GrammarConfig(location_prefix="BIN-",
                                         sku_patterns=("SKU-(?P<sku>[A-Z0-9]{4,})",), max_qty=500)
     tcp = cfg.scanner("fixed-1")
-    assert isinstance(tcp, TcpScannerConfig)
-    assert (tcp.host, tcp.port, tcp.debounce_ms, tcp.mode, tcp.location) == (
+    assert isinstance(tcp.settings, TcpScannerConfig)
+    assert (tcp.settings.host, tcp.settings.port, tcp.debounce_ms, tcp.mode, tcp.location) == (
         "10.0.0.7", 23, 0, "count", "CC-1")
-    ackable = cfg.scanner("ackable")
+    ackable = cfg.scanner("ackable").settings
     assert isinstance(ackable, SerialScannerConfig)
     assert (ackable.ack, ackable.nak) == ("\x06", "\x15")
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -151,6 +151,7 @@ def test_absolute_database_path_is_kept(tmp_path: Path) -> None:
 
 SERIAL = '[[scanners]]\nname = "handheld"\ndriver = "serial"\nport = "/dev/ttyACM0"\n'
 HEAD = 'station = "dock-3"\nsite = "WH1"\n'
+WEDGE = '[[scanners]]\nname = "wedge"\ndriver = "evdev"\ndevice = "/dev/input/event3"\n'
 
 BAD_CONFIGS = [
     pytest.param('site = "WH1"\n', "station: required key is missing", id="missing-station"),
@@ -257,6 +258,26 @@ BAD_CONFIGS = [
     pytest.param(HEAD + '[[scanners]]\nname = "fixed"\ndriver = "tcp"\nhost = "h"\nport = 23\n'
                  'framing = "xml"\n',
                  "scanners[0].framing: must be one of line, stx-etx; got 'xml'", id="bad-framing"),
+    pytest.param(HEAD + WEDGE + 'layout = "bx"\n',
+                 "scanners[0].layout: unknown keyboard layout 'bx' (no layout 'bx' in the XKB "
+                 "data at /usr/share/X11/xkb); did you mean 'ba', 'bd', 'be', 'bg', 'br'? "
+                 "(`scan-agent find-layout` finds the scanner's)", id="unknown-layout"),
+    pytest.param(HEAD + WEDGE + 'layout = "ch(fx)"\n',
+                 "scanners[0].layout: unknown keyboard layout 'ch(fx)' (no variant 'fx' of "
+                 "layout 'ch' in the XKB data at /usr/share/X11/xkb); did you mean 'ch(fr)', "
+                 "'ch(fr_mac)', 'ch', 'ch(de_mac)', 'ch(legacy)'? (`scan-agent find-layout` "
+                 "finds the scanner's)", id="unknown-layout-variant"),
+    pytest.param(HEAD + WEDGE + 'layot = "de"\n',
+                 "scanners[0].layot: unknown key (did you mean 'layout'?)",
+                 id="unknown-key-in-wedge"),
+    pytest.param(HEAD + WEDGE + 'vendor = "0c2e"\n',
+                 "scanners[0].product: vendor and product go together", id="vendor-alone"),
+    pytest.param(HEAD + WEDGE + 'vendor = "xyz"\nproduct = "0b61"\n',
+                 "scanners[0].vendor: expected a USB id in hex such as \"05e0\", got 'xyz'",
+                 id="vendor-not-hex"),
+    pytest.param(HEAD + WEDGE + 'terminator = "cr"\n',
+                 "scanners[0].terminator: must be one of enter, tab, timeout; got 'cr'",
+                 id="wedge-bad-terminator"),
     pytest.param(HEAD + "[metrics]\nlisten = \"9105\"\n",
                  "metrics.listen: expected HOST:PORT with a port from 1 to 65535, got '9105'",
                  id="metrics-listen-no-host"),
@@ -324,3 +345,14 @@ def test_file_that_is_not_utf8(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value) == f"{path}: not UTF-8 text (byte 12)"
+
+
+@pytest.mark.parametrize("layout", ["us", "be", "ch(fr)", "de(nodeadkeys)", " ch( fr ) ", "uk"])
+def test_any_xkb_layout_and_variant_is_accepted(tmp_path: Path, layout: str) -> None:
+    """DESIGN section 3: any layout the machine's XKB data knows, variant in parentheses."""
+    from drivers.evdev import EvdevScannerConfig
+
+    text = DESIGN_EXAMPLE.split("[[scanners]]")[0] + WEDGE + f'layout = "{layout}"\n'
+    settings = load_config(write(tmp_path, text)).scanner("wedge").settings
+    assert isinstance(settings, EvdevScannerConfig)
+    assert settings.layout == {"uk": "gb", " ch( fr ) ": "ch(fr)"}.get(layout, layout)

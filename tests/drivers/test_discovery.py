@@ -122,7 +122,7 @@ def test_devices_without_usb_ids_are_matched_by_name(tmp_path: Path) -> None:
     table = tomllib.loads(cand.snippet)["scanners"][0]
     assert table["match_name"] == r'^Odd\ "Scanner"\ \(v2\)$'
     cfg = parse_config({"station": "s", "site": "w", "scanners": [table]}, "x.toml")
-    assert cfg.scanners[0].name_pattern == table["match_name"]  # type: ignore[attr-defined]
+    assert cfg.scanners[0].settings.name_pattern == table["match_name"]  # type: ignore[attr-defined]
 
 
 def test_duplicate_names_get_numbered(tmp_path: Path) -> None:

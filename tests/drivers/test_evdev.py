@@ -20,10 +20,9 @@ from pathlib import Path
 import pytest
 from evdev import InputEvent, ecodes
 
-from agent.config import EvdevScannerConfig
-from agent.errors import DriverError, ScannerGoneError
 from drivers import open_scanner
-from drivers.base import RawScan, Scanner, ScannerState
+from drivers.base import RawScan, Scanner, ScannerState, boottime_ns
+from drivers.errors import DriverError, ScannerGoneError
 from drivers.evdev import (
     IN_ATTRIB,
     IN_CREATE,
@@ -31,6 +30,7 @@ from drivers.evdev import (
     DeviceIdentity,
     DirectoryWatcher,
     EvdevScanner,
+    EvdevScannerConfig,
     EventSource,
     FdEventSource,
     matches,
@@ -43,7 +43,7 @@ GS = "\x1d"
 
 
 def config(**kw: object) -> EvdevScannerConfig:
-    base: dict[str, object] = {"name": "wedge", "driver": "evdev", "name_pattern": "scanner"}
+    base: dict[str, object] = {"name": "wedge", "name_pattern": "scanner"}
     base.update(kw)
     return EvdevScannerConfig(**base)  # type: ignore[arg-type]
 
@@ -99,6 +99,13 @@ class PipeDock:
             s.close()
 
 
+class BoottimeSource(FdEventSource):
+    """A pipe whose events are stamped on CLOCK_BOOTTIME, as the driver asks of a device."""
+
+    def __init__(self, fd: int, path: str = "", name: str = "") -> None:
+        super().__init__(fd, path, name, clock=time.CLOCK_BOOTTIME)
+
+
 @pytest.fixture
 def dock(tmp_path: Path) -> Iterator[PipeDock]:
     d = PipeDock(tmp_path)
@@ -151,6 +158,47 @@ async def test_scans_arrive_decoded_from_event_bytes(dock: PipeDock) -> None:
         ("wedge", "]d20104006381333931" + "10LOT7" + GS + "21SN1", None),
         ("wedge", "QTY-12", None)]
     assert scans[1].raw == scans[1].text.encode()
+    await scanner.close()
+
+
+async def test_a_scan_keeps_the_kernel_timestamp_of_its_last_key(tmp_path: Path) -> None:
+    """Like serial and TCP scans keep the time their bytes arrived, a wedge's scan keeps the
+    kernel's timestamp of the key that ended it (on CLOCK_BOOTTIME), not the time the loop got
+    to it: here the events are stamped 300 ms before they are written."""
+    dock = PipeDock(tmp_path, source_cls=BoottimeSource)
+    dock.plug()
+    scanner = scanner_on(dock)
+    it = aiter(scanner)
+    first = asyncio.ensure_future(next_scan(it))
+    await until(lambda: scanner.state.connected)
+    await asyncio.sleep(0.4)
+    enter_us = (boottime_ns() - 300_000_000) // 1000
+    t = Typist("us", t0_us=enter_us - 2 * 4 * 800, step_us=800).scan("AB")
+    events = t.take()
+    assert events[-1].sec * 1_000_000 + events[-1].usec == enter_us + 800  # the Enter key-up
+    dock.send(events)
+    scan = await first
+    enter_down_us = enter_us  # the Enter key-down ended the scan
+    assert scan.text == "AB"
+    assert scan.boot_ns == enter_down_us * 1000
+    assert abs(scan.wall_time - (time.time() - (boottime_ns() - scan.boot_ns) / 1e9)) < 0.05
+    await scanner.close()
+    dock.close()
+
+
+async def test_timestamps_from_before_the_device_was_opened_are_taken_as_read_time(
+        dock: PipeDock) -> None:
+    """Events from a device can only be younger than its opening: a stamp outside that
+    (a clock stepped meanwhile, a made-up stream) falls back to the time it was read."""
+    dock.plug()
+    scanner = scanner_on(dock)
+    it = aiter(scanner)
+    first = asyncio.ensure_future(next_scan(it))
+    await until(lambda: scanner.state.connected)
+    before = boottime_ns()
+    dock.send(Typist("us", t0_us=1_000_000).scan("AB").take())  # realtime clock, 1970
+    scan = await first
+    assert before <= scan.boot_ns <= boottime_ns()
     await scanner.close()
 
 

@@ -16,10 +16,9 @@ from typing import Any
 
 import pytest
 
-from agent.config import SerialScannerConfig
-from agent.errors import DriverError
 from drivers.base import RawScan, Scanner, ScannerState, boottime_ns
-from drivers.serial import SerialScanner
+from drivers.errors import DriverError
+from drivers.serial import SerialScanner, SerialScannerConfig
 from tests.drivers.states import States
 
 TIMEOUT = 10.0  # only to turn a hang into a failure; never a pass/fail threshold
@@ -28,7 +27,7 @@ SCANS = ["LOC-A-01-02", "]E04006381333931", "QTY-3", "]d2010400638133393110LOT7\
 
 
 def config(port: str, **kwargs: Any) -> SerialScannerConfig:
-    return SerialScannerConfig(name="handheld", driver="serial", port=port, **kwargs)
+    return SerialScannerConfig(name="handheld", port=port, **kwargs)
 
 
 async def next_scan(scanner: SerialScanner) -> RawScan:
@@ -330,7 +329,7 @@ async def test_close_before_iterating() -> None:
 ], ids=["url-scheme", "terminator-encoding"])
 def test_bad_settings_fail_at_construction(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(DriverError, match=message):
-        SerialScanner(SerialScannerConfig(name="handheld", driver="serial", **kwargs))
+        SerialScanner(SerialScannerConfig(name="handheld", **kwargs))
 
 
 async def test_url_transport_without_fd_uses_a_reader_thread() -> None:

@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 
-from agent.config import TcpScannerConfig
-from agent.errors import DriverError
 from drivers.base import RawScan, Scanner, ScannerState, boottime_ns
-from drivers.tcp import TcpScanner
+from drivers.errors import DriverError
+from drivers.tcp import TcpScanner, TcpScannerConfig
 from tests.drivers.states import States
 
 TIMEOUT = 10.0  # only to turn a hang into a failure; never a pass/fail threshold
@@ -70,7 +69,7 @@ async def open_scanner(reader: FixedMountReader) -> AsyncIterator[Callable[..., 
 
     async def make(**kwargs: Any) -> tuple[TcpScanner, States]:
         states = States()
-        cfg = TcpScannerConfig(name="fixed", driver="tcp", host="127.0.0.1", port=reader.port,
+        cfg = TcpScannerConfig(name="fixed", host="127.0.0.1", port=reader.port,
                                **kwargs)
         scanner = TcpScanner(cfg, on_state=states, backoff_start=0.05, backoff_cap=0.2)
         scanners.append(scanner)
@@ -87,7 +86,7 @@ async def next_scan(scanner: TcpScanner) -> RawScan:
 
 
 def test_is_a_scanner() -> None:
-    cfg = TcpScannerConfig(name="fixed", driver="tcp", host="127.0.0.1", port=9)
+    cfg = TcpScannerConfig(name="fixed", host="127.0.0.1", port=9)
     assert isinstance(TcpScanner(cfg), Scanner)
 
 
@@ -220,7 +219,7 @@ async def test_reader_drops_and_returns_on_the_same_port(
 async def test_close_is_idempotent_and_prompt_while_reconnecting(reader: FixedMountReader) -> None:
     await reader.stop()  # nobody listening: the driver is in its backoff loop
     states = States()
-    cfg = TcpScannerConfig(name="fixed", driver="tcp", host="127.0.0.1", port=reader.port)
+    cfg = TcpScannerConfig(name="fixed", host="127.0.0.1", port=reader.port)
     scanner = TcpScanner(cfg, on_state=states, backoff_start=5.0, backoff_cap=5.0)
     pending = asyncio.ensure_future(anext(scanner))
     await states.wait(lambda s: s.detail.startswith("cannot connect"))
@@ -243,7 +242,7 @@ async def test_close_closes_the_connection(
 
 
 def test_unencodable_trigger_fails_at_construction() -> None:
-    cfg = TcpScannerConfig(name="fixed", driver="tcp", host="h", port=1, trigger="§",
+    cfg = TcpScannerConfig(name="fixed", host="h", port=1, trigger="§",
                            encoding="ascii")
     with pytest.raises(DriverError, match="scanner 'fixed': trigger '§' cannot be"):
         TcpScanner(cfg)

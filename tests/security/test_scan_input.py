@@ -30,7 +30,7 @@ from evdev import InputEvent, ecodes
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import drivers.evdev
+import drivers.evdev.scanner
 from agent.config import Config, parse_config
 from drivers.evdev import FdEventSource
 from drivers.keymap import KeyDecoder
@@ -339,7 +339,7 @@ class EventPipe:
 def evdev_dock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                no_systemd: None) -> Iterator[tuple[LiveAgent, EventPipe]]:
     pipe = EventPipe()
-    monkeypatch.setattr(drivers.evdev, "open_matching_device",
+    monkeypatch.setattr(drivers.evdev.scanner, "open_matching_device",
                         lambda cfg, input_dir="/dev/input": pipe.open())
     try:
         cfg = agent_config(tmp_path, {"driver": "evdev", "match_name": "scanner",
@@ -377,10 +377,18 @@ def test_evdev_garbage_never_crashes_never_moves_stock_never_reaches_the_log_raw
     # of every modifier, set the lock keys back (the same decoder, fed the same events, says
     # where they are), press Enter; then the probe.
     twin = KeyDecoder("us")
-    twin.feed_many(garbage)
+
+    def twin_feed(events: list[InputEvent]) -> None:
+        for event in events:
+            twin.feed(event)
+            if twin.resync_needed:
+                twin.resync([])  # as the driver does, with the pipe's (empty) key state
+
+    twin_feed(garbage)
     t.syn(E.SYN_REPORT)
-    for m in MODIFIERS:
+    for m in sorted(set(MODIFIERS) | twin.keys_down):  # lock keys held down too
         t.key(m, 0)
+    twin_feed(t.events)
     if twin.capslock:
         t.tap(E.KEY_CAPSLOCK)
     if not twin.numlock:

@@ -1,0 +1,131 @@
+"""A scanner's settings, read strictly: typed values, and one message naming the key and why.
+
+Every driver reads its own keys of a ``[[scanners]]`` table with a :class:`Settings` and
+returns its own frozen config (a :class:`ScannerConfig`); a wrong value raises
+:class:`~drivers.errors.DriverConfigError` naming the key. Keys nobody read are errors too,
+with a did-you-mean hint, so that typos never pass silently. The agent's config reader
+(:class:`agent.tomltable.TomlTable`) is this class, with messages that also name the file.
+
+>>> s = Settings({"baudrat": 9600})
+>>> s.integer("baudrate", 9600)
+9600
+>>> s.finish()
+Traceback (most recent call last):
+drivers.errors.DriverConfigError: baudrat: unknown key (did you mean 'baudrate'?)
+"""
+
+from __future__ import annotations
+
+import codecs
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from drivers.errors import DriverConfigError
+
+__all__ = ["REQUIRED", "ScannerConfig", "Settings", "describe"]
+
+#: a default that makes a key required
+REQUIRED: Any = object()
+
+
+def describe(v: Any) -> str:
+    """What a TOML value is, for messages: ``a string ('fast')``."""
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int | float):
+        return f"a number ({v!r})"
+    if isinstance(v, str):
+        return f"a string ({v!r})"
+    if isinstance(v, list):
+        return "an array"
+    if isinstance(v, dict):
+        return "a table"
+    return type(v).__name__
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScannerConfig:
+    """What every driver's config has: the scanner's name and the longest scan it takes.
+
+    Each driver subclasses it with its own keys and sets ``driver`` to its name.
+    """
+
+    driver: ClassVar[str] = ""
+    name: str
+    max_length: int = 512
+
+
+class Settings:
+    """Reads one table of settings, tracking which keys were used so leftovers are reported."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self.data = data
+        self.used: set[str] = set()
+
+    def error(self, k: str, problem: str) -> Exception:
+        """The exception for a problem with key ``k`` (raise it)."""
+        return DriverConfigError(k, problem)
+
+    def get(self, k: str, types: tuple[type, ...], expected: str, default: Any) -> Any:
+        self.used.add(k)
+        if k not in self.data:
+            if default is REQUIRED:
+                raise self.error(k, "required key is missing")
+            return default
+        v = self.data[k]
+        if (isinstance(v, bool) and bool not in types) or not isinstance(v, types):
+            raise self.error(k, f"expected {expected}, got {describe(v)}")
+        return v
+
+    def text(self, k: str, default: Any = None, *, nonempty: bool = True) -> Any:
+        v = self.get(k, (str,), "a string", default)
+        if isinstance(v, str) and nonempty and not v.strip():
+            raise self.error(k, "must not be empty")
+        return v
+
+    def integer(self, k: str, default: Any = None, *, lo: int | None = None,
+                hi: int | None = None) -> Any:
+        v = self.get(k, (int,), "an integer", default)
+        if isinstance(v, int):
+            if lo is not None and v < lo:
+                raise self.error(k, f"must be at least {lo}, got {v}")
+            if hi is not None and v > hi:
+                raise self.error(k, f"must be at most {hi}, got {v}")
+        return v
+
+    def number(self, k: str, default: Any = None, *, lo: float | None = None) -> Any:
+        v = self.get(k, (int, float), "a number", default)
+        if isinstance(v, int | float):
+            if lo is not None and v < lo:
+                raise self.error(k, f"must be at least {lo}, got {v}")
+            return float(v)
+        return v
+
+    def flag(self, k: str, default: Any = None) -> Any:
+        return self.get(k, (bool,), "true or false", default)
+
+    def choice(self, k: str, choices: tuple[str, ...], default: Any = None) -> Any:
+        v = self.text(k, default)
+        if v is not None and v not in choices:
+            raise self.error(k, f"must be one of {', '.join(choices)}; got {v!r}")
+        return v
+
+    def encoding(self, k: str, default: Any = None) -> Any:
+        """A text encoding Python knows (``"latin-1"``, ``"cp1252"``)."""
+        v = self.text(k, default)
+        if isinstance(v, str):
+            try:
+                codecs.lookup(v)
+            except LookupError:
+                raise self.error(k, f"unknown text encoding {v!r}") from None
+        return v
+
+    def finish(self) -> None:
+        """Raise for the first key nobody asked for (with a did-you-mean hint)."""
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            k = unknown[0]
+            m = difflib.get_close_matches(k, sorted(self.used), n=1, cutoff=0.6)
+            raise self.error(k, "unknown key" + (f" (did you mean {m[0]!r}?)" if m else ""))
