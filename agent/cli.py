@@ -174,7 +174,10 @@ def devices(as_json: bool) -> None:
               help="Where to write the SVG image ('-' for standard output).")
 def calibration_barcode(output: str) -> None:
     """Write the layout finder's calibration barcode: an SVG to print at 100%, landscape."""
-    from drivers.calibration import CALIBRATION_TEXT, save_svg
+    try:
+        from drivers.calibration import CALIBRATION_TEXT, save_svg
+    except ImportError as exc:  # the wedge extra is not installed
+        raise click.ClickException(str(exc)) from exc
 
     try:
         save_svg(output)
@@ -201,8 +204,11 @@ def find_layout(config_path: str | None, scanner: str | None, recording: str | N
     (--recording FILE). The key events are decoded under every layout this machine's XKB
     data knows; those that give the barcode's text exactly are listed, with the config line.
     """
-    from drivers.calibration import find_layouts, record_calibration
-    from drivers.recording import read_recording, write_recording
+    try:
+        from drivers.calibration import find_layouts, record_calibration
+        from drivers.recording import read_recording, write_recording
+    except ImportError as exc:  # the wedge extra is not installed
+        raise click.ClickException(str(exc)) from exc
 
     if (recording is None) == (config_path is None):
         raise click.UsageError("give either --config FILE --scanner NAME, or --recording FILE")

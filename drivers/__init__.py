@@ -41,7 +41,10 @@ def driver(name: str) -> Driver:
     except KeyError:
         raise DriverConfigError(
             "driver", f"must be one of {', '.join(DRIVERS)}; got {name!r}") from None
-    entry: Driver = importlib.import_module(module).DRIVER
+    try:
+        entry: Driver = importlib.import_module(module).DRIVER
+    except ImportError as exc:
+        raise DriverConfigError("driver", f"{name!r} cannot run here: {exc}") from exc
     return entry
 
 

@@ -27,7 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xkbcommon import xkb
+try:
+    from xkbcommon import xkb
+except ImportError as exc:  # the [wedge] extra is not installed
+    raise ImportError(
+        "keyboard-wedge (evdev) scanners decode keys with libxkbcommon, whose Python binding "
+        "is not installed: install scan-agent with its 'wedge' extra "
+        "(pip install 'scan-agent[wedge]'; it builds from source, so first "
+        "apt install gcc python3-dev libxkbcommon-dev xkb-data libx11-data)") from exc
 
 from drivers.errors import UnknownLayoutError
 

@@ -211,9 +211,10 @@ if [ "$WITH_VENV" = 1 ]; then
     if [ -n "$WHEELS" ]; then
         pip_args+=(--no-index --find-links "$WHEELS")
     fi
-    target=$SRC
+    # wedge: keyboard-wedge scanners' layouts (libxkbcommon's binding, built here).
+    target="${SRC}[wedge]"
     if [ "$WITH_GPIO" = 1 ]; then
-        target="${SRC}[gpio]"
+        target="${SRC}[wedge,gpio]"
     fi
     say "installing scan-agent into $VENV"
     "$ROOT$VENV/bin/python" -m pip install "${pip_args[@]}" --upgrade "$target"

@@ -500,3 +500,43 @@ def test_new_journal_carries_on_from_the_given_seq(tmp_path: Path) -> None:
     again = CliRunner().invoke(main, ["new-journal", "--config", str(cfg), "--first-seq", "9"])
     assert again.exit_code == 1
     assert "a journal is already there; move it aside first" in again.output
+
+
+_WITHOUT_XKB = """
+import sys
+class NoXkb:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "xkbcommon":
+            raise ImportError("No module named 'xkbcommon'")
+sys.meta_path.insert(0, NoXkb())
+from agent.cli import main
+sys.argv = ["scan-agent", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_wedge_dock_without_the_wedge_extra_is_told_what_to_install(tmp_path: Path) -> None:
+    """The xkbcommon binding is an extra (it builds from source): a dock with a keyboard-wedge
+    scanner on a machine without it fails check-config with one message naming the key and the
+    extra, and the layout commands say the same, instead of a traceback."""
+    token = tmp_path / "dock.token"
+    token.write_text("secret\n")
+    token.chmod(0o600)
+    cfg = tmp_path / "dock.toml"
+    cfg.write_text(
+        'station = "d1"\nsite = "WH1"\nlocation = "DOCK"\n'
+        f'database = "{tmp_path / "j.db"}"\n'
+        f'[ledger]\nurl = "http://127.0.0.1:1"\ntoken_file = "{token}"\n'
+        '[[scanners]]\nname = "wedge"\ndriver = "evdev"\nlayout = "be"\n')
+    run = [sys.executable, "-c", _WITHOUT_XKB]
+    checked = subprocess.run([*run, "check-config", str(cfg)], capture_output=True, text=True,
+                             timeout=60)
+    assert checked.returncode == 2
+    assert "scanners[0].driver: 'evdev' cannot run here" in checked.stderr
+    assert "scan-agent[wedge]" in checked.stderr
+    assert "Traceback" not in checked.stderr
+    barcode = subprocess.run([*run, "calibration-barcode", "-o", str(tmp_path / "c.svg")],
+                             capture_output=True, text=True, timeout=60)
+    assert barcode.returncode == 1
+    assert "scan-agent[wedge]" in barcode.stderr
+    assert "Traceback" not in barcode.stderr
