@@ -3,7 +3,8 @@
 For random event sets (receipts, picks, moves, counts, voids; few items, locations and times,
 so ties and late events are common) posted in random arrival orders, the final occurrence-order
 balances and the classes of negatives must not depend on the arrival order, and must match a
-recomputation from scratch (ledger.reference). The incident set and recorded-order balances do
+recomputation from scratch (tests/ledger/reference.py). The incident set and recorded-order
+balances do
 depend on arrival order by definition; they must match the reference for that order.
 """
 
@@ -18,8 +19,8 @@ from hypothesis import strategies as st
 from ledger.balances import Leg, Track
 from ledger.engine import Ledger
 from ledger.events import Movement, validate_event
-from ledger.reference import expected_state
 from tests.ledger.factory import event
+from tests.ledger.reference import expected_state
 
 ITEMS = ("A", "B")
 LOCS = ("L1", "L2", "L3")
