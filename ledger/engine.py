@@ -391,7 +391,9 @@ class Ledger:
         if add:
             self._dups.setdefault(k, []).append(m.key)
         else:
-            self._dups[k].remove(m.key)
+            keys = self._dups.get(k)
+            if keys is not None and m.key in keys:  # (settling drops old buckets)
+                keys.remove(m.key)
 
     def _apply(self, m: Movement, now: int, warnings: list[str]) -> None:
         site, item, t = m.site, m.item or "", m.t

@@ -202,14 +202,17 @@ class LedgerService:
         self.engine = engine
         for site, horizon in store.horizons().items():
             engine.set_horizon(site, parse_time(horizon))
+        horizons: dict[str, str] = {}
+        for site in {s.site for s in store.stations()}:
+            horizons.update(self._advance_horizon(site))
         now = now_us()
         out = engine.release_all(now)
         at = format_time(now)
         released = [Release(m.event_id, seq, at, m.effective_at) for m, seq in out.released]
         self._since_snapshot = n
         checkpoint = self._maybe_checkpoint(force=snap is None or n > 0)
-        if released or checkpoint is not None:
-            store.save_batch([], released, None, checkpoint=checkpoint)
+        if released or checkpoint is not None or horizons:
+            store.save_batch([], released, None, horizons=horizons, checkpoint=checkpoint)
         # What is in memory lives long: keep the cyclic GC from rescanning it on every
         # full collection.
         gc.collect()
@@ -447,8 +450,8 @@ class LedgerService:
         return Reply(200, {"server_time": format_time(now_us()), "received_at": received_at,
                            "results": results})
 
-    def _advance_horizon(self, site: str, station: str, watermark: str | None
-                         ) -> dict[str, str]:
+    def _advance_horizon(self, site: str, station: str | None = None,
+                         watermark: str | None = None) -> dict[str, str]:
         """The site's horizon after this batch (DESIGN section 10): the earliest watermark
         of its stations that are not revoked, one that never posted counting from its
         registration; only ever forward. Returns what to store if it moved."""
