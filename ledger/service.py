@@ -454,15 +454,21 @@ class LedgerService:
                          watermark: str | None = None) -> dict[str, str]:
         """The site's horizon after this batch (DESIGN section 10): the earliest watermark
         of its stations that are not revoked, one that never posted counting from its
-        registration; only ever forward. Returns what to store if it moved."""
+        registration; only ever forward. Returns what to store if it moved.
+
+        A site none of whose stations has sent a watermark yet has no horizon: its first
+        events may well be older than the registrations (a dock that captured before it was
+        registered, a history imported at once), and there is nothing to settle yet."""
         low: int | None = None
+        posted = False
         for s in self.store.stations():
             if s.site != site or s.revoked_at is not None:
                 continue
             mark = watermark if s.name == station and watermark is not None else s.watermark
+            posted = posted or mark is not None
             t = parse_time(mark if mark is not None else s.created_at)
             low = t if low is None else min(low, t)
-        if low is not None and self.engine.set_horizon(site, low):
+        if posted and low is not None and self.engine.set_horizon(site, low):
             return {site: format_time(low)}
         return {}
 
