@@ -164,7 +164,14 @@ def create_app(service: LedgerService) -> Starlette:
         return JSONResponse({"ok": True, "server_time": format_time(now_us())})
 
     def dashboard_main() -> str:
-        incidents = service.negatives().body["incidents"]
+        incidents: list[dict[str, Any]] = []
+        after = None
+        while True:  # every page (DESIGN section 6)
+            page = service.negatives(None, MAX_PAGE, after).body
+            incidents += page["incidents"]
+            after = page["next"]
+            if after is None:
+                break
         held_events = service.held().body["held"]
         station_rows = service.stations().body["stations"]
         return render_main(incidents, held_events, station_rows, format_time(now_us()))
