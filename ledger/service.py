@@ -432,6 +432,8 @@ class LedgerService:
                 released.extend(Release(r.event_id, seq, received_at, r.effective_at)
                                 for r, seq in out.released)
         contact = Contact(station.name, received_at, sent_at, watermark, offset, len(events))
+        for m in fresh:
+            m.body = None  # (rows hold it) not in memory, nor in the snapshot
         horizons = self._advance_horizon(site, name, watermark)
         self._since_snapshot += len(rows) + len(released)
         try:
@@ -444,8 +446,6 @@ class LedgerService:
             self._rebuild()
             return _error(503, "the ledger could not save this batch; retry", **{
                 "Retry-After": "2"})
-        for m in fresh:
-            m.body = None
         self._announce(engine.take_changes())
         return Reply(200, {"server_time": format_time(now_us()), "received_at": received_at,
                            "results": results})
