@@ -233,7 +233,8 @@ class Ledger:
             at = self._release_time(m)
             if at is None:
                 loc = m.from_location or ""
-                have = self._track((m.site, m.item, loc)).balance_after(m.t)
+                tr = self.tracks.get((m.site, m.item, loc))
+                have = 0 if tr is None else tr.balance_after(m.t)
                 m.held = True
                 insort(self.held.setdefault((m.site, m.item), []), m, key=_key_of)
                 return Outcome("held", f"held: {loc} has {have} at {m.occurred_at}, {m.qty} "
