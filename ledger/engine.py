@@ -348,16 +348,18 @@ class Ledger:
 
     def snapshot(self) -> bytes:
         """Everything in memory, for :meth:`restore` (with the policy left out)."""
-        return pickle.dumps((SNAPSHOT_FORMAT, self), protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps((SNAPSHOT_FORMAT, _layout(), self),
+                            protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
     def restore(cls, data: bytes, allow_negative: Callable[[str], bool] = lambda site: True,
                 duplicate_window_us: int = 10_000_000) -> Ledger | None:
-        """The ledger a :meth:`snapshot` holds, or None if it is of another format.
+        """The ledger a :meth:`snapshot` holds, or None if another version of the ledger
+        wrote it (its objects are not laid out as these: the caller replays the log).
 
         Only for snapshots this ledger wrote into its own store: unpickling runs code."""
-        fmt, engine = pickle.loads(data)
-        if fmt != SNAPSHOT_FORMAT or not isinstance(engine, Ledger):
+        fmt, layout, engine = pickle.loads(data)
+        if fmt != SNAPSHOT_FORMAT or layout != _layout() or not isinstance(engine, Ledger):
             return None
         engine.allow_negative = allow_negative
         engine.duplicate_window_us = duplicate_window_us
@@ -841,6 +843,15 @@ class Ledger:
 
     def live(self) -> Iterable[Movement]:
         return (m for m in self.events.values() if m.applied)
+
+
+def _layout() -> tuple[Any, ...]:
+    """What a snapshot's objects must look like to be read back: every attribute of the
+    classes it holds (a ledger that adds or renames one cannot read an older snapshot)."""
+    from ledger.balances import _Node
+
+    return (tuple(sorted(Ledger().__dict__)), Incident.__slots__, Movement.__slots__,
+            Leg.__slots__, Track.__slots__, _Node.__slots__, _IncidentIndex.__slots__)
 
 
 def _drop_incidents(index: dict[Any, _IncidentIndex], site: str, ids: set[int]) -> None:

@@ -462,3 +462,32 @@ def test_a_crash_between_snapshots_loses_nothing(tmp_path: Path, monkeypatch: An
 def _json_bytes(body: dict[str, Any]) -> bytes:
     import json
     return json.dumps(body).encode()
+
+
+def test_a_snapshot_that_cannot_be_read_means_one_full_replay(tmp_path: Path,
+                                                              caplog: Any) -> None:
+    """A snapshot another version wrote (or a damaged one) is not fatal: the whole log is
+    replayed, with the same answers, and a new snapshot is taken."""
+    import logging
+
+    db = tmp_path / "ledger.db"
+    with LedgerServer(db) as srv, httpx.Client(base_url=srv.url) as http:
+        tok = srv.add_station("dock-1", "WH1")
+        _post(http, tok, "dock-1", [receipt(5, "L1", 0, station="dock-1"),
+                                    pick(7, "L1", 1, station="dock-1")], 2)
+        before = (http.get("/v1/balances").json(), http.get("/v1/negatives").json())
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE snapshots SET state = ?", (b"not a snapshot",))
+    conn.commit()
+    conn.close()
+    with caplog.at_level(logging.ERROR, logger="ledger"):
+        with LedgerServer(db) as srv, httpx.Client(base_url=srv.url) as http:
+            assert (http.get("/v1/balances").json(), http.get("/v1/negatives").json()) \
+                == before
+    assert "cannot be read; replaying the whole log" in caplog.text
+    conn = sqlite3.connect(db)
+    try:
+        (state,) = conn.execute("SELECT state FROM snapshots").fetchone()
+        assert state != b"not a snapshot"
+    finally:
+        conn.close()
