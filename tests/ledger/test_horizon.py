@@ -480,10 +480,9 @@ def test_a_snapshot_that_cannot_be_read_means_one_full_replay(tmp_path: Path,
     conn.execute("UPDATE snapshots SET state = ?", (b"not a snapshot",))
     conn.commit()
     conn.close()
-    with caplog.at_level(logging.ERROR, logger="ledger"):
-        with LedgerServer(db) as srv, httpx.Client(base_url=srv.url) as http:
-            assert (http.get("/v1/balances").json(), http.get("/v1/negatives").json()) \
-                == before
+    with (caplog.at_level(logging.ERROR, logger="ledger"), LedgerServer(db) as srv,
+          httpx.Client(base_url=srv.url) as http):
+        assert (http.get("/v1/balances").json(), http.get("/v1/negatives").json()) == before
     assert "cannot be read; replaying the whole log" in caplog.text
     conn = sqlite3.connect(db)
     try:
