@@ -4,8 +4,8 @@ For random event sets (receipts, picks, moves, counts, voids; few items, locatio
 so ties and late events are common) posted in random arrival orders, the final occurrence-order
 balances and the classes of negatives must not depend on the arrival order, and must match a
 recomputation from scratch (tests/ledger/reference.py). The incident set and recorded-order
-balances do
-depend on arrival order by definition; they must match the reference for that order.
+balances do depend on arrival order by definition; they must match the reference for that
+order.
 """
 
 from __future__ import annotations
