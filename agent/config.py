@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.errors import ConfigError
-from agent.tomltable import REQUIRED, TomlTable, read_toml
 from drivers import DRIVERS, parse_scanner_config
 from drivers import ScannerConfig as DriverConfig
 from drivers.errors import DriverConfigError
+from drivers.settings import REQUIRED, TomlTable, read_toml
 
 __all__ = [
     "MODES",

@@ -3,8 +3,9 @@
 Every driver reads its own keys of a ``[[scanners]]`` table with a :class:`Settings` and
 returns its own frozen config (a :class:`ScannerConfig`); a wrong value raises
 :class:`~drivers.errors.DriverConfigError` naming the key. Keys nobody read are errors too,
-with a did-you-mean hint, so that typos never pass silently. The agent's config reader
-(:class:`agent.tomltable.TomlTable`) is this class, with messages that also name the file.
+with a did-you-mean hint, so that typos never pass silently. The dock's and the
+ledger's config files are read by :class:`TomlTable`, the same class with messages that also
+name the file (each side passes its own error class, taking ``(file, key, problem)``).
 
 >>> s = Settings({"baudrat": 9600})
 >>> s.integer("baudrate", 9600)
@@ -18,13 +19,17 @@ from __future__ import annotations
 
 import codecs
 import difflib
-from collections.abc import Mapping
+import re
+import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from drivers.errors import DriverConfigError
 
-__all__ = ["REQUIRED", "ScannerConfig", "Settings", "describe"]
+__all__ = ["ID", "REQUIRED", "ErrorFactory", "ScannerConfig", "Settings", "TomlTable", "describe",
+           "read_toml"]
 
 #: a default that makes a key required
 REQUIRED: Any = object()
@@ -129,3 +134,59 @@ class Settings:
             k = unknown[0]
             m = difflib.get_close_matches(k, sorted(self.used), n=1, cutoff=0.6)
             raise self.error(k, "unknown key" + (f" (did you mean {m[0]!r}?)" if m else ""))
+
+
+#: station, site and similar ids: letters, digits, '.', '_', '-'; at most 64
+ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+ErrorFactory = Callable[[str, str, str], Exception]
+
+
+def read_toml(path: Path, error: ErrorFactory) -> dict[str, Any]:
+    """Parse a TOML file; every failure is ``error(file, "", problem)``."""
+    name = str(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(name, "", "file not found") from None
+    except PermissionError:
+        raise error(name, "", "permission denied") from None
+    except IsADirectoryError:
+        raise error(name, "", "is a directory, expected a TOML file") from None
+    except UnicodeDecodeError as exc:
+        raise error(name, "", f"not UTF-8 text (byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(name, "", f"invalid TOML: {exc}") from None
+
+
+class TomlTable(Settings):
+    """Reads one TOML table, tracking which keys were used so leftovers are reported.
+
+    :class:`drivers.settings.Settings` with messages that name the file and the table.
+    """
+
+    def __init__(self, file: str, data: Any, prefix: str, error: ErrorFactory) -> None:
+        if not isinstance(data, Mapping):
+            raise error(file, prefix or "(top level)", f"expected a table, got {describe(data)}")
+        super().__init__(data)
+        self.file, self.prefix, self._error = file, prefix, error
+
+    def key(self, k: str) -> str:
+        return f"{self.prefix}.{k}" if self.prefix else k
+
+    def error(self, k: str, problem: str) -> Exception:
+        return self._error(self.file, self.key(k), problem)
+
+    def ident(self, k: str, default: Any = None) -> Any:
+        v = self.text(k, default)
+        if isinstance(v, str) and not ID.match(v):
+            raise self.error(
+                k, f"{v!r} is not a valid id (letters, digits, '.', '_', '-'; at most 64)"
+            )
+        return v
+
+    def table(self, k: str) -> TomlTable | None:
+        self.used.add(k)
+        if k not in self.data:
+            return None
+        return TomlTable(self.file, self.data[k], self.key(k), self._error)

@@ -25,11 +25,13 @@ from starlette.routing import Route
 from ledger.dashboard import render_main, render_page
 from ledger.errors import StoreError
 from ledger.events import format_time, now_us
-from ledger.service import LedgerService, Reply
+from ledger.service import DEFAULT_INCIDENTS, LedgerService, Reply
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("ledger.http")
+
+MAX_PAGE = 10_000  # the largest page of GET /v1/events and /v1/negatives (DESIGN section 6)
 
 
 def _bearer(request: Request) -> str | None:
@@ -123,8 +125,21 @@ def create_app(service: LedgerService) -> Starlette:
         except StoreError as exc:
             return await unavailable(exc)
 
+    def page_limit(raw: str) -> int | None:
+        limit = _whole_number(raw)
+        return limit if limit is not None and 1 <= limit <= MAX_PAGE else None
+
+    def bad_limit(raw: str) -> JSONResponse:
+        return JSONResponse({"error": f"limit: expected 1 to {MAX_PAGE}, got {raw!r}"},
+                            status_code=400)
+
     async def negatives(request: Request) -> Response:
-        return await read(request, service.negatives, request.query_params.get("status"))
+        q = request.query_params
+        raw = q.get("limit", str(DEFAULT_INCIDENTS))
+        limit = page_limit(raw)
+        if limit is None:
+            return bad_limit(raw)
+        return await read(request, service.negatives, q.get("status"), limit, q.get("after"))
 
     async def balances(request: Request) -> Response:
         q = request.query_params
@@ -134,11 +149,10 @@ def create_app(service: LedgerService) -> Starlette:
     async def events(request: Request) -> Response:
         q = request.query_params
         raw = q.get("limit", "100")
-        limit = _whole_number(raw)
-        if limit is None or not 1 <= limit <= 10_000:
-            return JSONResponse({"error": f"limit: expected 1 to 10000, got {raw!r}"},
-                                status_code=400)
-        return await read(request, service.events, q.get("station"), limit)
+        limit = page_limit(raw)
+        if limit is None:
+            return bad_limit(raw)
+        return await read(request, service.events, q.get("station"), limit, q.get("after"))
 
     async def held(request: Request) -> Response:
         return await read(request, service.held)
@@ -150,7 +164,14 @@ def create_app(service: LedgerService) -> Starlette:
         return JSONResponse({"ok": True, "server_time": format_time(now_us())})
 
     def dashboard_main() -> str:
-        incidents = service.negatives().body["incidents"]
+        incidents: list[dict[str, Any]] = []
+        after = None
+        while True:  # every page (DESIGN section 6)
+            page = service.negatives(None, MAX_PAGE, after).body
+            incidents += page["incidents"]
+            after = page["next"]
+            if after is None:
+                break
         held_events = service.held().body["held"]
         station_rows = service.stations().body["stations"]
         return render_main(incidents, held_events, station_rows, format_time(now_us()))

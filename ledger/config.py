@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.tomltable import ID as _ID
-from agent.tomltable import TomlTable, read_toml
+from drivers.settings import ID as _ID
+from drivers.settings import TomlTable, read_toml
 from ledger.errors import ConfigError
 
 __all__ = ["LedgerConfig", "SitePolicy", "load_config", "parse_config"]

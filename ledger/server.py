@@ -25,10 +25,10 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from agent.notify import Notifier
 from ledger.app import create_app
 from ledger.config import LedgerConfig, load_config
 from ledger.errors import ServerError
+from ledger.notify import notify_systemd
 from ledger.service import LedgerService
 
 __all__ = ["LedgerServer", "bind", "serve", "tune_gc"]
@@ -179,18 +179,18 @@ def serve(db: str | Path, *, host: str = "127.0.0.1", port: int = 8080,
     tune_gc()
     sock = bind(host, port)
     url = _url(host, sock)
-    with Notifier.from_env() as notifier, LedgerService(db, config or LedgerConfig()) as service:
+    with LedgerService(db, config or LedgerConfig()) as service:
 
         def announce() -> None:
             print(f"scan-ledger listening on {url}", flush=True)
-            notifier.ready(f"listening on {url}")
+            notify_systemd("READY=1", f"STATUS=listening on {url}")
 
         server = _Server(_uvicorn_config(service, log_level), announce)
         try:
             server.run(sockets=[sock])
         finally:
             sock.close()
-            notifier.stopping("requests finished; closing the database")
+            notify_systemd("STOPPING=1", "STATUS=requests finished; closing the database")
 
 
 class LedgerServer:

@@ -25,22 +25,38 @@ from typing import Any, TypeVar
 
 from ledger.alerts import WebhookNotifier
 from ledger.config import LedgerConfig
-from ledger.engine import Change, Ledger
+from ledger.engine import BEFORE_HORIZON, Change, Incident, Ledger, Settlement
 from ledger.errors import LedgerError, StationError, StoreError
 from ledger.events import (
     Movement,
+    digest_of,
     format_time,
     now_us,
     parse_json,
     parse_time,
     validate_event,
 )
-from ledger.store import Contact, NewEvent, StationRecord, Store, StoredEvent, open_store
+from ledger.store import (
+    Checkpoint,
+    Contact,
+    NewEvent,
+    Release,
+    SettledIncident,
+    StationRecord,
+    Store,
+    StoredEvent,
+    open_store,
+)
 
 __all__ = ["LedgerService", "Reply", "hash_token", "new_token", "valid_station_name"]
 
 log = logging.getLogger("ledger")
 T = TypeVar("T")
+
+#: the least number of events in memory before settling (and between snapshots)
+SETTLE_MIN = 20_000
+#: a page of GET /v1/negatives when the client gives no limit
+DEFAULT_INCIDENTS = 1000
 
 
 def new_token() -> str:
@@ -87,6 +103,13 @@ class LedgerService:
         self.engine = self._new_engine()
         self.notifier: WebhookNotifier | None = None
         self._closed = False
+        # Settling (DESIGN section 10): memory is settled when it holds at least
+        # ``_settle_at`` events (twice what the last settling kept, and at least
+        # SETTLE_MIN), and a snapshot follows at the latest every ``_snapshot_every`` events
+        # applied, so a crash replays at most that many at start.
+        self._settle_at = SETTLE_MIN
+        self._snapshot_every = SETTLE_MIN
+        self._since_snapshot = 0
 
     def _new_engine(self) -> Ledger:
         return Ledger(self.config.allow_negative,
@@ -117,6 +140,11 @@ class LedgerService:
             self.notifier.close()
         if self._executor is not None:
             if self._store is not None:
+                try:
+                    self._executor.submit(self._checkpoint_at_stop).result()
+                except LedgerError:
+                    log.exception("no snapshot at stop; the next start replays the log "
+                                  "since the last one")
                 self._executor.submit(self._store.close).result()
             self._executor.shutdown(wait=True)
 
@@ -149,36 +177,145 @@ class LedgerService:
         self._rebuild()
 
     def _rebuild(self) -> None:
-        """Replay the event log into a fresh engine (at start, or after a failed write)."""
-        engine = self._new_engine()
-        n = 0
-        for stored in self.store.log():
-            m = validate_event(parse_json(stored.body), stored.station, stored.site)
-            if not isinstance(m, Movement):
-                log.error("event %s in the log no longer validates (%s); skipped",
-                          stored.event_id, m)
-                continue
-            if stored.applied_seq is None:
-                engine.restore_held(m)
-            else:
-                engine.applied_seq = stored.applied_seq - 1
-                engine.submit(m, parse_time(stored.applied_at), replay=True)
-            m.body = None
-            n += 1
+        """Load the snapshot and replay the log after it (at start, or after a failed
+        write); without a usable snapshot, replay the whole log, then settle and take one."""
+        store = self.store
+        snap = store.snapshot()
+        engine: Ledger | None = None
+        gc.disable()  # building many long-lived objects: no collection can free any
+        try:
+            if snap is not None:
+                try:
+                    engine = Ledger.restore(snap.state, self.config.allow_negative,
+                                            self._window_us())
+                except Exception:  # not fatal: the log is the source of truth
+                    log.exception("the snapshot of %s cannot be read; replaying the whole "
+                                  "log", snap.taken_at)
+                if engine is None:
+                    snap = None
+            if engine is None:
+                engine = self._new_engine()
+            n = self._replay(engine, store.log(snap))
+        finally:
+            gc.enable()
         engine.take_changes()
         self.engine = engine
-        # The rebuilt history lives as long as the process: keep the cyclic GC from
-        # rescanning it on every full collection.
-        gc.collect()
-        gc.freeze()
+        for site, horizon in store.horizons().items():
+            engine.set_horizon(site, parse_time(horizon))
+        horizons: dict[str, str] = {}
+        for site in {s.site for s in store.stations()}:
+            horizons.update(self._advance_horizon(site))
         now = now_us()
         out = engine.release_all(now)
-        if out.released:
-            at = format_time(now)
-            self.store.save_batch([], [(m.event_id, seq, at) for m, seq in out.released], None)
+        at = format_time(now)
+        released = [Release(m.event_id, seq, at, m.effective_at) for m, seq in out.released]
+        self._since_snapshot = n
+        checkpoint = self._maybe_checkpoint(force=snap is None or n > 0)
+        if released or checkpoint is not None or horizons:
+            store.save_batch([], released, None, horizons=horizons, checkpoint=checkpoint)
+        # What is in memory lives long: keep the cyclic GC from rescanning it on every
+        # full collection.
+        gc.collect()
+        gc.freeze()
         self._announce(engine.take_changes())
-        log.info("ledger rebuilt from %d events (%d incidents, %d held)", n,
-                 len(engine.incidents), len(engine.held_events()))
+        log.info("ledger loaded: %s, %d events replayed after it (%d in memory, %d incidents, "
+                 "%d held)", "a snapshot" if snap is not None else "no snapshot", n,
+                 len(engine.events), len(engine.incidents), len(engine.held_events()))
+
+    def _window_us(self) -> int:
+        return int(self.config.duplicate_window_s * 1_000_000)
+
+    def _replay(self, engine: Ledger, log_: Any) -> int:
+        """Apply stored events as the log says they went; returns how many."""
+        n = 0
+        for stored in log_:
+            m = self._movement(stored)
+            if m is None:
+                continue
+            n += 1
+            if stored.applied_seq is None:
+                engine.restore_held(m)
+                continue
+            now = parse_time(stored.applied_at)
+            if engine.replay_release(m.event_id, m.t, now, stored.applied_seq):
+                continue
+            target = None
+            if m.type == "void" and m.voids not in engine.events:
+                target = self._settled_target(m.voids, m.event_id)
+            engine.applied_seq = stored.applied_seq - 1
+            engine.submit(m, now, replay=True, settled_target=target)
+        return n
+
+    def _movement(self, stored: StoredEvent) -> Movement | None:
+        """A stored event as the engine takes it: at the time it took effect, with its
+        before_horizon flag."""
+        m = validate_event(parse_json(stored.body), stored.station, stored.site)
+        if not isinstance(m, Movement):
+            log.error("event %s in the log no longer validates (%s); skipped",
+                      stored.event_id, m)
+            return None
+        m.body = None
+        if stored.effective_at is not None:
+            m.t = parse_time(stored.effective_at)
+        if stored.warnings is not None and BEFORE_HORIZON in json.loads(stored.warnings):
+            m.before_horizon = True
+        return m
+
+    def _settled_target(self, target_id: str | None, void_id: str) -> Movement | None:
+        """The target of a void that is no longer in memory, as the store has it (None if
+        the store has none). Its ``voided_by`` is the store's, unless that is this void
+        itself (a replay)."""
+        if target_id is None:
+            return None
+        rows = self.store.events_by_id([target_id])
+        if not rows:
+            return None
+        return self._settled(rows[0], void_id)
+
+    def _settled(self, row: StoredEvent, void_id: str) -> Movement | None:
+        m = self._movement(row)
+        if m is None:
+            return None
+        m.voided_by = row.voided_by if row.voided_by != void_id else None
+        if row.reversal is not None:
+            m.reversal = tuple((loc, occ, rec) for loc, occ, rec in json.loads(row.reversal))
+        return m
+
+    # ------------------------------------------------------------- settling
+
+    def _maybe_checkpoint(self, *, force: bool = False) -> Checkpoint | None:
+        """Settle every site up to its horizon when memory has grown enough, and take a
+        snapshot when settling did or enough events were applied since the last one."""
+        engine = self.engine
+        settled: list[Settlement] = []
+        if force or len(engine.events) >= self._settle_at:
+            settled = [engine.settle(site, horizon) for site, horizon in engine.horizon.items()]
+            self._settle_at = max(SETTLE_MIN, 2 * len(engine.events))
+            self._snapshot_every = max(SETTLE_MIN, len(engine.events))
+        if not (force or settled or self._since_snapshot >= self._snapshot_every):
+            return None
+        self._since_snapshot = 0
+        incidents = [SettledIncident(inc.id, inc.movement.site, inc.status,
+                                     json.dumps(self._settled_json(inc, dup)))
+                     for st in settled for inc, dup in st.incidents]
+        events = [(m.event_id, m.voided_by,
+                   None if m.reversal is None else json.dumps(m.reversal))
+                  for st in settled for m in st.events]
+        return Checkpoint(engine.applied_seq, format_time(now_us()), engine.snapshot(),
+                          incidents, events)
+
+    @staticmethod
+    def _settled_json(inc: Incident, suspected_duplicate: bool) -> dict[str, Any]:
+        out = inc.to_json(confirmed=True, suspected_duplicate=suspected_duplicate)
+        del out["confirmed"]
+        return out
+
+    def _checkpoint_at_stop(self) -> None:
+        """At a clean stop: a snapshot of what was applied since the last one, so the next
+        start replays nothing."""
+        if self._since_snapshot == 0:
+            return
+        self.store.save_batch([], [], None, checkpoint=self._maybe_checkpoint(force=True))
 
     # -------------------------------------------------------------- stations
 
@@ -241,10 +378,25 @@ class LedgerService:
         received_at = format_time(received)
         results: list[dict[str, Any]] = []
         rows: list[NewEvent] = []
-        released: list[tuple[str, int, str]] = []
+        released: list[Release] = []
+        voided: list[tuple[str, str]] = []
         fresh: list[Movement] = []
         validate, submit = validate_event, engine.submit
         name, site = station.name, station.site
+        # Ids the engine no longer holds (settled history) are looked up in the store's
+        # index: a duplicate is known however old, a void finds its settled target.
+        in_memory = engine.events
+        wanted = []
+        for ev in events:
+            if ev.__class__ is dict:
+                eid = ev.get("event_id")
+                if eid.__class__ is str and eid not in in_memory:
+                    wanted.append(eid)
+                target = ev.get("voids")
+                if target.__class__ is str and target not in in_memory:
+                    wanted.append(target)
+        stored = {r.event_id: r for r in self.store.events_by_id(wanted)} if wanted else {}
+        targets: dict[str, Movement | None] = {}
         for ev in events:
             m = validate(ev, name, site)
             if not isinstance(m, Movement):
@@ -252,7 +404,23 @@ class LedgerService:
                 results.append({"event_id": eid if isinstance(eid, str) else None,
                                 "status": "rejected", "reason": m, "warnings": []})
                 continue
-            out = submit(m, received)
+            known = stored.get(m.event_id)
+            if known is not None and m.event_id not in in_memory:
+                if digest_of(known.body) == m.digest:
+                    results.append({"event_id": m.event_id, "status": "duplicate",
+                                    "reason": "already received with the same content",
+                                    "warnings": []})
+                else:
+                    results.append({"event_id": m.event_id, "status": "rejected",
+                                    "reason": "event_id: already used by a different event "
+                                              "(same id, different content)", "warnings": []})
+                continue
+            target = None
+            if m.type == "void" and m.voids in stored and m.voids not in in_memory:
+                if m.voids not in targets:
+                    targets[m.voids] = self._settled(stored[m.voids], m.event_id)
+                target = targets[m.voids]
+            out = submit(m, received, settled_target=target)
             status = out.status
             results.append({"event_id": m.event_id, "status": status, "reason": out.reason,
                             "warnings": out.warnings})
@@ -260,24 +428,55 @@ class LedgerService:
                 assert m.body is not None
                 rows.append(NewEvent(m.event_id, m.station, m.site, m.seq, m.type, m.item,
                                      m.occurred_at, received_at, status, out.applied_seq,
-                                     received_at if out.applied_seq else None, m.body))
+                                     received_at if out.applied_seq else None, m.body,
+                                     m.effective_at,
+                                     json.dumps(out.warnings) if out.warnings else None))
                 fresh.append(m)
+            if out.voided_settled is not None:
+                voided.append((out.voided_settled, m.event_id))
             if out.released:
-                released.extend((r.event_id, seq, received_at) for r, seq in out.released)
+                released.extend(Release(r.event_id, seq, received_at, r.effective_at)
+                                for r, seq in out.released)
         contact = Contact(station.name, received_at, sent_at, watermark, offset, len(events))
+        for m in fresh:
+            m.body = None  # (rows hold it) not in memory, nor in the snapshot
+        horizons = self._advance_horizon(site, name, watermark)
+        self._since_snapshot += len(rows) + len(released)
         try:
-            self.store.save_batch(rows, released, contact)
+            checkpoint = self._maybe_checkpoint()
+            self.store.save_batch(rows, released, contact, voided=voided, horizons=horizons,
+                                  checkpoint=checkpoint)
         except StoreError:
             log.exception("could not save a batch of %s; rebuilding from the log",
                           station.name)
             self._rebuild()
             return _error(503, "the ledger could not save this batch; retry", **{
                 "Retry-After": "2"})
-        for m in fresh:
-            m.body = None
         self._announce(engine.take_changes())
         return Reply(200, {"server_time": format_time(now_us()), "received_at": received_at,
                            "results": results})
+
+    def _advance_horizon(self, site: str, station: str | None = None,
+                         watermark: str | None = None) -> dict[str, str]:
+        """The site's horizon after this batch (DESIGN section 10): the earliest watermark
+        of its stations that are not revoked, one that never posted counting from its
+        registration; only ever forward. Returns what to store if it moved.
+
+        A site none of whose stations has sent a watermark yet has no horizon: its first
+        events may well be older than the registrations (a dock that captured before it was
+        registered, a history imported at once), and there is nothing to settle yet."""
+        low: int | None = None
+        posted = False
+        for s in self.store.stations():
+            if s.site != site or s.revoked_at is not None:
+                continue
+            mark = watermark if s.name == station and watermark is not None else s.watermark
+            posted = posted or mark is not None
+            t = parse_time(mark if mark is not None else s.created_at)
+            low = t if low is None else min(low, t)
+        if posted and low is not None and self.engine.set_horizon(site, low):
+            return {site: format_time(low)}
+        return {}
 
     def _announce(self, changes: list[Change]) -> None:
         if self.notifier is None or not changes:
@@ -311,12 +510,31 @@ class LedgerService:
             suspected_duplicate=self.engine.suspected_duplicate(m))
         return out
 
-    def negatives(self, status: str | None = None) -> Reply:
+    def negatives(self, status: str | None = None, limit: int = DEFAULT_INCIDENTS,
+                  after: str | None = None) -> Reply:
+        """``GET /v1/negatives``: incidents in id order, ``limit`` at a time; ``next`` is
+        the cursor of the following page (None on the last). Settled incidents come from
+        the store, the others from memory."""
         if status not in (None, "open", "resolved"):
             return _error(400, f"status: must be open or resolved, got {status!r}")
+        start = _cursor(after)
+        if start is None:
+            return _error(400, f"after: not a cursor this ledger gave: {after!r}")
         confirmed = self._confirmation()
-        return Reply(200, {"incidents": [self._incident_json(inc.movement, inc, confirmed)
-                                         for inc in self.engine.iter_incidents(status)]})
+        page: list[tuple[int, dict[str, Any]]] = []
+        for row in self.store.settled_incidents(start, limit + 1, status):
+            body = json.loads(row.body)
+            wm = confirmed.get(row.site)
+            body["confirmed"] = wm is not None and wm > parse_time(body["occurred_at"])
+            page.append((row.id, body))
+        mine = sorted((inc for inc in self.engine.iter_incidents(status) if inc.id > start),
+                      key=lambda inc: inc.id)[:limit + 1]
+        page += [(inc.id, self._incident_json(inc.movement, inc, confirmed)) for inc in mine]
+        page.sort(key=lambda p: p[0])
+        more = len(page) > limit
+        page = page[:limit]
+        return Reply(200, {"incidents": [body for _id, body in page],
+                           "next": _make_cursor(page[-1][0]) if more else None})
 
     def balances(self, site: str | None = None, item: str | None = None,
                  location: str | None = None, by: str | None = None) -> Reply:
@@ -342,12 +560,25 @@ class LedgerService:
         ev["received_at"] = stored.received_at
         ev["status"] = stored.status
         ev["applied_at"] = stored.applied_at
-        ev["voided_by"] = None if m is None else m.voided_by
+        ev["effective_at"] = stored.effective_at if m is None else m.effective_at
+        ev["warnings"] = [] if stored.warnings is None else json.loads(stored.warnings)
+        ev["voided_by"] = stored.voided_by if m is None else m.voided_by
         return ev
 
-    def events(self, station: str | None = None, limit: int = 100) -> Reply:
-        stored = self.store.events(station, limit)
-        return Reply(200, {"events": [self._event_json(s) for s in stored]})
+    def events(self, station: str | None = None, limit: int = 100,
+               after: str | None = None) -> Reply:
+        """``GET /v1/events``: the newest first, ``limit`` at a time, settled or not;
+        ``next`` is the cursor of the following (older) page, None on the last."""
+        before = None
+        if after:
+            before = _cursor(after)
+            if before is None:
+                return _error(400, f"after: not a cursor this ledger gave: {after!r}")
+        stored = self.store.events(station, limit + 1, before)
+        more = len(stored) > limit
+        stored = stored[:limit]
+        return Reply(200, {"events": [self._event_json(s) for s in stored],
+                           "next": _make_cursor(stored[-1].rowid) if more else None})
 
     def held(self) -> Reply:
         ids = [m.event_id for m in self.engine.held_events()]
@@ -356,6 +587,21 @@ class LedgerService:
     def stations(self) -> Reply:
         now = now_us()
         return Reply(200, {"stations": [_station_json(s, now) for s in self.store.stations()]})
+
+
+def _make_cursor(position: int) -> str:
+    """An opaque page cursor: clients hand it back as it is."""
+    return f"p{position}"
+
+
+def _cursor(raw: str | None) -> int | None:
+    """The position a cursor names (0 for none), or None if it is not one of ours."""
+    if raw is None or raw == "":
+        return 0
+    digits = raw[1:]
+    if raw[:1] != "p" or not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+        return None
+    return int(digits)
 
 
 def _station_json(s: StationRecord, now: int) -> dict[str, Any]:

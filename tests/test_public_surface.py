@@ -58,3 +58,17 @@ def test_every_command_has_help_and_docs(prog: str, group: click.Group,
     assert "Usage:" in result.output
     words = r"\s+".join(map(re.escape, (prog, *command)))
     assert re.search(words, DOCS), f"`{prog} {' '.join(command)}` is not in README.md or docs/"
+
+
+def test_the_ledger_imports_nothing_from_the_agent() -> None:
+    """The ledger runs on a server without the dock's code: no ``agent`` import anywhere in
+    ``ledger/``, and of ``drivers`` only the strict settings reader both sides' config files
+    are read with (``drivers.settings``: no device code)."""
+    offenders = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in sorted((ROOT / "ledger").rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.match(r"\s*(from|import)\s+(agent|drivers)\b", line)
+        and not re.match(r"\s*from\s+drivers\.settings\s+import\b", line)
+    ]
+    assert not offenders, offenders

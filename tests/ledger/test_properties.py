@@ -3,8 +3,9 @@
 For random event sets (receipts, picks, moves, counts, voids; few items, locations and times,
 so ties and late events are common) posted in random arrival orders, the final occurrence-order
 balances and the classes of negatives must not depend on the arrival order, and must match a
-recomputation from scratch (ledger.reference). The incident set and recorded-order balances do
-depend on arrival order by definition; they must match the reference for that order.
+recomputation from scratch (tests/ledger/reference.py). The incident set and recorded-order
+balances do depend on arrival order by definition; they must match the reference for that
+order.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from hypothesis import strategies as st
 from ledger.balances import Leg, Track
 from ledger.engine import Ledger
 from ledger.events import Movement, validate_event
-from ledger.reference import expected_state
 from tests.ledger.factory import event
+from tests.ledger.reference import expected_state
 
 ITEMS = ("A", "B")
 LOCS = ("L1", "L2", "L3")
@@ -84,7 +85,7 @@ def check_against_reference(raw: list[dict[str, Any]]) -> Ledger:
     assert on_hand == {k: v for k, v in exp.on_hand.items() if v}
     recorded = {(s, i, loc): rec for s, i, loc, _bal, rec in ledger.balances() if rec}
     assert recorded == {k: v for k, v in exp.recorded.items() if v}
-    got = {inc.movement.event_id: inc for inc in ledger.incidents}
+    got = {inc.movement.event_id: inc for inc in ledger.incidents.values()}
     assert set(got) == exp.incidents
     for eid, inc in got.items():
         assert inc.status == exp.statuses[eid], (eid, inc.status, exp.statuses[eid])
@@ -103,9 +104,9 @@ def test_engine_matches_brute_force_in_any_arrival_order(raw: list[dict[str, Any
     late = check_against_reference(shuffled)
     assert ([r[:4] for r in in_order.balances() if r[3]]
             == [r[:4] for r in late.balances() if r[3]])
-    classes_a = {i.movement.event_id: i.cls for i in in_order.incidents
+    classes_a = {i.movement.event_id: i.cls for i in in_order.incidents.values()
                  if i.movement.voided_by is None}
-    classes_b = {i.movement.event_id: i.cls for i in late.incidents
+    classes_b = {i.movement.event_id: i.cls for i in late.incidents.values()
                  if i.movement.voided_by is None}
     for eid in classes_a.keys() & classes_b.keys():
         assert classes_a[eid] == classes_b[eid]
@@ -253,3 +254,32 @@ def test_late_groups_keep_the_tree_shallow_in_any_arrival_order() -> None:
                rnd.randrange(40_000_000) + 1)
     assert tr.groups >= 12_000
     assert tr.depth() <= 3 * 14
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=st.lists(st.tuples(st.integers(0, 30), st.sampled_from(["add", "reset"]),
+                              st.integers(-5, 5)), min_size=1, max_size=60),
+       horizon=st.integers(0, 32), later=st.lists(st.tuples(st.integers(0, 40),
+                                                            st.integers(-5, 5)), max_size=10))
+def test_a_settled_track_answers_as_before_from_its_horizon_on(
+        ops: list[tuple[int, str, int]], horizon: int, later: list[tuple[int, int]]) -> None:
+    """Settling folds the groups before the horizon into one leg: every balance and every
+    negative search from the horizon on is what the whole history gives, also after more
+    legs arrive at or after the horizon."""
+    full, settled = Track(), Track()
+    for i, (t, op, value) in enumerate(ops):
+        v = abs(value) if op == "reset" else value
+        for tr in (full, settled):
+            tr.add(Leg((i,), reset=op == "reset", value=v, depletion=op == "add" and v < 0), t)
+    settled.settle(horizon)
+    assert all(t >= horizon - 1 for t, _legs in settled.walk())
+    for j, (t, value) in enumerate(later):
+        for tr in (full, settled):
+            tr.add(Leg((1000 + j,), reset=False, value=value, depletion=value < 0),
+                   max(t, horizon))
+    assert settled.balance == full.balance
+    for probe in range(horizon - 1, 42):
+        assert settled.balance_after(probe) == full.balance_after(probe)
+        if probe >= horizon:
+            assert ({leg.order for leg in settled.find_negative(probe)}
+                    == {leg.order for leg in full.find_negative(probe)})
