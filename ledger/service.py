@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 
 from ledger.alerts import WebhookNotifier
 from ledger.config import LedgerConfig
-from ledger.engine import Change, Ledger
-from ledger.errors import LedgerError, StationError, StoreError
+from ledger.engine import Change, Incident, Ledger
+from ledger.errors import FilterError, LedgerError, ManagerError, StationError, StoreError
 from ledger.events import (
     Movement,
     format_time,
@@ -35,12 +35,26 @@ from ledger.events import (
     parse_time,
     validate_event,
 )
-from ledger.store import Contact, NewEvent, StationRecord, Store, StoredEvent, open_store
+from ledger.filters import IncidentFilter, parse_filter
+from ledger.history import Arrival, BalanceHistory, balance_history, touches
+from ledger.stationflags import station_flags
+from ledger.store import (
+    Contact,
+    NewEvent,
+    NoteRecord,
+    StationRecord,
+    Store,
+    StoredEvent,
+    open_store,
+)
 
-__all__ = ["LedgerService", "Reply", "hash_token", "new_token", "valid_station_name"]
+__all__ = ["MAX_NOTE", "LedgerService", "Reply", "hash_token", "new_token",
+           "valid_station_name"]
 
 log = logging.getLogger("ledger")
 T = TypeVar("T")
+MAX_NOTE = 2000  # characters in a manager's note
+_NOTE_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # tab and line feed are fine
 
 
 def new_token() -> str:
@@ -282,11 +296,10 @@ class LedgerService:
     def _announce(self, changes: list[Change]) -> None:
         if self.notifier is None or not changes:
             return
-        confirmed = self._confirmation()
-        for ch in changes:
-            self.notifier.notify({
-                "kind": ch.kind, "previous_class": ch.previous_class,
-                "incident": self._incident_json(ch.incident.movement, ch.incident, confirmed)})
+        shown = self._incidents_json([ch.incident for ch in changes])
+        for ch, inc in zip(changes, shown, strict=True):
+            self.notifier.notify({"kind": ch.kind, "previous_class": ch.previous_class,
+                                  "incident": inc})
 
     # ----------------------------------------------------------------- reads
 
@@ -304,19 +317,146 @@ class LedgerService:
                 low[s.site] = None if cur is None or wm is None else min(cur, wm)
         return {site: wm for site, wm in low.items() if wm is not None}
 
-    def _incident_json(self, m: Movement, inc: Any, confirmed: dict[str, int]) -> dict[str, Any]:
-        wm = confirmed.get(m.site)
-        out: dict[str, Any] = inc.to_json(
-            confirmed=wm is not None and wm > m.t,
-            suspected_duplicate=self.engine.suspected_duplicate(m))
+    def _incidents_json(self, incidents: list[Incident]) -> list[dict[str, Any]]:
+        """Incidents as JSON (section 8), with ``item_name`` and ``notes`` (section 11)."""
+        confirmed = self._confirmation()
+        names = self.store.item_names({inc.movement.item or "" for inc in incidents})
+        notes = self.store.notes([inc.id for inc in incidents]) if incidents else {}
+        out = []
+        for inc in incidents:
+            m = inc.movement
+            wm = confirmed.get(m.site)
+            j: dict[str, Any] = inc.to_json(
+                confirmed=wm is not None and wm > m.t,
+                suspected_duplicate=self.engine.suspected_duplicate(m),
+                item_name=names.get(m.item or ""))
+            j["notes"] = [_note_json(n) for n in notes.get(inc.id, ())]
+            out.append(j)
         return out
 
-    def negatives(self, status: str | None = None) -> Reply:
+    def filter_of(self, query: dict[str, str]) -> IncidentFilter:
+        """The incident filter of a request's query (raises FilterError, an HTTP 400)."""
+        stations = self.store.stations()
+        return parse_filter(query, sites={s.site for s in stations} | set(self.config.sites),
+                            stations={s.name for s in stations})
+
+    def filtered(self, filt: IncidentFilter | None, status: str | None = None) -> list[Incident]:
+        """The incidents that pass a filter (all of them for None), oldest first."""
+        incs = self.engine.iter_incidents(status)
+        if not filt:
+            return list(incs)
+        zone = self.config.zone
+        return [inc for inc in incs if filt.matches(
+            site=inc.movement.site, cls=inc.cls, status=inc.status,
+            station=inc.movement.station, opened_at=inc.opened_at, zone=zone)]
+
+    def negatives(self, status: str | None = None,
+                  query: dict[str, str] | None = None) -> Reply:
+        """``GET /v1/negatives``: every incident, or those that pass the query's filter."""
         if status not in (None, "open", "resolved"):
             return _error(400, f"status: must be open or resolved, got {status!r}")
+        try:
+            filt = None if query is None else self.filter_of(query)
+        except FilterError as exc:
+            return _error(400, str(exc))
+        return Reply(200, {"incidents": self._incidents_json(self.filtered(filt, status))})
+
+    def incident(self, incident_id: int) -> Reply:
+        """``GET /v1/negatives/{id}``: one incident, with its story and the location's balance
+        over time in both orders (what the incident page shows)."""
+        if not 1 <= incident_id <= len(self.engine.incidents):
+            return _error(404, f"no incident {incident_id}")
+        inc = self.engine.incidents[incident_id - 1]
+        (j,) = self._incidents_json([inc])
+        m = inc.movement
+        by = None if inc.resolved_by is None else self.engine.events.get(inc.resolved_by)
+        history = self._history(inc)
+        stored = {s.event_id: s for s in self.store.events_by_id(
+            [m.event_id] + ([by.event_id] if by is not None else []))}
         confirmed = self._confirmation()
-        return Reply(200, {"incidents": [self._incident_json(inc.movement, inc, confirmed)
-                                         for inc in self.engine.iter_incidents(status)]})
+        waiting = [s.name for s in self.store.stations()
+                   if s.site == m.site and s.revoked_at is None
+                   and (s.watermark is None or parse_time(s.watermark) <= m.t)]
+
+        def event(eid: str | None) -> dict[str, Any] | None:
+            return None if eid is None or eid not in stored else self._event_json(stored[eid])
+
+        dep_posted = next((p.balance for p in history.recorded if p.event_id == m.event_id),
+                          None)
+        return Reply(200, {
+            "incident": j, "depletion": event(m.event_id),
+            "resolved_by": event(None if by is None else by.event_id),
+            "recorded_balance_when_posted": dep_posted,
+            "site_watermark": (None if m.site not in confirmed
+                               else format_time(confirmed[m.site])),
+            "waiting_for": waiting,
+            "history": {name: [{"t": format_time(p.t), "balance": p.balance,
+                                "event_id": p.event_id} for p in pts]
+                        for name, pts in (("recorded", history.recorded),
+                                          ("occurrence", history.occurrence))},
+        })
+
+    def _history(self, inc: Incident) -> BalanceHistory:
+        m = inc.movement
+        site, item, loc = m.site, m.item or "", inc.location
+        target = self.engine.events.get
+        # One pass over the events in memory (the chart is read rarely; ingest never pays).
+        ms = [e for e in self.engine.events.values()
+              if e.site == site and (e.item == item or e.type == "void")
+              and touches(e, site, item, loc, target)]
+        arrivals = {s.event_id: Arrival(s.applied_seq, parse_time(s.applied_at))
+                    for s in self.store.events_by_id([e.event_id for e in ms])
+                    if s.applied_seq is not None and s.applied_at is not None}
+        return balance_history(ms, arrivals, loc, target)
+
+    # ---------------------------------------------------------- items, notes
+
+    def import_items(self, names: list[tuple[str, str]]) -> tuple[int, int]:
+        """Add or update item names; returns (added, updated)."""
+        return self.store.put_items(names, format_time(now_us()))
+
+    def add_manager(self, name: str) -> str:
+        """Register a manager; returns the token (only its hash is stored)."""
+        if not valid_station_name(name):
+            raise ManagerError(f"{name!r} is not a valid manager name (letters, digits, '.', "
+                               "'_', '-'; at most 64)")
+        token = new_token()
+        self.store.add_manager(name, hash_token(token), format_time(now_us()))
+        return token
+
+    def add_note(self, token: str | None, incident_id: int, body: bytes) -> Reply:
+        """``POST /v1/negatives/{id}/notes`` with a manager's token and ``{"text": ...}``."""
+        if not token:
+            return _error(401, "a note needs a manager's bearer token",
+                          **{"WWW-Authenticate": "Bearer"})
+        digest = hash_token(token)
+        manager = self.store.manager_by_token(digest)
+        if manager is None:
+            if self.store.station_by_token(digest) is not None:
+                return _error(403, "a station's token cannot add notes; use a manager's token "
+                                   "(scan-ledger manager add)")
+            return _error(401, "unknown or revoked token", **{"WWW-Authenticate": "Bearer"})
+        if not 1 <= incident_id <= len(self.engine.incidents):
+            return _error(404, f"no incident {incident_id}")
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            return _error(400, f"malformed JSON: {exc}")
+        if not isinstance(data, dict) or set(data) != {"text"}:
+            return _error(400, 'body: expected {"text": "..."} and nothing else')
+        text = data["text"]
+        if not isinstance(text, str) or not text.strip():
+            return _error(400, "text: required, a non-empty string")
+        text = text.strip().replace("\r\n", "\n")
+        if len(text) > MAX_NOTE:
+            return _error(400, f"text: {len(text)} characters; at most {MAX_NOTE}")
+        if _NOTE_CONTROL.search(text) or _lone_surrogate(text):
+            return _error(400, "text: holds a control character (only tabs and line breaks "
+                               "are allowed)")
+        inc = self.engine.incidents[incident_id - 1]
+        note = self.store.add_note(inc.id, inc.movement.event_id, manager.name, text,
+                                   format_time(now_us()))
+        return Reply(201, {"note": _note_json(note)})
 
     def balances(self, site: str | None = None, item: str | None = None,
                  location: str | None = None, by: str | None = None) -> Reply:
@@ -355,7 +495,14 @@ class LedgerService:
 
     def stations(self) -> Reply:
         now = now_us()
-        return Reply(200, {"stations": [_station_json(s, now) for s in self.store.stations()]})
+        records = self.store.stations()
+        flags = station_flags(records, now)
+        return Reply(200, {"stations": [_station_json(s, now) | {"flags": flags[s.name]}
+                                        for s in records]})
+
+
+def _note_json(n: NoteRecord) -> dict[str, Any]:
+    return {"id": n.id, "author": n.author, "text": n.text, "created_at": n.created_at}
 
 
 def _station_json(s: StationRecord, now: int) -> dict[str, Any]:
