@@ -87,11 +87,11 @@ def balance_chart(history: BalanceHistory, *, lo: int, hi: int, marks: Sequence[
         t = lo + (hi - lo) * i // 4
         out.append(f'<text x="{x(t):.1f}" y="{_H - _MB + 16}" text-anchor="middle" '
                    f'font-size="11" fill="#1d2430">{_a(_local(t, zone, tick_fmt))}</text>')
-    for t, label in marks:
+    for k, (t, label) in enumerate(marks):
         if lo <= t <= hi:
             out.append(f'<line class="mark" x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{_MT}" '
                        f'y2="{_H - _MB}" stroke="#1d2430" stroke-dasharray="2 3"/>'
-                       f'<text x="{x(t) + 3:.1f}" y="{_MT + 10}" font-size="11" '
+                       f'<text x="{x(t) + 3:.1f}" y="{_MT + 10 + 13 * k}" font-size="11" '
                        f'fill="#1d2430">{_a(label)}</text>')
     for name, colour, dash, width in (("recorded", _RECORDED, ' stroke-dasharray="7 4"', 2),
                                       ("occurrence", _OCCURRENCE, "", 2.5)):

@@ -296,7 +296,7 @@ class LedgerService:
     def _announce(self, changes: list[Change]) -> None:
         if self.notifier is None or not changes:
             return
-        shown = self._incidents_json([ch.incident for ch in changes])
+        shown = self.incidents_json([ch.incident for ch in changes])
         for ch, inc in zip(changes, shown, strict=True):
             self.notifier.notify({"kind": ch.kind, "previous_class": ch.previous_class,
                                   "incident": inc})
@@ -317,7 +317,7 @@ class LedgerService:
                 low[s.site] = None if cur is None or wm is None else min(cur, wm)
         return {site: wm for site, wm in low.items() if wm is not None}
 
-    def _incidents_json(self, incidents: list[Incident]) -> list[dict[str, Any]]:
+    def incidents_json(self, incidents: list[Incident]) -> list[dict[str, Any]]:
         """Incidents as JSON (section 8), with ``item_name`` and ``notes`` (section 11)."""
         confirmed = self._confirmation()
         names = self.store.item_names({inc.movement.item or "" for inc in incidents})
@@ -359,7 +359,7 @@ class LedgerService:
             filt = None if query is None else self.filter_of(query)
         except FilterError as exc:
             return _error(400, str(exc))
-        return Reply(200, {"incidents": self._incidents_json(self.filtered(filt, status))})
+        return Reply(200, {"incidents": self.incidents_json(self.filtered(filt, status))})
 
     def incident(self, incident_id: int) -> Reply:
         """``GET /v1/negatives/{id}``: one incident, with its story and the location's balance
@@ -367,7 +367,7 @@ class LedgerService:
         if not 1 <= incident_id <= len(self.engine.incidents):
             return _error(404, f"no incident {incident_id}")
         inc = self.engine.incidents[incident_id - 1]
-        (j,) = self._incidents_json([inc])
+        (j,) = self.incidents_json([inc])
         m = inc.movement
         by = None if inc.resolved_by is None else self.engine.events.get(inc.resolved_by)
         history = self._history(inc)
@@ -408,6 +408,20 @@ class LedgerService:
                     for s in self.store.events_by_id([e.event_id for e in ms])
                     if s.applied_seq is not None and s.applied_at is not None}
         return balance_history(ms, arrivals, loc, target)
+
+    def event_summaries(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """What the page says of events (type, quantity, bins, station, time), from memory."""
+        out = {}
+        for eid in ids:
+            m = self.engine.events.get(eid)
+            if m is not None:
+                out[eid] = {"event_id": eid, "type": m.type, "qty": m.qty, "station": m.station,
+                            "from_location": m.from_location, "to_location": m.to_location,
+                            "occurred_at": m.occurred_at}
+        return out
+
+    def item_names(self, items: list[str]) -> dict[str, str]:
+        return self.store.item_names(items)
 
     # ---------------------------------------------------------- items, notes
 
