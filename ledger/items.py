@@ -85,9 +85,10 @@ def parse_items(text: str, file: str = "<items>") -> ItemNames:
     i_item, i_name = columns.index("item"), columns.index("name")
     names: dict[str, tuple[str, int]] = {}
     unpadded = 0
+    start = reader.line_num + 1  # a quoted field may span lines: name the record's first
     try:
         for row in reader:
-            line = reader.line_num
+            line, start = start, reader.line_num + 1
             if not any(cell.strip() for cell in row):
                 continue  # blank lines are fine
             if len(row) <= max(i_item, i_name):
@@ -118,7 +119,7 @@ def parse_items(text: str, file: str = "<items>") -> ItemNames:
             if item.isdigit() and len(item) in (8, 12, 13):
                 unpadded += 1
     except csv.Error as exc:
-        problems.append(f"line {reader.line_num}: {exc}")
+        problems.append(f"line {start}: {exc} (a quote not closed?)")
     if problems:
         raise ItemFileError(file, problems)
     hints = []

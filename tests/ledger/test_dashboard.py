@@ -16,15 +16,14 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None,
                                     reason="chromium is not installed (Debian package chromium)")
 
 
-def dump_dom(url: str, profile: Path, budget_ms: int = 3000, *, script: bool = True) -> str:
-    """The DOM after the page ran (its own script too, unless ``script`` is False)."""
+def dump_dom(url: str, profile: Path, budget_ms: int = 3000) -> str:
+    """The DOM after the page ran, its own script included."""
     assert CHROMIUM is not None
-    no_script = [] if script else ["--disable-javascript"]
     out = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
          "--no-first-run", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}",
-         *no_script, "--dump-dom", url],
+         "--dump-dom", url],
         capture_output=True, text=True, timeout=90)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
