@@ -225,8 +225,9 @@ def create_app(service: LedgerService) -> Starlette:
         ctx, sites, station_names = context(query)
         filt = ctx.filt
         incidents = service.incidents_json(service.filtered(filt))
-        recent = incidents if filt.start is None and filt.end is None else \
-            service.incidents_json(service.filtered(filt.without_dates()))
+        chart_filter = filt.opened_per_day()
+        recent = incidents if chart_filter == filt else \
+            service.incidents_json(service.filtered(chart_filter))
         held_events = [h for h in service.held().body["held"]
                        if filt.site in (None, h.get("site"))
                        and filt.station in (None, h.get("station"))]

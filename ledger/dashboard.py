@@ -139,7 +139,7 @@ class Overview:
     """What the overview shows, already filtered."""
 
     incidents: list[dict[str, Any]]
-    recent: list[dict[str, Any]]  # the filter without its dates: for the daily chart
+    recent: list[dict[str, Any]]  # for the daily chart: IncidentFilter.opened_per_day
     held: list[dict[str, Any]]
     stations: list[dict[str, Any]]
     names: Mapping[str, str] = field(default_factory=dict)  # item names (held events)
@@ -227,7 +227,8 @@ def _daily(o: Overview, ctx: PageContext) -> str:
     zone = getattr(ctx.page_zone, "key", None) or str(ctx.page_zone)
     svg = daily_chart(counts, days, lambda d: ctx.link(start=d, end=d), _LABELS)
     return (f'<section id="daily"><h2>Incidents opened per day <small class="muted">— last 30 '
-            f"days, by class, days in {_e(zone)}; a bar shows that day</small></h2>"
+            f"days, by class, whatever their status now; days in {_e(zone)}; a bar shows that "
+            "day</small></h2>"
             f"{svg}</section>")
 
 

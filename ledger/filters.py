@@ -82,8 +82,10 @@ class IncidentFilter:
             return False
         return self.end is None or _before(local, self.end)
 
-    def without_dates(self) -> IncidentFilter:
-        return IncidentFilter(self.site, self.cls, self.status, self.station)
+    def opened_per_day(self) -> IncidentFilter:
+        """The filter of the chart of incidents opened per day: its own 30 days, and every
+        status (a day's bar must not shrink as its incidents resolve)."""
+        return IncidentFilter(self.site, self.cls, None, self.station)
 
 
 def _after(t: datetime, bound: Bound) -> bool:
