@@ -422,7 +422,7 @@ def _window(story: Mapping[str, Any], h: BalanceHistory) -> tuple[int, int]:
         before = [p.t for p in pts if p.t < lo]
         if before and lo - before[-1] < 7 * 86_400_000_000:
             lo = before[-1]
-    margin = max(60_000_000, (hi - lo) // 8)
+    margin = max(5_000_000, (hi - lo) // 8)
     return lo - margin, hi + margin
 
 
