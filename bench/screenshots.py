@@ -1,6 +1,6 @@
 """Regenerate the manager's page screenshots in docs/img/ (referenced from docs/ledger.md).
 
-    .venv/bin/python -m bench.screenshots              # writes docs/img/manager-page.png, incident.png
+    .venv/bin/python -m bench.screenshots           # docs/img/manager-page.png, incident.png
     .venv/bin/python -m bench.screenshots --out DIR
 
 A real ledger (site WH1 in Europe/Berlin) on a temporary database gets thirty days of a small

@@ -6,7 +6,8 @@ holds for sites that forbid negative stock, webhook alerts and a dashboard. See 
 
 Public surface:
 
-* ``scan-ledger`` (:mod:`ledger.cli`): ``serve``, ``station add|list|revoke``, ``check-config``;
+* ``scan-ledger`` (:mod:`ledger.cli`): ``serve``, ``station add|list|revoke``, ``check-config``,
+  ``items import``, ``manager add|revoke``;
 * :class:`ledger.server.LedgerServer`: the real server on a background thread;
 * :func:`ledger.config.load_config`, :class:`ledger.engine.Ledger` (the pure core),
   :mod:`ledger.errors`.

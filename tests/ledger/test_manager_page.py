@@ -428,3 +428,17 @@ def test_read_token_is_kept_in_links(make_ledger: Any) -> None:
     assert httpx.get(led.server.url + links[0].replace("&amp;", "&")).status_code == 200
     assert httpx.get(led.server.url + "/incidents/1").status_code == 401
     assert httpx.get(led.server.url + "/v1/negatives.csv").status_code == 401
+
+
+@needs_chromium
+def test_the_screenshots_in_the_docs_are_made_by_a_script(tmp_path: Path) -> None:
+    from bench.screenshots import main
+
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "ledger.md").read_text()
+    made = main(["--out", str(tmp_path)])
+    assert [p.name for p in made] == ["manager-page.png", "incident.png"]
+    for p in made:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 50_000
+        assert f"(img/{p.name})" in doc, "docs/ledger.md shows it"
+        assert (root / "docs" / "img" / p.name).exists()
