@@ -417,6 +417,8 @@ def _window(story: Mapping[str, Any], h: BalanceHistory) -> tuple[int, int]:
         if ev is not None:
             times += [parse_time(ev["occurred_at"]), parse_time(ev["applied_at"]
                                                                 or ev["received_at"])]
+    if not times:
+        times = [p.t for pts in (h.recorded, h.occurrence) for p in pts] or [0]
     lo, hi = min(times), max(times)
     for pts in (h.recorded, h.occurrence):
         before = [p.t for p in pts if p.t < lo]
