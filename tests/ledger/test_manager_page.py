@@ -442,3 +442,14 @@ def test_the_screenshots_in_the_docs_are_made_by_a_script(tmp_path: Path) -> Non
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 50_000
         assert f"(img/{p.name})" in doc, "docs/ledger.md shows it"
         assert (root / "docs" / "img" / p.name).exists()
+
+
+def test_the_page_benchmark_runs() -> None:
+    """bench/page.py keeps working (its figures are not asserted: the machine is shared)."""
+    from bench.page import page_times
+
+    incidents, rows = page_times(2_000, repeat=1)
+    assert incidents > 0
+    assert [path.split("/")[1].split("?")[0] for path, _, _ in rows] == [
+        "v1", "", "", "v1", "incidents", "v1"]
+    assert all(size > 0 for _, _, size in rows)
