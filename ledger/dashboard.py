@@ -484,6 +484,11 @@ def render_incident(story: Mapping[str, Any], ctx: PageContext) -> str:
         why = (f"In occurrence order {_e(loc)} was at {_e(inc['balance'])} right after this "
                f"{_e(what)}, and the site as a whole did not have enough of the item: a real "
                "shortage. Count the bin and find out where the stock went.")
+    if dep.get("voided_by"):
+        why = (f"This {_e(what)} was undone (voided), so it no longer takes anything from "
+               f"{_e(loc)}. Before it was undone it left {_e(loc)} at {_e(inc['balance'])} "
+               f"in occurrence order ({escape(title.lower())}). No stock adjustment is needed "
+               "for it.")
     if inc["suspected_duplicate"]:
         why += (" <b>Suspected duplicate:</b> the same scanner read the same item, quantity and "
                 "bins a few seconds before it: probably a double read; undo it (CMD-UNDO) "
@@ -499,10 +504,15 @@ def render_incident(story: Mapping[str, Any], ctx: PageContext) -> str:
         res = ("Resolved by itself when it arrived: it was negative only in recorded order, "
                f"at {t(inc['resolved_at'], site)}.")
     else:
-        kind = {"void": f"Undone: the {_e(what)} was voided",
-                "count": "Settled by a count"}.get(str(by.get("type")), "Explained by a late scan")
-        res = (f"{kind}: {_describe(by, ctx, site)}, which reached the ledger at "
-               f"{t(by.get('received_at'), site)}. Resolved at {t(inc['resolved_at'], site)}.")
+        if by.get("type") == "void":
+            done = (f"Undone: the {_e(what)} was voided (an undo scan) by "
+                    f"{_e(by.get('station'))} at {t(by.get('occurred_at'), site)}")
+        else:
+            kind = "Settled by a count" if by.get("type") == "count" else \
+                "Explained by a late scan"
+            done = f"{kind}: {_describe(by, ctx, site)}"
+        res = (f"{done}, which reached the ledger at {t(by.get('received_at'), site)}. "
+               f"Resolved at {t(inc['resolved_at'], site)}.")
     parts.append(f'<section id="resolution"><h2>What resolved it</h2><p class="story">{res}'
                  "</p></section>")
 

@@ -394,6 +394,8 @@ def test_balance_history_ends_at_the_ledgers_balances(berlin: Any) -> None:
         (bal,) = berlin.get("/v1/balances", item=MUG, location=inc["location"])["balances"]
         assert story["history"]["recorded"][-1]["balance"] == bal["recorded"]
         assert story["history"]["occurrence"][-1]["balance"] == bal["on_hand"]
+        page = berlin.http.get(f"/incidents/{inc['id']}")
+        assert page.status_code == 200 and 'class="series recorded"' in page.text
     assert berlin.http.get("/v1/negatives/99").status_code == 404
     assert berlin.http.get("/incidents/99").status_code == 404
     assert berlin.http.get("/incidents/abc").status_code == 404
