@@ -347,9 +347,10 @@ def render_filters(o: Overview, ctx: PageContext) -> str:
             opts.append(f'<option value="{_e(value)}"{sel}>{_e(text)}</option>')
         return f'<label>{label}<select name="{name}">{"".join(opts)}</select></label>'
 
-    def day(name: str, label: str, value: object) -> str:
-        spelled = f.query()
-        current = dict(spelled).get(name, "")
+    spelled = dict(f.query())
+
+    def day(name: str, label: str) -> str:
+        current = spelled.get(name, "")
         kind = "date" if not current or len(current) == 10 else "text"
         return (f'<label>{label}<input type="{kind}" name="{name}" value="{_e(current)}">'
                 "</label>")
@@ -369,9 +370,10 @@ def render_filters(o: Overview, ctx: PageContext) -> str:
                  f.cls)
         + select("status", "Status", [("open", "open"), ("resolved", "resolved")], f.status)
         + select("station", "Station", [(s, s) for s in o.station_names], f.station)
-        + day("from", "Opened from", f.start) + day("to", "to", f.end) + hidden
+        + day("from", "Opened from") + day("to", "to") + hidden
         + '<button type="submit">Apply</button>'
-        + f'<a href="{_e(ctx.link(site=None, cls=None, status=None, station=None, start=None, end=None))}">Clear</a>'  # noqa: E501
+        + f'<a id="clear" href="{_e(PageContext(IncidentFilter(), ctx.zone, 0, ctx.keep).link())}">'
+        "Clear</a>"
         + "".join(chips)
         + f'<a id="csv" href="{_e(ctx.link("/v1/negatives.csv"))}">CSV</a>'
         + f'<a id="json" href="{_e(ctx.link("/v1/negatives"))}">JSON</a></form>')
