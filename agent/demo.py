@@ -444,6 +444,7 @@ def run_demo(*, keep: bool = False, speed: float = 1.0, workdir: str | None = No
     }
     t_start = time.monotonic()
     with _workdir(workdir) as work, LedgerServer(work / "ledger.db") as ledger:
+        _name_items(ledger)
         click.echo(click.style("scan-agent demo: one warehouse shift", bold=True)
                    + f"  (ledger {ledger.url}, files in {work})")
         click.echo("items: " + ", ".join(f"{name} {gtin}" for gtin, name in CATALOGUE.values())
@@ -521,6 +522,17 @@ def run_demo(*, keep: bool = False, speed: float = 1.0, workdir: str | None = No
             loop.call_soon_threadsafe(loop.stop)
             proxy_thread.join(5)
             loop.close()
+
+
+# what the manager's page shows beside the item codes
+ITEM_NAMES = {"A": "Mug, stoneware 0.3 l", "B": "Green tea, 250 g", "C": "Kettle, 1.7 l",
+              "D": "Book: The Art of Computer Programming", "E": "Desk lamp, LED",
+              "F": "Lemonade, 0.33 l"}
+
+
+def _name_items(ledger: Any) -> None:
+    """Import the demo's item names into its ledger (as ``scan-ledger items import`` does)."""
+    ledger.import_items([(ITEMS[k].rjust(14, "0"), name) for k, name in ITEM_NAMES.items()])
 
 
 def _stop_agents(docks: dict[str, Dock]) -> None:

@@ -10,6 +10,7 @@ Public surface:
 
 * ``scan-ledger`` (:mod:`ledger.cli`): ``serve``, ``station add|list|revoke``, ``check-config``,
   ``events`` and ``negatives`` (a running ledger's paged lists, via :mod:`ledger.client`);
+  ``items import``, ``manager add|revoke``;
 * :class:`ledger.server.LedgerServer`: the real server on a background thread;
 * :func:`ledger.config.load_config`, :class:`ledger.engine.Ledger` (the pure core),
   :mod:`ledger.errors`.

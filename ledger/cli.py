@@ -16,6 +16,7 @@ from ledger import __version__
 from ledger.config import load_config
 from ledger.errors import ConfigError, LedgerError
 from ledger.events import format_time, now_us
+from ledger.items import read_items
 from ledger.service import hash_token, new_token, valid_station_name
 from ledger.store import open_store
 
@@ -161,6 +162,63 @@ def negatives_cmd(url: str, status: str | None, token: str | None, page_size: in
     for inc in read_all(url, "/v1/negatives", "incidents", params, token=token,
                         page=page_size):
         click.echo(json.dumps(inc, sort_keys=True))
+@cli.group()
+def items() -> None:
+    """Item names shown beside item codes on the manager's page."""
+
+
+@items.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@_DB
+def items_import(file: str, db: str) -> None:
+    """Load item names from the CSV FILE (header row with at least item and name).
+
+    ``item`` is the code exactly as stations send it (a GTIN-14 or a SKU). Importing again
+    updates names. A file with a bad row imports nothing; every bad row is listed with its
+    line and column.
+    """
+    parsed = read_items(file)
+    for hint in parsed.hints:
+        click.echo(f"note: {hint}", err=True)
+    with open_store(db) as store:
+        added, updated = store.put_items(parsed.names, format_time(now_us()))
+    same = len(parsed.names) - added - updated
+    click.echo(f"{file}: {len(parsed.names)} item names: {added} added, {updated} updated, "
+               f"{same} unchanged")
+
+
+@cli.group()
+def manager() -> None:
+    """Managers: their tokens add notes to incidents."""
+
+
+@manager.command("add")
+@click.argument("name")
+@_DB
+def manager_add(name: str, db: str) -> None:
+    """Register manager NAME; prints a token once, alone on the last line.
+
+    The token goes in ``Authorization: Bearer ...`` of ``POST /v1/negatives/{id}/notes``;
+    notes carry NAME as their author. Only a hash of the token is stored.
+    """
+    if not valid_station_name(name):
+        raise click.BadParameter(f"{name!r} is not a valid manager name (letters, digits, "
+                                 "'.', '_', '-'; at most 64)")
+    token = new_token()
+    with open_store(db) as store:
+        store.add_manager(name, hash_token(token), format_time(now_us()))
+    click.echo(f"manager {name} added; the token follows (shown once, only a hash is kept):")
+    click.echo(token)
+
+
+@manager.command("revoke")
+@click.argument("name")
+@_DB
+def manager_revoke(name: str, db: str) -> None:
+    """Revoke manager NAME's token; its notes stay."""
+    with open_store(db) as store:
+        store.revoke_manager(name, format_time(now_us()))
+    click.echo(f"manager {name} revoked")
 
 
 def main(argv: list[str] | None = None) -> int:

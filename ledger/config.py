@@ -17,6 +17,7 @@ problem; unknown keys are errors so that typos never pass silently.
 
     [sites.WH1]
     allow_negative = false           # hold depletions that would go negative
+    timezone = "Europe/Berlin"       # the manager's page shows the site's times in it
 
 >>> parse_config({"sites": {"WH1": {"allow_negative": False}}}).allow_negative("WH1")
 False
@@ -28,8 +29,10 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from drivers.settings import ID as _ID
 from drivers.settings import TomlTable, read_toml
@@ -44,6 +47,8 @@ class SitePolicy:
     """``[sites.NAME]``: what the ledger does for one site."""
 
     allow_negative: bool = True
+    timezone: str = "UTC"
+    zone: tzinfo = UTC
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +70,21 @@ class LedgerConfig:
     def allow_negative(self, site: str) -> bool:
         policy = self.sites.get(site)
         return True if policy is None else policy.allow_negative
+
+    def zone(self, site: str) -> tzinfo:
+        """The site's time zone (UTC unless ``[sites.NAME] timezone`` says otherwise)."""
+        policy = self.sites.get(site)
+        return UTC if policy is None else policy.zone
+
+
+def _zone(t: TomlTable, name: str) -> tzinfo:
+    if name == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise t.error("timezone", f"unknown time zone {name!r}; expected an IANA name such as "
+                                  "'Europe/Berlin' or 'UTC'") from None
 
 
 def load_config(path: str | os.PathLike[str] | None) -> LedgerConfig:
@@ -97,8 +117,11 @@ def parse_config(data: Mapping[str, Any], file: str = "<config>") -> LedgerConfi
             raise ConfigError(file, f"sites.{name}", "not a valid site id (letters, digits, "
                                                      "'.', '_', '-'; at most 64)")
         t = TomlTable(file, raw, f"sites.{name}", ConfigError)
+        timezone = t.get("timezone", (str,), "an IANA time zone name such as 'Europe/Berlin'",
+                         "UTC")
         sites[name] = SitePolicy(allow_negative=t.get("allow_negative", (bool,), "true or false",
-                                                      True))
+                                                      True),
+                                 timezone=timezone, zone=_zone(t, timezone))
         t.finish()
     top.finish()
     return LedgerConfig(

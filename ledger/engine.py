@@ -73,10 +73,12 @@ class Incident:
         assert loc is not None
         return loc
 
-    def to_json(self, *, confirmed: bool, suspected_duplicate: bool) -> dict[str, Any]:
+    def to_json(self, *, confirmed: bool, suspected_duplicate: bool,
+                item_name: str | None = None) -> dict[str, Any]:
         m = self.movement
         return {
-            "id": self.id, "site": m.site, "item": m.item, "location": self.location,
+            "id": self.id, "site": m.site, "item": m.item, "item_name": item_name,
+            "location": self.location,
             "class": self.cls, "status": self.status, "confirmed": confirmed,
             "depletion_event_id": m.event_id, "balance": self.balance,
             "opened_at": format_time(self.opened_at),

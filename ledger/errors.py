@@ -6,6 +6,9 @@
     ├── ConfigError (ValueError)    the ledger's TOML config is wrong: names file, key, problem
     ├── StoreError                  the database could not be opened, read or written
     ├── StationError (ValueError)   a station command was refused (unknown name, duplicate, bad id)
+    ├── ManagerError (ValueError)   a manager command was refused (unknown name, duplicate, bad id)
+    ├── ItemFileError (ValueError)  an item-names CSV is wrong: names the file, lines and columns
+    ├── FilterError (ValueError)    a filter's query parameter is wrong (an HTTP 400)
     └── ServerError                 the HTTP server could not start or stop
 
 Lower layers translate ``OSError`` and ``sqlite3.Error`` into these with ``raise ... from exc``
@@ -15,7 +18,8 @@ posted event are not exceptions: they become a ``rejected`` result with a reason
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "LedgerError", "ServerError", "StationError", "StoreError"]
+__all__ = ["ConfigError", "FilterError", "ItemFileError", "LedgerError", "ManagerError",
+           "ServerError", "StationError", "StoreError"]
 
 
 class LedgerError(Exception):
@@ -43,6 +47,28 @@ class StoreError(LedgerError):
 
 class StationError(LedgerError, ValueError):
     """A station could not be added, found or revoked."""
+
+
+class ManagerError(LedgerError, ValueError):
+    """A manager could not be added or revoked."""
+
+
+class ItemFileError(LedgerError, ValueError):
+    """An item-names CSV file could not be imported; nothing of it was.
+
+    ``problems`` lists every bad row as ``line N, column C: what is wrong``."""
+
+    def __init__(self, file: str, problems: list[str]) -> None:
+        self.file = file
+        self.problems = problems
+        shown = problems[:20]
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        super().__init__(f"{file}: nothing imported; fix these and import again:\n  "
+                         + "\n  ".join(shown) + more)
+
+
+class FilterError(LedgerError, ValueError):
+    """A filter parameter is wrong; the message names it and says what is allowed."""
 
 
 class ServerError(LedgerError):

@@ -273,6 +273,16 @@ class LedgerServer:
         svc = self._svc()
         return svc.run(svc.add_station, name, site)
 
+    def add_manager(self, name: str) -> str:
+        """Register a manager and return its token (for notes)."""
+        svc = self._svc()
+        return svc.run(svc.add_manager, name)
+
+    def import_items(self, names: list[tuple[str, str]]) -> tuple[int, int]:
+        """Add or update item names; returns (added, updated)."""
+        svc = self._svc()
+        return svc.run(svc.import_items, names)
+
     def revoke_station(self, name: str) -> None:
         svc = self._svc()
         svc.run(svc.revoke_station, name)

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from ledger.alerts import WebhookNotifier
 from ledger.config import LedgerConfig
 from ledger.engine import BEFORE_HORIZON, Change, Incident, Ledger, Settlement
-from ledger.errors import LedgerError, StationError, StoreError
+from ledger.errors import FilterError, LedgerError, ManagerError, StationError, StoreError
 from ledger.events import (
     Movement,
     digest_of,
@@ -36,10 +36,14 @@ from ledger.events import (
     parse_time,
     validate_event,
 )
+from ledger.filters import IncidentFilter, parse_filter
+from ledger.history import Arrival, BalanceHistory, balance_history, touches
+from ledger.stationflags import station_flags
 from ledger.store import (
     Checkpoint,
     Contact,
     NewEvent,
+    NoteRecord,
     Release,
     SettledIncident,
     StationRecord,
@@ -48,10 +52,13 @@ from ledger.store import (
     open_store,
 )
 
-__all__ = ["LedgerService", "Reply", "hash_token", "new_token", "valid_station_name"]
+__all__ = ["MAX_NOTE", "LedgerService", "Reply", "hash_token", "new_token",
+           "valid_station_name"]
 
 log = logging.getLogger("ledger")
 T = TypeVar("T")
+MAX_NOTE = 2000  # characters in a manager's note
+_NOTE_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # tab and line feed are fine
 
 #: the least number of events in memory before settling (and between snapshots)
 SETTLE_MIN = 20_000
@@ -481,11 +488,10 @@ class LedgerService:
     def _announce(self, changes: list[Change]) -> None:
         if self.notifier is None or not changes:
             return
-        confirmed = self._confirmation()
-        for ch in changes:
-            self.notifier.notify({
-                "kind": ch.kind, "previous_class": ch.previous_class,
-                "incident": self._incident_json(ch.incident.movement, ch.incident, confirmed)})
+        shown = self.incidents_json([ch.incident for ch in changes])
+        for ch, inc in zip(changes, shown, strict=True):
+            self.notifier.notify({"kind": ch.kind, "previous_class": ch.previous_class,
+                                  "incident": inc})
 
     # ----------------------------------------------------------------- reads
 
@@ -503,38 +509,272 @@ class LedgerService:
                 low[s.site] = None if cur is None or wm is None else min(cur, wm)
         return {site: wm for site, wm in low.items() if wm is not None}
 
-    def _incident_json(self, m: Movement, inc: Any, confirmed: dict[str, int]) -> dict[str, Any]:
-        wm = confirmed.get(m.site)
-        out: dict[str, Any] = inc.to_json(
-            confirmed=wm is not None and wm > m.t,
-            suspected_duplicate=self.engine.suspected_duplicate(m))
+    def incidents_json(self, incidents: list[Incident]) -> list[dict[str, Any]]:
+        """Incidents as JSON (section 8), with ``item_name`` and ``notes`` (section 11)."""
+        confirmed = self._confirmation()
+        names = self.store.item_names({inc.movement.item or "" for inc in incidents})
+        # Notes are few (people write them): for a long list, one read of them all is
+        # cheaper than looking each incident up.
+        notes = ({} if not incidents else self.store.notes(
+            None if len(incidents) > 500 else [inc.id for inc in incidents]))
+        out = []
+        for inc in incidents:
+            m = inc.movement
+            wm = confirmed.get(m.site)
+            j: dict[str, Any] = inc.to_json(
+                confirmed=wm is not None and wm > m.t,
+                suspected_duplicate=self.engine.suspected_duplicate(m),
+                item_name=names.get(m.item or ""))
+            j["notes"] = [_note_json(n) for n in notes.get(inc.id, ())]
+            out.append(j)
         return out
 
-    def negatives(self, status: str | None = None, limit: int = DEFAULT_INCIDENTS,
-                  after: str | None = None) -> Reply:
-        """``GET /v1/negatives``: incidents in id order, ``limit`` at a time; ``next`` is
-        the cursor of the following page (None on the last). Settled incidents come from
-        the store, the others from memory."""
+    def filter_of(self, query: dict[str, str]) -> IncidentFilter:
+        """The incident filter of a request's query (raises FilterError, an HTTP 400)."""
+        stations = self.store.stations()
+        return parse_filter(query, sites={s.site for s in stations} | set(self.config.sites),
+                            stations={s.name for s in stations})
+
+    def filtered(self, filt: IncidentFilter | None, status: str | None = None) -> list[Incident]:
+        """The incidents that pass a filter (all of them for None), oldest first."""
+        incs = self.engine.iter_incidents(status)
+        if not filt:
+            return list(incs)
+        zone = self.config.zone
+        return [inc for inc in incs if filt.matches(
+            site=inc.movement.site, cls=inc.cls, status=inc.status,
+            station=inc.movement.station, opened_at=inc.opened_at, zone=zone)]
+
+    def negatives(self, status: str | None = None, query: dict[str, str] | None = None,
+                  limit: int = DEFAULT_INCIDENTS, after: str | None = None) -> Reply:
+        """``GET /v1/negatives``: the incidents that pass the query's filter (all for None), in
+        id order, ``limit`` at a time; ``next`` is the cursor of the following page (None on
+        the last). Settled incidents come from the store, the others from memory."""
         if status not in (None, "open", "resolved"):
             return _error(400, f"status: must be open or resolved, got {status!r}")
+        try:
+            filt = None if query is None else self.filter_of(query)
+        except FilterError as exc:
+            return _error(400, str(exc))
         start = _cursor(after)
         if start is None:
             return _error(400, f"after: not a cursor this ledger gave: {after!r}")
-        confirmed = self._confirmation()
-        page: list[tuple[int, dict[str, Any]]] = []
-        for row in self.store.settled_incidents(start, limit + 1, status):
-            body = json.loads(row.body)
-            wm = confirmed.get(row.site)
-            body["confirmed"] = wm is not None and wm > parse_time(body["occurred_at"])
-            page.append((row.id, body))
-        mine = sorted((inc for inc in self.engine.iter_incidents(status) if inc.id > start),
-                      key=lambda inc: inc.id)[:limit + 1]
-        page += [(inc.id, self._incident_json(inc.movement, inc, confirmed)) for inc in mine]
-        page.sort(key=lambda p: p[0])
+        page = self._incident_page(filt, status, start, limit + 1)
         more = len(page) > limit
         page = page[:limit]
         return Reply(200, {"incidents": [body for _id, body in page],
                            "next": _make_cursor(page[-1][0]) if more else None})
+
+    def filtered_json(self, filt: IncidentFilter | None,
+                      status: str | None = None) -> list[dict[str, Any]]:
+        """Every incident that passes ``filt``, settled or not, as JSON, oldest first."""
+        return [body for _id, body in self._incident_page(filt, status, 0, None)]
+
+    def _incident_page(self, filt: IncidentFilter | None, status: str | None, start: int,
+                       count: int | None) -> list[tuple[int, dict[str, Any]]]:
+        """Up to ``count`` incidents (every one for None) with an id above ``start`` that
+        pass ``filt``, as (id, JSON), in id order: settled ones and those in memory."""
+        page = self._settled_matching(filt, status, start, count)
+        mine = sorted((inc for inc in self.filtered(filt, status) if inc.id > start),
+                      key=lambda inc: inc.id)
+        if count is not None:
+            mine = mine[:count]
+        page += zip([inc.id for inc in mine], self.incidents_json(mine), strict=True)
+        page.sort(key=lambda p: p[0])
+        return page if count is None else page[:count]
+
+    def _settled_matching(self, filt: IncidentFilter | None, status: str | None, start: int,
+                          count: int | None) -> list[tuple[int, dict[str, Any]]]:
+        found: list[tuple[int, dict[str, Any]]] = []
+        batch = 1000 if count is None else max(count, 100)
+        zone = self.config.zone
+        while count is None or len(found) < count:
+            rows = self.store.settled_incidents(start, batch, status)
+            if not rows:
+                break
+            start = rows[-1].id
+            bodies = [(r.id, json.loads(r.body)) for r in rows]
+            if filt:
+                stations: dict[str, str] = {}
+                if filt.station is not None:
+                    stations = {e.event_id: e.station for e in self.store.events_by_id(
+                        [b["depletion_event_id"] for _id, b in bodies])}
+                bodies = [(i, b) for i, b in bodies if filt.matches(
+                    site=b["site"], cls=b["class"], status=b["status"],
+                    station=stations.get(b["depletion_event_id"], ""),
+                    opened_at=parse_time(b["opened_at"]), zone=zone)]
+            found += bodies
+            if len(rows) < batch:
+                break
+        if count is not None:
+            found = found[:count]
+        return self._settled_rows_json(found)
+
+    def _settled_rows_json(self, rows: list[tuple[int, dict[str, Any]]]
+                      ) -> list[tuple[int, dict[str, Any]]]:
+        """A settled incident's stored JSON with what may have changed since it settled:
+        ``confirmed``, ``item_name`` and ``notes``."""
+        if not rows:
+            return rows
+        confirmed = self._confirmation()
+        names = self.store.item_names({b.get("item") or "" for _id, b in rows})
+        notes = self.store.notes(None if len(rows) > 500 else [i for i, _b in rows])
+        for i, body in rows:
+            wm = confirmed.get(body["site"])
+            body["confirmed"] = wm is not None and wm > parse_time(body["occurred_at"])
+            body["item_name"] = names.get(body.get("item") or "")
+            body["notes"] = [_note_json(n) for n in notes.get(i, ())]
+        return rows
+
+    def _settled_incident(self, incident_id: int) -> dict[str, Any] | None:
+        rows = self.store.settled_incidents(incident_id - 1, 1, None)
+        if not rows or rows[0].id != incident_id:
+            return None
+        ((_id, body),) = self._settled_rows_json([(rows[0].id, json.loads(rows[0].body))])
+        return body
+
+    def incident(self, incident_id: int) -> Reply:
+        """``GET /v1/negatives/{id}``: one incident, with its story and the location's balance
+        over time in both orders (what the incident page shows)."""
+        inc = self.engine.incidents.get(incident_id)
+        if inc is None:
+            return self._settled_incident_reply(incident_id)
+        (j,) = self.incidents_json([inc])
+        m = inc.movement
+        by = None if inc.resolved_by is None else self.engine.events.get(inc.resolved_by)
+        history = self._history(inc)
+        stored = {s.event_id: s for s in self.store.events_by_id(
+            [m.event_id] + ([by.event_id] if by is not None else []))}
+        confirmed = self._confirmation()
+        waiting = [s.name for s in self.store.stations()
+                   if s.site == m.site and s.revoked_at is None
+                   and (s.watermark is None or parse_time(s.watermark) <= m.t)]
+
+        def event(eid: str | None) -> dict[str, Any] | None:
+            return None if eid is None or eid not in stored else self._event_json(stored[eid])
+
+        dep_posted = next((p.balance for p in history.recorded if p.event_id == m.event_id),
+                          None)
+        return Reply(200, {
+            "incident": j, "depletion": event(m.event_id),
+            "resolved_by": event(None if by is None else by.event_id),
+            "recorded_balance_when_posted": dep_posted,
+            "site_watermark": (None if m.site not in confirmed
+                               else format_time(confirmed[m.site])),
+            "waiting_for": waiting,
+            "history": {name: [{"t": format_time(p.t), "balance": p.balance,
+                                "event_id": p.event_id} for p in pts]
+                        for name, pts in (("recorded", history.recorded),
+                                          ("occurrence", history.occurrence))},
+        })
+
+    def _settled_incident_reply(self, incident_id: int) -> Reply:
+        """An incident behind its site's horizon: its JSON and events from the store. The
+        balance over time is not drawn: the events before the horizon are settled out of
+        memory (their effect lives on in the balance at the horizon)."""
+        j = self._settled_incident(incident_id)
+        if j is None:
+            return _error(404, f"no incident {incident_id}")
+        ids = [j["depletion_event_id"]] + ([j["resolved_by_event_id"]]
+                                           if j.get("resolved_by_event_id") else [])
+        stored = {s.event_id: s for s in self.store.events_by_id(ids)}
+        confirmed = self._confirmation()
+
+        def event(eid: str | None) -> dict[str, Any] | None:
+            return None if eid is None or eid not in stored else self._event_json(stored[eid])
+
+        return Reply(200, {
+            "incident": j, "depletion": event(j["depletion_event_id"]),
+            "resolved_by": event(j.get("resolved_by_event_id")),
+            "recorded_balance_when_posted": None,
+            "site_watermark": (None if j["site"] not in confirmed
+                               else format_time(confirmed[j["site"]])),
+            "waiting_for": [], "settled": True,
+            "history": {"recorded": [], "occurrence": []},
+        })
+
+    def _history(self, inc: Incident) -> BalanceHistory:
+        m = inc.movement
+        site, item, loc = m.site, m.item or "", inc.location
+        target = self.engine.events.get
+        # One pass over the events in memory (the chart is read rarely; ingest never pays).
+        ms = [e for e in self.engine.events.values()
+              if e.site == site and (e.item == item or e.type == "void")
+              and touches(e, site, item, loc, target)]
+        arrivals = {s.event_id: Arrival(s.applied_seq, parse_time(s.applied_at))
+                    for s in self.store.events_by_id([e.event_id for e in ms])
+                    if s.applied_seq is not None and s.applied_at is not None}
+        return balance_history(ms, arrivals, loc, target)
+
+    def event_summaries(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """What the page says of events (type, quantity, bins, station, time), from memory."""
+        out = {}
+        for eid in ids:
+            m = self.engine.events.get(eid)
+            if m is not None:
+                out[eid] = {"event_id": eid, "type": m.type, "qty": m.qty, "station": m.station,
+                            "from_location": m.from_location, "to_location": m.to_location,
+                            "occurred_at": m.occurred_at}
+        return out
+
+    def item_names(self, items: list[str]) -> dict[str, str]:
+        return self.store.item_names(items)
+
+    # ---------------------------------------------------------- items, notes
+
+    def import_items(self, names: list[tuple[str, str]]) -> tuple[int, int]:
+        """Add or update item names; returns (added, updated)."""
+        return self.store.put_items(names, format_time(now_us()))
+
+    def add_manager(self, name: str) -> str:
+        """Register a manager; returns the token (only its hash is stored)."""
+        if not valid_station_name(name):
+            raise ManagerError(f"{name!r} is not a valid manager name (letters, digits, '.', "
+                               "'_', '-'; at most 64)")
+        token = new_token()
+        self.store.add_manager(name, hash_token(token), format_time(now_us()))
+        return token
+
+    def add_note(self, token: str | None, incident_id: int, body: bytes) -> Reply:
+        """``POST /v1/negatives/{id}/notes`` with a manager's token and ``{"text": ...}``."""
+        if not token:
+            return _error(401, "a note needs a manager's bearer token",
+                          **{"WWW-Authenticate": "Bearer"})
+        digest = hash_token(token)
+        manager = self.store.manager_by_token(digest)
+        if manager is None:
+            if self.store.station_by_token(digest) is not None:
+                return _error(403, "a station's token cannot add notes; use a manager's token "
+                                   "(scan-ledger manager add)")
+            return _error(401, "unknown or revoked token", **{"WWW-Authenticate": "Bearer"})
+        if incident_id not in self.engine.incidents \
+                and self._settled_incident(incident_id) is None:
+            return _error(404, f"no incident {incident_id}")
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            return _error(400, f"malformed JSON: {exc}")
+        if not isinstance(data, dict) or set(data) != {"text"}:
+            return _error(400, 'body: expected {"text": "..."} and nothing else')
+        text = data["text"]
+        if not isinstance(text, str) or not text.strip():
+            return _error(400, "text: required, a non-empty string")
+        text = text.strip().replace("\r\n", "\n")
+        if len(text) > MAX_NOTE:
+            return _error(400, f"text: {len(text)} characters; at most {MAX_NOTE}")
+        if _NOTE_CONTROL.search(text) or _lone_surrogate(text):
+            return _error(400, "text: holds a control character (only tabs and line breaks "
+                               "are allowed)")
+        inc = self.engine.incidents.get(incident_id)
+        if inc is not None:
+            depletion = inc.movement.event_id
+        else:
+            settled = self._settled_incident(incident_id)
+            assert settled is not None  # looked up above, on this same thread
+            depletion = settled["depletion_event_id"]
+        note = self.store.add_note(incident_id, depletion, manager.name, text,
+                                   format_time(now_us()))
+        return Reply(201, {"note": _note_json(note)})
 
     def balances(self, site: str | None = None, item: str | None = None,
                  location: str | None = None, by: str | None = None) -> Reply:
@@ -586,7 +826,14 @@ class LedgerService:
 
     def stations(self) -> Reply:
         now = now_us()
-        return Reply(200, {"stations": [_station_json(s, now) for s in self.store.stations()]})
+        records = self.store.stations()
+        flags = station_flags(records, now)
+        return Reply(200, {"stations": [_station_json(s, now) | {"flags": flags[s.name]}
+                                        for s in records]})
+
+
+def _note_json(n: NoteRecord) -> dict[str, Any]:
+    return {"id": n.id, "author": n.author, "text": n.text, "created_at": n.created_at}
 
 
 def _make_cursor(position: int) -> str:

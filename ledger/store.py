@@ -19,19 +19,22 @@ token is refused at once.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
-from ledger.errors import StationError, StoreError
+from ledger.errors import ManagerError, StationError, StoreError
 
-__all__ = ["Checkpoint", "Contact", "NewEvent", "Release", "SettledIncident", "Snapshot",
-           "SqliteStore", "StationRecord", "Store", "StoredEvent", "open_store"]
+__all__ = ["Checkpoint", "Contact", "ManagerRecord", "NewEvent", "NoteRecord", "Release",
+           "SettledIncident", "Snapshot", "SqliteStore", "StationRecord", "Store", "StoredEvent",
+           "open_store"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
-_MIGRATIONS = {
+# A migration is one script (split at ";") or a tuple of statements (a trigger's body holds
+# semicolons of its own).
+_MIGRATIONS: dict[int, str | tuple[str, ...]] = {
     1: """
     CREATE TABLE stations (
         name TEXT PRIMARY KEY,
@@ -94,6 +97,34 @@ _MIGRATIONS = {
         state BLOB NOT NULL
     );
     """,
+    # The manager's page: item names, manager tokens, notes on incidents. A note is never
+    # edited or deleted: the triggers refuse it whoever asks, this program included.
+    4: (
+        """CREATE TABLE items (
+            item TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE managers (
+            name TEXT PRIMARY KEY,
+            token_hash TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL,
+            revoked_at TEXT
+        )""",
+        """CREATE TABLE notes (
+            id INTEGER PRIMARY KEY,
+            incident_id INTEGER NOT NULL,
+            depletion_event_id TEXT NOT NULL,
+            author TEXT NOT NULL,
+            text TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX notes_by_incident ON notes (incident_id)",
+        """CREATE TRIGGER notes_never_edited BEFORE UPDATE ON notes
+        BEGIN SELECT RAISE(ABORT, 'a note is never edited'); END""",
+        """CREATE TRIGGER notes_never_deleted BEFORE DELETE ON notes
+        BEGIN SELECT RAISE(ABORT, 'a note is never deleted'); END""",
+    ),
 }
 
 
@@ -108,6 +139,25 @@ class StationRecord:
     watermark: str | None
     clock_offset_ms: float | None
     last_batch_events: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerRecord:
+    name: str
+    created_at: str
+    revoked_at: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NoteRecord:
+    """A manager's note on an incident: kept as written, never edited or deleted."""
+
+    id: int
+    incident_id: int
+    depletion_event_id: str
+    author: str
+    text: str
+    created_at: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +268,14 @@ class Store(Protocol):
     def snapshot(self) -> Snapshot | None: ...
     def settled_incidents(self, after: int, limit: int,
                           status: str | None) -> list[SettledIncident]: ...
+    def put_items(self, names: Sequence[tuple[str, str]], now: str) -> tuple[int, int]: ...
+    def item_names(self, items: Iterable[str]) -> dict[str, str]: ...
+    def add_manager(self, name: str, token_hash: str, now: str) -> None: ...
+    def revoke_manager(self, name: str, now: str) -> None: ...
+    def manager_by_token(self, token_hash: str) -> ManagerRecord | None: ...
+    def add_note(self, incident_id: int, depletion_event_id: str, author: str, text: str,
+                 now: str) -> NoteRecord: ...
+    def notes(self, incident_ids: Iterable[int] | None = None) -> dict[int, list[NoteRecord]]: ...
     def close(self) -> None: ...
 
 
@@ -266,7 +324,8 @@ class SqliteStore:
                              f"ledger ({SCHEMA_VERSION}); upgrade scan-ledger")
         for v in range(version + 1, SCHEMA_VERSION + 1):
             self._db.execute("BEGIN IMMEDIATE")
-            for stmt in _MIGRATIONS[v].split(";"):
+            script = _MIGRATIONS[v]
+            for stmt in script.split(";") if isinstance(script, str) else script:
                 if stmt.strip():
                     self._db.execute(stmt)
             self._db.execute(f"PRAGMA user_version = {v}")
@@ -474,6 +533,113 @@ class SqliteStore:
             return [SettledIncident(*r) for r in rows]
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot read incidents: {exc}") from exc
+    # ------------------------------------------------------ the manager's page
+
+    def put_items(self, names: Sequence[tuple[str, str]], now: str) -> tuple[int, int]:
+        """Insert or update item names (one transaction); returns (added, updated)."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            known = self._names_of(item for item, _ in names)
+            self._db.executemany(
+                "INSERT INTO items (item, name, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (item) DO UPDATE SET name = excluded.name, "
+                "updated_at = excluded.updated_at WHERE name != excluded.name",
+                [(item, name, now) for item, name in names])
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"{self.path}: cannot save item names: {exc}") from exc
+        added = sum(1 for item, _ in names if item not in known)
+        updated = sum(1 for item, name in names if item in known and known[item] != name)
+        return added, updated
+
+    def _names_of(self, items: Iterable[str]) -> dict[str, str]:
+        wanted = list(dict.fromkeys(items))
+        out: dict[str, str] = {}
+        for i in range(0, len(wanted), 500):  # SQLite's limit on bound parameters
+            chunk = wanted[i:i + 500]
+            marks = ", ".join("?" * len(chunk))
+            out.update(self._db.execute(
+                f"SELECT item, name FROM items WHERE item IN ({marks})", chunk).fetchall())
+        return out
+
+    def item_names(self, items: Iterable[str]) -> dict[str, str]:
+        """The names known for these item codes (codes without one are left out)."""
+        try:
+            return self._names_of(items)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot read item names: {exc}") from exc
+
+    def add_manager(self, name: str, token_hash: str, now: str) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            row = self._db.execute("SELECT revoked_at FROM managers WHERE name = ?",
+                                   (name,)).fetchone()
+            if row is not None and row[0] is None:
+                self._db.execute("ROLLBACK")
+                raise ManagerError(f"manager {name!r} already exists; revoke it first to "
+                                   "issue a new token")
+            self._db.execute(
+                "INSERT INTO managers (name, token_hash, created_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET token_hash = excluded.token_hash, "
+                "created_at = excluded.created_at, revoked_at = NULL",
+                (name, token_hash, now))
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"{self.path}: cannot add manager {name!r}: {exc}") from exc
+
+    def revoke_manager(self, name: str, now: str) -> None:
+        try:
+            cur = self._db.execute(
+                "UPDATE managers SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                (now, name))
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot revoke manager {name!r}: {exc}") from exc
+        if cur.rowcount == 0:
+            raise ManagerError(f"no active manager named {name!r}")
+
+    def manager_by_token(self, token_hash: str) -> ManagerRecord | None:
+        try:
+            row = self._db.execute(
+                "SELECT name, created_at, revoked_at FROM managers WHERE token_hash = ? "
+                "AND revoked_at IS NULL", (token_hash,)).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot read managers: {exc}") from exc
+        return None if row is None else ManagerRecord(*row)
+
+    def add_note(self, incident_id: int, depletion_event_id: str, author: str, text: str,
+                 now: str) -> NoteRecord:
+        try:
+            cur = self._db.execute(
+                "INSERT INTO notes (incident_id, depletion_event_id, author, text, created_at) "
+                "VALUES (?, ?, ?, ?, ?)", (incident_id, depletion_event_id, author, text, now))
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot save a note: {exc}") from exc
+        assert cur.lastrowid is not None
+        return NoteRecord(cur.lastrowid, incident_id, depletion_event_id, author, text, now)
+
+    def notes(self, incident_ids: Iterable[int] | None = None) -> dict[int, list[NoteRecord]]:
+        """Notes by incident, oldest first (of the given incidents, or all)."""
+        sql = ("SELECT id, incident_id, depletion_event_id, author, text, created_at "
+               "FROM notes")
+        try:
+            if incident_ids is None:
+                rows = self._db.execute(sql + " ORDER BY id").fetchall()
+            else:
+                rows = []
+                wanted = list(dict.fromkeys(incident_ids))
+                for i in range(0, len(wanted), 500):
+                    chunk = wanted[i:i + 500]
+                    rows += self._db.execute(
+                        f"{sql} WHERE incident_id IN ({', '.join('?' * len(chunk))}) "
+                        "ORDER BY id", chunk).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot read notes: {exc}") from exc
+        out: dict[int, list[NoteRecord]] = {}
+        for r in rows:
+            out.setdefault(r[1], []).append(NoteRecord(*r))
+        return out
 
     def _rollback(self) -> None:
         try:

@@ -17,6 +17,7 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None,
 
 
 def dump_dom(url: str, profile: Path, budget_ms: int = 3000) -> str:
+    """The DOM after the page ran, its own script included."""
     assert CHROMIUM is not None
     out = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
