@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from ledger.connectors.page import render_connectors
 from ledger.dashboard import render_main, render_page
 from ledger.errors import StoreError
 from ledger.events import format_time, now_us
@@ -146,6 +147,9 @@ def create_app(service: LedgerService) -> Starlette:
     async def stations(request: Request) -> Response:
         return await read(request, service.stations)
 
+    async def connectors(request: Request) -> Response:
+        return await read(request, service.connectors)
+
     async def health(request: Request) -> Response:
         return JSONResponse({"ok": True, "server_time": format_time(now_us())})
 
@@ -153,7 +157,8 @@ def create_app(service: LedgerService) -> Starlette:
         incidents = service.negatives().body["incidents"]
         held_events = service.held().body["held"]
         station_rows = service.stations().body["stations"]
-        return render_main(incidents, held_events, station_rows, format_time(now_us()))
+        return (render_main(incidents, held_events, station_rows, format_time(now_us()))
+                + render_connectors(service.connectors().body["connectors"]))
 
     async def dashboard(request: Request) -> Response:
         if not read_allowed(request):
@@ -179,6 +184,7 @@ def create_app(service: LedgerService) -> Starlette:
         Route("/v1/balances", balances, methods=["GET"]),
         Route("/v1/held", held, methods=["GET"]),
         Route("/v1/stations", stations, methods=["GET"]),
+        Route("/v1/connectors", connectors, methods=["GET"]),
         Route("/v1/health", health, methods=["GET"]),
     ]
     return Starlette(routes=routes)

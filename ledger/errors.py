@@ -6,7 +6,10 @@
     ├── ConfigError (ValueError)    the ledger's TOML config is wrong: names file, key, problem
     ├── StoreError                  the database could not be opened, read or written
     ├── StationError (ValueError)   a station command was refused (unknown name, duplicate, bad id)
-    └── ServerError                 the HTTP server could not start or stop
+    ├── ServerError                 the HTTP server could not start or stop
+    └── ConnectorError              forwarding into an ERP failed this time (retried with backoff)
+        └── Unmapped                the ERP does not know the movement's item, location or site
+                                    (kept as ``unmapped`` and retried, never dropped)
 
 Lower layers translate ``OSError`` and ``sqlite3.Error`` into these with ``raise ... from exc``
 at the boundary. Only the CLI turns them into messages and exit codes. Problems with a single
@@ -15,7 +18,8 @@ posted event are not exceptions: they become a ``rejected`` result with a reason
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "LedgerError", "ServerError", "StationError", "StoreError"]
+__all__ = ["ConfigError", "ConnectorError", "LedgerError", "ServerError", "StationError",
+           "StoreError", "Unmapped"]
 
 
 class LedgerError(Exception):
@@ -47,3 +51,12 @@ class StationError(LedgerError, ValueError):
 
 class ServerError(LedgerError):
     """The HTTP server could not be started or stopped."""
+
+
+class ConnectorError(LedgerError):
+    """An ERP call failed: down, slow, refused or answered nonsense. The message never holds
+    credentials. The connector keeps the movement and retries with backoff."""
+
+
+class Unmapped(ConnectorError):
+    """The ERP has no product, location or warehouse for a movement (yet)."""

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from ledger.alerts import WebhookNotifier
 from ledger.config import LedgerConfig
+from ledger.connectors.forwarder import Forwarder, make_adapter
 from ledger.engine import Change, Ledger
 from ledger.errors import LedgerError, StationError, StoreError
 from ledger.events import (
@@ -86,6 +87,7 @@ class LedgerService:
         self._store: Store | None = None
         self.engine = self._new_engine()
         self.notifier: WebhookNotifier | None = None
+        self.forwarders: list[Forwarder] = []
         self._closed = False
 
     def _new_engine(self) -> Ledger:
@@ -106,6 +108,8 @@ class LedgerService:
             self.notifier = WebhookNotifier(self.config.webhook_url,
                                             timeout=self.config.webhook_timeout_s,
                                             max_attempts=self.config.webhook_max_attempts)
+        self.forwarders = [Forwarder(c, make_adapter(c), self.run, lambda: self.store).start()
+                           for c in self.config.connectors]
         return self
 
     def close(self) -> None:
@@ -113,6 +117,8 @@ class LedgerService:
         if self._closed:
             return
         self._closed = True
+        for f in self.forwarders:  # they use the worker: stop them first
+            f.close()
         if self.notifier is not None:
             self.notifier.close()
         if self._executor is not None:
@@ -146,6 +152,8 @@ class LedgerService:
 
     def _open(self) -> None:
         self._store = self._store_factory(self.db_path)
+        self._store.set_connector_routes(
+            [(c.name, site) for c in self.config.connectors for site in c.sites])
         self._rebuild()
 
     def _rebuild(self) -> None:
@@ -275,9 +283,32 @@ class LedgerService:
                 "Retry-After": "2"})
         for m in fresh:
             m.body = None
+        self._wake_connectors()
         self._announce(engine.take_changes())
         return Reply(200, {"server_time": format_time(now_us()), "received_at": received_at,
                            "results": results})
+
+    def _wake_connectors(self) -> None:
+        for f in self.forwarders:
+            f.wake()
+
+    def connectors(self) -> Reply:
+        """``GET /v1/connectors``: per connector, forwarded / pending / unmapped and the last
+        error (docs/connectors.md)."""
+        counts = self.store.outbox_counts()
+        out = []
+        for f in self.forwarders:
+            c = f.config
+            n = counts.get(c.name, {})
+            unmapped = self.store.outbox_open(c.name, "unmapped", 100)
+            out.append({
+                "name": c.name, "kind": c.kind, "url": c.url, "sites": list(c.sites),
+                "forwarded": n.get("forwarded", 0), "pending": n.get("pending", 0),
+                "unmapped": n.get("unmapped", 0), **f.status(),
+                "unmapped_events": [{"event_id": e.event_id, "reason": e.reason}
+                                    for e in unmapped],
+            })
+        return Reply(200, {"connectors": out})
 
     def _announce(self, changes: list[Change]) -> None:
         if self.notifier is None or not changes:
