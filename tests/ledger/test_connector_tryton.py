@@ -276,6 +276,7 @@ def test_sigkill_mid_forwarding_then_restart(tmp_path: Path, trytond: Trytond) -
         wait_for(url, lambda c: c["forwarded"] >= 5)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+        proc.stdout.close()
         assert connectors_after_kill(db) < 30, "the kill came too late to test anything"
         proc = serve(port)
         assert proc.stdout is not None and b"listening" in proc.stdout.readline()
@@ -285,6 +286,8 @@ def test_sigkill_mid_forwarding_then_restart(tmp_path: Path, trytond: Trytond) -
     finally:
         proc.terminate()
         proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()
     refs = trytond.references()
     assert sorted(refs) == sorted(e["event_id"] for e in events)
     assert trytond.stock() == {f"{r['item']}@{r['location']}": r["on_hand"] for r in balances}
@@ -339,7 +342,7 @@ def test_an_unknown_item_waits_as_unmapped_until_the_product_exists(
     assert u["event_id"] == new["event_id"]
     assert "no product with code or identifier 'SKU-NEW'" in u["reason"]
     page = httpx.get(url + "/", timeout=30).text
-    assert "unmapped" in page and "SKU-NEW" in page
+    assert 'id="connectors"' in page and "Unmapped" in page and "SKU-NEW" in page
     trytond.add_product("SKU-NEW")
     wait_for(url, lambda c: c["forwarded"] == 2 and c["unmapped"] == 0)
     assert trytond.stock() == {"SKU-NEW@A-01": 7, f"{P}@A-01": 2}
