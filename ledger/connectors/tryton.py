@@ -195,11 +195,15 @@ class TrytonAdapter:
         def place(code: str | None, outside: int) -> int:
             return outside if code is None else self._location(op.site, code)
 
+        # outside the bins: where a receipt comes from (and a reversed one goes back to),
+        # where a pick goes, where an adjustment's difference goes
         if op.purpose == "adjustment":
-            lf = self._lost_and_found()
-            return place(op.from_location, lf), place(op.to_location, lf)
-        return (place(op.from_location, int(wh["input_location"])),
-                place(op.to_location, int(wh["output_location"])))
+            outside = self._lost_and_found()
+        elif op.purpose == "pick":
+            outside = int(wh["output_location"])
+        else:
+            outside = int(wh["input_location"])
+        return place(op.from_location, outside), place(op.to_location, outside)
 
     # ----------------------------------------------------------- operations
 
