@@ -21,8 +21,8 @@ from typing import NamedTuple, Protocol
 
 from ledger.errors import StationError, StoreError
 
-__all__ = ["Contact", "NewEvent", "OutboxEntry", "SqliteStore", "StationRecord", "Store", "StoredEvent",
-           "open_store"]
+__all__ = ["Contact", "NewEvent", "OutboxEntry", "SqliteStore", "StationRecord", "Store",
+           "StoredEvent", "open_store"]
 
 SCHEMA_VERSION = 5
 

@@ -43,7 +43,7 @@ from ledger.connectors.plan import (
     reverse_op,
 )
 from ledger.connectors.settings import ConnectorConfig
-from ledger.errors import ConnectorError, LedgerError, Unmapped
+from ledger.errors import LedgerError, Unmapped
 from ledger.events import Movement, format_time, now_us, parse_json, validate_event
 from ledger.store import OutboxEntry, Store
 

@@ -232,8 +232,8 @@ class OdooAdapter:
         answer = self.call("stock.picking", "button_validate", ids=[pid],
                            context={"skip_backorder": True, "skip_sms": True})
         if answer is not True:
-            raise ConnectorError(f"Odoo did not validate picking {pid}: it asked for "
-                                 f"{answer.get('res_model') if isinstance(answer, dict) else answer}")
+            wanted = answer.get("res_model") if isinstance(answer, dict) else answer
+            raise ConnectorError(f"Odoo did not validate picking {pid}: it asked for {wanted}")
 
 
 def _site_and_bin(op: Op) -> tuple[str, str]:

@@ -26,7 +26,7 @@ def render_connectors(connectors: list[dict[str, Any]]) -> str:
     if not connectors:
         return ""
     rows = []
-    waiting = []
+    waiting: list[str] = []
     for c in connectors:
         rows.append(
             f"<tr><td>{_e(c['name'])}</td><td>{_e(c['kind'])}</td>"

@@ -37,6 +37,7 @@ __all__ = ["Adjust", "Forwarded", "Op", "Posted", "Purpose", "Reverse", "Transfe
            "corrections", "effects", "main_op", "order_key"]
 
 Purpose = Literal["receipt", "pick", "move", "adjustment"]
+_PURPOSES: dict[str, Purpose] = {"receipt": "receipt", "pick": "pick", "move": "move"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,9 +187,10 @@ def reverse_op(void: Movement, target: Forwarded, history: Sequence[Forwarded]) 
     transfer = None
     moves = [(loc, d) for loc, d in total.items() if d]
     if moves:
-        if t.type in ("receipt", "pick", "move"):
+        purpose = _PURPOSES.get(t.type)
+        if purpose is not None:
             transfer = Transfer(void.event_id, t.site, item, t.to_location, t.from_location,
-                                t.qty, t.t, t.type)
+                                t.qty, t.t, purpose)
         else:
             ((loc, d),) = moves
             transfer = Transfer(void.event_id, t.site, item, loc if d > 0 else None,

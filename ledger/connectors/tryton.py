@@ -235,7 +235,7 @@ class TrytonAdapter:
         held = self.call("product.product", "read", [product], ["quantity"],
                          context={"locations": [bin_id],
                                   "stock_date_end": _date(self._day(op.at))})
-        delta = op.counted - int(round(float(held[0]["quantity"])))
+        delta = op.counted - round(float(held[0]["quantity"]))
         if delta == 0:
             return Posted("", 0)
         ref = self._ship(Transfer(op.key, op.site, op.item,

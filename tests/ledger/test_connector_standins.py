@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from ledger.errors import ConfigError
 from ledger.config import load_config
+from ledger.errors import ConfigError
 from ledger.server import LedgerServer
 from tests.ledger.conftest import Ledger
 from tests.ledger.erp_standins import ErpNext, Odoo, frappe_error, odoo_error, serve

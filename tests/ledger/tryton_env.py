@@ -30,9 +30,10 @@ BINS = ("DOCK-3", "A-01", "B-02")
 def write_conf(d: Path, port: int = 0) -> Path:
     conf = d / "trytond.conf"
     conf.write_text(
-        "[database]\nuri = sqlite://\npath = {d}\n\n[web]\nlisten = 127.0.0.1:{port}\n\n"
-        "[session]\nauthentications = password\n\n[password]\nlength = 8\n"
-        .format(d=d, port=port or 8000), encoding="utf-8")
+        f"[database]\nuri = sqlite://\npath = {d}\n\n"
+        f"[web]\nlisten = 127.0.0.1:{port or 8000}\n\n"
+        "[session]\nauthentications = password\n\n[password]\nlength = 8\n",
+        encoding="utf-8")
     return conf
 
 
@@ -43,8 +44,8 @@ def create(d: Path) -> None:
     pw.write_text(PASSWORD, encoding="utf-8")
     env = dict(os.environ, TRYTONPASSFILE=str(pw))
     admin = Path(sys.executable).with_name("trytond-admin")
-    subprocess.run([str(admin), "-c", str(conf), "-d", DB, "--all", "-u", "stock", "--activate-dependencies",
-                    "--email", "admin@example.com"], check=True, env=env,
+    subprocess.run([str(admin), "-c", str(conf), "-d", DB, "--all", "-u", "stock",
+                    "--activate-dependencies", "--email", "admin@example.com"], check=True, env=env,
                    stdout=subprocess.DEVNULL)
     from proteus import Model, config
     config.set_trytond(DB, config_file=str(conf))
