@@ -10,3 +10,5 @@ into the ERP's own stock ledger, exactly once, dated when it happened.
 
 docs/connectors.md lists the exact calls per ERP.
 """
+
+__all__: list[str] = []
