@@ -46,12 +46,14 @@ _CONNECTOR_SCHEMA = """
         attempts INTEGER NOT NULL DEFAULT 0,
         reason TEXT,
         forwarded_at TEXT,
+        occurred_us INTEGER,
         result TEXT,
         PRIMARY KEY (connector, applied_seq)
     );
     CREATE INDEX connector_outbox_open ON connector_outbox (connector, state, applied_seq)
         WHERE state != 'forwarded';
-    CREATE INDEX connector_outbox_item ON connector_outbox (connector, site, item);
+    CREATE INDEX connector_outbox_item ON connector_outbox (connector, site, item, occurred_us)
+        WHERE state = 'forwarded';
 """
 
 _MIGRATIONS = {
@@ -185,9 +187,9 @@ class Store(Protocol):
     def outbox_open(self, connector: str, state: str, limit: int) -> list[OutboxEntry]: ...
     def outbox_mark(self, connector: str, applied_seq: int, state: str, reason: str | None,
                     result: str | None, now: str, also: Sequence[tuple[int, str]] = (),
-                    item: str | None = None) -> None: ...
-    def outbox_item_history(self, connector: str, site: str,
-                            item: str | None) -> list[OutboxEntry]: ...
+                    item: str | None = None, occurred_us: int | None = None) -> None: ...
+    def outbox_item_history(self, connector: str, site: str, item: str | None,
+                            since_us: int | None = None) -> list[OutboxEntry]: ...
     def outbox_entry(self, connector: str, event_id: str) -> OutboxEntry | None: ...
     def outbox_counts(self) -> dict[str, dict[str, int]]: ...
 
@@ -431,17 +433,20 @@ class SqliteStore:
 
     def outbox_mark(self, connector: str, applied_seq: int, state: str, reason: str | None,
                     result: str | None, now: str, also: Sequence[tuple[int, str]] = (),
-                    item: str | None = None) -> None:
+                    item: str | None = None, occurred_us: int | None = None) -> None:
         """Record how an entry went; ``also``: other entries' new results (a voided target),
-        ``item``: the entry's item when the event has none (a void: its target's)."""
+        ``item``: the entry's item when the event has none (a void: its target's),
+        ``occurred_us``: when its effect in the ERP is dated (for history look-ups)."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
                 "UPDATE connector_outbox SET state = ?, reason = ?, result = ?, "
                 "attempts = attempts + 1, item = COALESCE(item, ?), "
+                "occurred_us = COALESCE(?, occurred_us), "
                 "forwarded_at = CASE WHEN ? = 'forwarded' THEN ? "
                 "ELSE forwarded_at END WHERE connector = ? AND applied_seq = ?",
-                (state, reason, result, item, state, now, connector, applied_seq))
+                (state, reason, result, item, occurred_us, state, now, connector,
+                 applied_seq))
             self._db.executemany(
                 "UPDATE connector_outbox SET result = ? WHERE connector = ? AND applied_seq = ?",
                 [(r, connector, seq) for seq, r in also])
@@ -450,15 +455,17 @@ class SqliteStore:
             self._rollback()
             raise StoreError(f"{self.path}: cannot update the outbox: {exc}") from exc
 
-    def outbox_item_history(self, connector: str, site: str,
-                            item: str | None) -> list[OutboxEntry]:
-        """Every forwarded entry of one item at one site (for counts and their corrections)."""
+    def outbox_item_history(self, connector: str, site: str, item: str | None,
+                            since_us: int | None = None) -> list[OutboxEntry]:
+        """The forwarded entries of one item at one site, dated at or after ``since_us`` if
+        given (for counts and their corrections)."""
         try:
             rows = self._db.execute(
                 f"SELECT {self._OUTBOX_COLS} FROM connector_outbox o JOIN events e "
                 "ON e.event_id = o.event_id WHERE o.connector = ? AND o.site = ? "
-                "AND o.item IS ? AND o.state = 'forwarded' ORDER BY o.applied_seq",
-                (connector, site, item))
+                "AND o.item IS ? AND o.state = 'forwarded' AND o.occurred_us >= ? "
+                "ORDER BY o.applied_seq",
+                (connector, site, item, -(2**62) if since_us is None else since_us))
             return [OutboxEntry(*r) for r in rows]
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot read the outbox: {exc}") from exc

@@ -190,7 +190,7 @@ class Forwarder:
         now = format_time(now_us())
         try:
             m = _movement(entry)
-            result, also, item = self._forward(entry, m)
+            result, also, item, dated = self._forward(entry, m)
         except Unmapped as exc:
             if entry.state != "unmapped" or entry.reason != str(exc):
                 log.info("connector %s: %s waits as unmapped: %s", name, entry.event_id, exc)
@@ -198,12 +198,15 @@ class Forwarder:
                       now)
             return
         self._run(store.outbox_mark, name, entry.applied_seq, "forwarded", None,
-                  json.dumps(result, sort_keys=True), now, also, item)
+                  json.dumps(result, sort_keys=True), now, also, item, dated)
         with self._lock:
             self._status.last_forwarded_at = now
 
-    def _history(self, site: str, item: str | None) -> list[Forwarded]:
-        rows = self._run(self._store().outbox_item_history, self.config.name, site, item)
+    def _history(self, site: str, item: str | None, since: int | None) -> list[Forwarded]:
+        """The item's forwarded movements dated at or after ``since`` (all if None): a
+        movement's count and corrections concern only those."""
+        rows = self._run(self._store().outbox_item_history, self.config.name, site, item,
+                         since)
         return [Forwarded.of(_movement(r), r.result) for r in rows]
 
     def _once(self, op: Transfer | Adjust | Reverse) -> Posted:
@@ -211,7 +214,7 @@ class Forwarder:
         return found if found is not None else self.adapter.post(op)
 
     def _forward(self, entry: OutboxEntry, m: Movement
-                 ) -> tuple[dict[str, Any], list[tuple[int, str]], str | None]:
+                 ) -> tuple[dict[str, Any], list[tuple[int, str]], str | None, int]:
         a = self.adapter
         also: list[tuple[int, str]] = []
         if m.type == "void":
@@ -222,12 +225,16 @@ class Forwarder:
             target = Forwarded.of(_movement(target_entry), target_entry.result)
             if target.voided and target.result.get("voided_by") != m.event_id:
                 return ({"skipped": f"already voided by {target.result['voided_by']}"}, also,
-                        target.movement.item)
-            history = self._history(target.movement.site, target.movement.item)
+                        target.movement.item, target.movement.t)
+            # a count's reverse sums the corrections made at it, by movements of any date
+            history = self._history(target.movement.site, target.movement.item,
+                                    None if target.movement.type == "count"
+                                    else target.movement.t)
             rev = reverse_op(m, target, history)
             posted = self._once(rev)
             changes = effects(rev.transfer) if rev.transfer is not None else {}
             at_key = order_key(target.movement)
+            dated = target.movement.t
             skip = {target.movement.event_id}
             item = target.movement.item or ""
             target.result["voided_by"] = m.event_id
@@ -235,7 +242,7 @@ class Forwarder:
             result: dict[str, Any] = {"ref": posted.ref, "reverses": target.movement.event_id,
                                       "effects": changes}
         else:
-            history = self._history(m.site, m.item)
+            history = self._history(m.site, m.item, m.t)
             op = main_op(m, history, reevaluates_counts=a.reevaluates_counts, sees=a.sees)
             posted = self._once(op)
             if isinstance(op, Adjust):
@@ -243,6 +250,7 @@ class Forwarder:
             else:
                 changes = effects(op)
             at_key = order_key(m)
+            dated = m.t
             skip = {m.event_id}
             item = m.item or ""
             result = {"ref": posted.ref, "effects": changes}
@@ -256,5 +264,5 @@ class Forwarder:
                 fixes[count_id] = fixes.get(count_id, 0) + sum(effects(fix).values())
             if fixes:
                 result["corrections"] = fixes
-        return result, also, item or None
+        return result, also, item or None, dated
 
