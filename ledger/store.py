@@ -184,7 +184,8 @@ class Store(Protocol):
     def close(self) -> None: ...
     # ERP connectors (the block at the end of SqliteStore)
     def set_connector_routes(self, routes: Sequence[tuple[str, str]]) -> None: ...
-    def outbox_open(self, connector: str, state: str, limit: int) -> list[OutboxEntry]: ...
+    def outbox_open(self, connector: str, state: str, limit: int,
+                    after: int = 0) -> list[OutboxEntry]: ...
     def outbox_mark(self, connector: str, applied_seq: int, state: str, reason: str | None,
                     result: str | None, now: str, also: Sequence[tuple[int, str]] = (),
                     item: str | None = None, occurred_us: int | None = None) -> None: ...
@@ -420,13 +421,16 @@ class SqliteStore:
     _OUTBOX_COLS = ("o.connector, o.applied_seq, o.event_id, o.state, o.attempts, o.reason, "
                     "o.result, e.station, e.site, e.body")
 
-    def outbox_open(self, connector: str, state: str, limit: int) -> list[OutboxEntry]:
-        """The connector's entries in ``state`` (pending or unmapped), in recorded order."""
+    def outbox_open(self, connector: str, state: str, limit: int,
+                    after: int = 0) -> list[OutboxEntry]:
+        """The connector's entries in ``state`` (pending or unmapped), in recorded order,
+        from after ``applied_seq`` ``after``."""
         try:
             rows = self._db.execute(
                 f"SELECT {self._OUTBOX_COLS} FROM connector_outbox o JOIN events e "
                 "ON e.event_id = o.event_id WHERE o.connector = ? AND o.state = ? "
-                "ORDER BY o.applied_seq LIMIT ?", (connector, state, limit))
+                "AND o.applied_seq > ? ORDER BY o.applied_seq LIMIT ?",
+                (connector, state, after, limit))
             return [OutboxEntry(*r) for r in rows]
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot read the outbox: {exc}") from exc

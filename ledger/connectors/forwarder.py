@@ -140,9 +140,9 @@ class Forwarder:
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                more = self._round("pending")
+                more = self._round("pending") is not None
                 if time.monotonic() >= next_unmapped:
-                    self._round("unmapped")
+                    self.retry_unmapped()
                     next_unmapped = time.monotonic() + self.config.unmapped_retry_s
                 failures = 0
                 with self._lock:
@@ -172,14 +172,27 @@ class Forwarder:
             self._status.last_error_at = format_time(now_us())
             self._status.retry_at = time.monotonic() + delay
 
-    def _round(self, state: str) -> bool:
-        """Forward the entries in ``state``; True if a full batch was done (maybe more)."""
-        entries = self._run(self._store().outbox_open, self.config.name, state, BATCH)
+    def forward_pending(self) -> None:
+        """Forward everything pending, in order, on the calling thread (the loop's step; a
+        test's whole forwarding). Raises what an ERP call raised, the rest left pending."""
+        while self._round("pending") is not None and not self._stop.is_set():
+            pass
+
+    def retry_unmapped(self) -> None:
+        """Try every unmapped entry once more, in order."""
+        after: int | None = 0
+        while after is not None and not self._stop.is_set():
+            after = self._round("unmapped", after)
+
+    def _round(self, state: str, after: int = 0) -> int | None:
+        """Forward a batch of the entries in ``state`` from after ``after``; the last one's
+        place if the batch was full (there may be more), else None."""
+        entries = self._run(self._store().outbox_open, self.config.name, state, BATCH, after)
         for entry in entries:
             if self._stop.is_set():
-                return False
+                return None
             self.forward(entry)
-        return len(entries) == BATCH
+        return entries[-1].applied_seq if len(entries) == BATCH else None
 
     # ------------------------------------------------------------- one entry
 

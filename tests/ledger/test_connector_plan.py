@@ -99,10 +99,10 @@ def forward_all(raw: list[dict[str, Any]], order: list[int], erp: ModelErp) -> N
             reply = svc.run(svc.ingest, tokens[ev["station"]], body, now_us())
             assert reply.status == 200 and reply.body["results"][0]["status"] == "accepted"
             if i % 3 == 0:  # forward as it comes, now and then
-                fw._round("pending")
+                fw.forward_pending()
         for _ in range(3):
-            fw._round("pending")
-            fw._round("unmapped")
+            fw.forward_pending()
+            fw.retry_unmapped()
         counts = svc.run(svc.store.outbox_counts).get("m", {})
         assert counts.get("pending", 0) == 0
         assert counts.get("unmapped", 0) == 0
@@ -157,5 +157,5 @@ def test_a_held_depletion_is_forwarded_when_released_after_what_covered_it() -> 
         assert [e.event_id for e in entries] == [r["event_id"], p["event_id"]]
         cfg = ConnectorConfig(name="m", kind="tryton", url="http://model", database=None,
                               credentials_file="", sites=("WH1",), credentials={})
-        Forwarder(cfg, erp, svc.run, lambda: svc.store)._round("pending")
+        Forwarder(cfg, erp, svc.run, lambda: svc.store).forward_pending()
         assert erp.on_hand() == {(p["item"], "A-01"): 2}
