@@ -49,7 +49,7 @@ _CONNECTOR_SCHEMA = """
         occurred_us INTEGER,
         result TEXT,
         PRIMARY KEY (connector, applied_seq)
-    );
+    ) WITHOUT ROWID;
     CREATE INDEX connector_outbox_open ON connector_outbox (connector, state, applied_seq)
         WHERE state != 'forwarded';
     CREATE INDEX connector_outbox_item ON connector_outbox (connector, site, item, occurred_us)
@@ -375,7 +375,7 @@ class SqliteStore:
     # The only link to ingest is ``_fill_outbox``, called by ``save_batch`` inside its
     # transaction, so an accepted or released movement is never without its outbox row.
 
-    _routes: frozenset[str] = frozenset()  # sites some connector forwards
+    _routes: dict[str, tuple[str, ...]] = {}  # site -> the connectors that forward it
 
     def set_connector_routes(self, routes: Sequence[tuple[str, str]]) -> None:
         """Record which connector forwards which site (from the config, at start). A route
@@ -399,18 +399,22 @@ class SqliteStore:
         except sqlite3.Error as exc:
             self._rollback()
             raise StoreError(f"{self.path}: cannot set connector routes: {exc}") from exc
-        self._routes = frozenset(site for _c, site in routes)
+        by_site: dict[str, list[str]] = {}
+        for connector, site in routes:
+            by_site.setdefault(site, []).append(connector)
+        self._routes = {site: tuple(cs) for site, cs in by_site.items()}
 
     def _fill_outbox(self, events: Sequence[NewEvent],
                      released: Sequence[tuple[str, int, str]]) -> None:
         if not self._routes:
             return
-        rows = [(e.applied_seq, e.event_id, e.site, e.item, e.site) for e in events
-                if e.applied_seq is not None and e.site in self._routes]
+        routes = self._routes
+        rows = [(c, e.applied_seq, e.event_id, e.site, e.item) for e in events
+                if e.applied_seq is not None and e.site in routes for c in routes[e.site]]
         if rows:
             self._db.executemany(
                 "INSERT OR IGNORE INTO connector_outbox (connector, applied_seq, event_id, site, "
-                "item) SELECT connector, ?, ?, ?, ? FROM connector_sites WHERE site = ?", rows)
+                "item) VALUES (?, ?, ?, ?, ?)", rows)
         if released:
             self._db.executemany(
                 "INSERT OR IGNORE INTO connector_outbox (connector, applied_seq, event_id, site, "
