@@ -116,11 +116,16 @@ class Forwarder:
         self._wake.set()
 
     def close(self) -> None:
-        """Stop after the ERP call in flight (bounded by ``timeout_s``); idempotent."""
+        """Stop forwarding; idempotent. Waits up to 10 s for an ERP call in flight, then
+        leaves it (the thread is a daemon): whatever the ERP did with it, the look-up at the
+        next start finds it, so nothing is posted twice and shutdown stays prompt."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(self.config.timeout_s * 3 + 5)
+            self._thread.join(min(10.0, self.config.timeout_s + 1))
+            if self._thread.is_alive():
+                log.warning("connector %s: an ERP call still in flight at shutdown; left "
+                            "to the next start's look-up", self.config.name)
             self._thread = None
         self.adapter.close()
 
