@@ -161,6 +161,8 @@ class Forwarder:
                 self._stop.wait(delay)
                 continue
             except Exception as exc:  # a bug must not kill forwarding for good
+                if self._stop.is_set():  # the service closed under a call in flight
+                    return
                 failures += 1
                 delay = min(self.config.retry_max_s, BACKOFF_BASE_S * 2 ** min(failures, 30))
                 self._error(f"internal error: {type(exc).__name__}: {exc}", delay)
