@@ -14,9 +14,10 @@ token is refused at once.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import NamedTuple, Protocol
 
 from ledger.errors import StationError, StoreError
@@ -375,7 +376,8 @@ class SqliteStore:
     # The only link to ingest is ``_fill_outbox``, called by ``save_batch`` inside its
     # transaction, so an accepted or released movement is never without its outbox row.
 
-    _routes: dict[str, tuple[str, ...]] = {}  # site -> the connectors that forward it
+    # site -> the connectors that forward it (none until set_connector_routes)
+    _routes: Mapping[str, tuple[str, ...]] = MappingProxyType({})
 
     def set_connector_routes(self, routes: Sequence[tuple[str, str]]) -> None:
         """Record which connector forwards which site (from the config, at start). A route

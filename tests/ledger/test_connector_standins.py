@@ -345,3 +345,26 @@ def test_credentials_are_not_in_the_config_repr(tmp_path: Path) -> None:
     c = load_config(cfg)
     assert c.connectors[0].credentials == {"api_key": "sekrit"}
     assert "sekrit" not in repr(c)
+
+
+def test_without_connectors_the_status_is_empty_and_the_page_has_no_section(
+        tmp_path: Path) -> None:
+    with LedgerServer(tmp_path / "ledger.db") as server:
+        assert httpx.get(server.url + "/v1/connectors").json() == {"connectors": []}
+        assert 'id="connectors"' not in httpx.get(server.url + "/").text
+
+
+def test_a_connector_added_later_forwards_the_sites_history_first(tmp_path: Path) -> None:
+    erp = ErpNext()
+    with LedgerServer(tmp_path / "ledger.db") as server:
+        led = Ledger(server)
+        first = receipt(2, "DOCK-3", 0)
+        led.dock().post(first)
+        led.close()
+    with serve(erp) as url:
+        cfg = write_config(tmp_path, "erpnext", url,
+                           f'api_key = "{erp.API_KEY}"\napi_secret = "{erp.API_SECRET}"\n')
+        with LedgerServer(tmp_path / "ledger.db", cfg) as server:
+            wait_for(server.url, lambda c: c["forwarded"] == 1)
+    (doc,) = erp.docs["Stock Entry"].values()
+    assert doc["custom_scan_event_id"] == first["event_id"]
