@@ -176,7 +176,8 @@ def ledger_stock(ledger: Ledger) -> dict[str, int]:
 
 def shift() -> list[list[dict[str, Any]]]:
     """A shift in batches (as docks post them): receipts, picks, moves, a count, a void and
-    two late receipts (one before the count it reaches the ledger after)."""
+    two late receipts (one before the count it reaches the ledger after), then, the next day,
+    a count that reaches the ledger after a pick that followed it."""
     r1 = receipt(10, "DOCK-3", 0)
     r2 = receipt(5, "DOCK-3", 1, item=E)
     m1 = move(6, "DOCK-3", "A-01", 5)
@@ -188,7 +189,11 @@ def shift() -> list[list[dict[str, Any]]]:
     late_b = receipt(4, "B-02", 20)     # happened before the count, in another bin
     late_a = receipt(2, "A-01", 20)     # happened before the count of its bin
     m2 = move(1, "B-02", "A-01", 50)
-    return [[r1, r2, m1], [p1, p2], [c1, p3], [v1], [late_b, late_a], [m2]]
+    # the next day: a pick reaches the ledger before the count it happened after
+    day2_pick = pick(1, "DOCK-3", 24 * 60 + 20)
+    day2_count = count(5, "DOCK-3", 24 * 60 + 10)
+    return [[r1, r2, m1], [p1, p2], [c1, p3], [v1], [late_b, late_a], [m2], [day2_pick],
+            [day2_count]]
 
 
 @pytest.fixture
@@ -224,7 +229,7 @@ def test_a_shift_lands_in_tryton_bin_by_bin(ledger_with_erp: Ledger, trytond: Tr
             "stock.move", "search_read", [], 0, None, None, ["effective_date"])}
     finally:
         rpc.close()
-    assert dates == {22}
+    assert dates == {22, 23}
 
 
 def test_reposts_and_a_lost_answer_forward_nothing_twice(tmp_path: Path, trytond: Trytond
