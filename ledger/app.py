@@ -23,6 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from ledger.connectors.page import render_connectors
 from ledger.dashboard import (
     Overview,
     PageContext,
@@ -219,6 +220,9 @@ def create_app(service: LedgerService) -> Starlette:
     async def stations(request: Request) -> Response:
         return await read(request, service.stations)
 
+    async def connectors(request: Request) -> Response:
+        return await read(request, service.connectors)
+
     async def health(request: Request) -> Response:
         return JSONResponse({"ok": True, "server_time": format_time(now_us())})
 
@@ -238,6 +242,11 @@ def create_app(service: LedgerService) -> Starlette:
                 page_zone = zones.pop()
         ctx = PageContext(filt, config.zone, now_us(), keep, page_zone)
         return ctx, sites, [s.name for s in stations]
+
+    def overview_and_connectors(query: dict[str, str]
+                                ) -> tuple[PageContext, Overview, list[dict[str, Any]]]:
+        ctx, o = overview(query)
+        return ctx, o, service.connectors().body["connectors"]
 
     def overview(query: dict[str, str]) -> tuple[PageContext, Overview]:
         ctx, sites, station_names = context(query)
@@ -275,12 +284,12 @@ def create_app(service: LedgerService) -> Starlette:
             return page_denied()
         query = dict(request.query_params)
         try:
-            ctx, o = await service.call(overview, query)
+            ctx, o, connectors = await service.call(overview_and_connectors, query)
         except FilterError as exc:
             return bad_filter(request, exc)
         except StoreError as exc:
             return HTMLResponse(f"<p>ledger storage unavailable: {exc}</p>", status_code=503)
-        main = render_main(o, ctx)
+        main = render_main(o, ctx) + render_connectors(connectors)
         headers = {"Cache-Control": "no-store"}
         if request.headers.get("x-ledger-fragment") == "1":
             return HTMLResponse(main, headers=headers)
@@ -325,6 +334,7 @@ def create_app(service: LedgerService) -> Starlette:
         Route("/v1/balances", balances, methods=["GET"]),
         Route("/v1/held", held, methods=["GET"]),
         Route("/v1/stations", stations, methods=["GET"]),
+        Route("/v1/connectors", connectors, methods=["GET"]),
         Route("/v1/health", health, methods=["GET"]),
     ]
     return Starlette(routes=routes)

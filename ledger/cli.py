@@ -62,7 +62,8 @@ def serve(db: str, host: str, port: int, config_path: str | None, log_level: str
 def check_config(file: str) -> None:
     """Validate a ledger config file."""
     cfg = load_config(file)
-    click.echo(f"{file}: ok ({len(cfg.sites)} site policies)")
+    click.echo(f"{file}: ok ({len(cfg.sites)} site policies, {len(cfg.connectors)} "
+               "ERP connectors)")
 
 
 @cli.group()

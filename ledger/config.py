@@ -19,6 +19,14 @@ problem; unknown keys are errors so that typos never pass silently.
     allow_negative = false           # hold depletions that would go negative
     timezone = "Europe/Berlin"       # the manager's page shows the site's times in it
 
+    [[connectors]]                   # forward movements into an ERP (docs/connectors.md)
+    name = "erp"
+    kind = "tryton"
+    url = "http://erp.internal:8000/"
+    database = "prod"
+    credentials_file = "erp.secret"
+    sites = ["WH1"]
+
 >>> parse_config({"sites": {"WH1": {"allow_negative": False}}}).allow_negative("WH1")
 False
 """
@@ -36,6 +44,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from drivers.settings import ID as _ID
 from drivers.settings import TomlTable, read_toml
+from ledger.connectors.settings import ConnectorConfig, parse_connectors
 from ledger.errors import ConfigError
 
 __all__ = ["LedgerConfig", "SitePolicy", "load_config", "parse_config"]
@@ -66,6 +75,7 @@ class LedgerConfig:
     webhook_timeout_s: float = 5.0
     webhook_max_attempts: int = 8
     sites: Mapping[str, SitePolicy] = field(default_factory=dict)
+    connectors: tuple[ConnectorConfig, ...] = ()
 
     def allow_negative(self, site: str) -> bool:
         policy = self.sites.get(site)
@@ -123,6 +133,7 @@ def parse_config(data: Mapping[str, Any], file: str = "<config>") -> LedgerConfi
                                                       True),
                                  timezone=timezone, zone=_zone(t, timezone))
         t.finish()
+    connectors = parse_connectors(top, Path(file).parent if file != "<config>" else None)
     top.finish()
     return LedgerConfig(
         path=file, max_body_bytes=max_body_bytes, head_timeout_s=head_timeout_s,
@@ -130,5 +141,5 @@ def parse_config(data: Mapping[str, Any], file: str = "<config>") -> LedgerConfi
         max_batch_events=max_batch_events,
         duplicate_window_s=duplicate_window_s, read_token=read_token, webhook_url=webhook_url,
         webhook_timeout_s=webhook_timeout_s, webhook_max_attempts=webhook_max_attempts,
-        sites=sites,
+        sites=sites, connectors=connectors,
     )

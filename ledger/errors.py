@@ -9,7 +9,10 @@
     ├── ManagerError (ValueError)   a manager command was refused (unknown name, duplicate, bad id)
     ├── ItemFileError (ValueError)  an item-names CSV is wrong: names the file, lines and columns
     ├── FilterError (ValueError)    a filter's query parameter is wrong (an HTTP 400)
-    └── ServerError                 the HTTP server could not start or stop
+    ├── ServerError                 the HTTP server could not start or stop
+    └── ConnectorError              forwarding into an ERP failed this time (retried with backoff)
+        └── Unmapped                the ERP does not know the movement's item, location or site
+                                    (kept as ``unmapped`` and retried, never dropped)
 
 Lower layers translate ``OSError`` and ``sqlite3.Error`` into these with ``raise ... from exc``
 at the boundary. Only the CLI turns them into messages and exit codes. Problems with a single
@@ -18,8 +21,8 @@ posted event are not exceptions: they become a ``rejected`` result with a reason
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "FilterError", "ItemFileError", "LedgerError", "ManagerError",
-           "ServerError", "StationError", "StoreError"]
+__all__ = ["ConfigError", "ConnectorError", "FilterError", "ItemFileError", "LedgerError",
+           "ManagerError", "ServerError", "StationError", "StoreError", "Unmapped"]
 
 
 class LedgerError(Exception):
@@ -73,3 +76,12 @@ class FilterError(LedgerError, ValueError):
 
 class ServerError(LedgerError):
     """The HTTP server could not be started or stopped."""
+
+
+class ConnectorError(LedgerError):
+    """An ERP call failed: down, slow, refused or answered nonsense. The message never holds
+    credentials. The connector keeps the movement and retries with backoff."""
+
+
+class Unmapped(ConnectorError):
+    """The ERP has no product, location or warehouse for a movement (yet)."""

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from ledger.alerts import WebhookNotifier
 from ledger.config import LedgerConfig
+from ledger.connectors.forwarder import Forwarder, make_adapter
 from ledger.engine import BEFORE_HORIZON, Change, Incident, Ledger, Settlement
 from ledger.errors import FilterError, LedgerError, ManagerError, StationError, StoreError
 from ledger.events import (
@@ -109,6 +110,7 @@ class LedgerService:
         self._store: Store | None = None
         self.engine = self._new_engine()
         self.notifier: WebhookNotifier | None = None
+        self.forwarders: list[Forwarder] = []
         self._closed = False
         # Settling (DESIGN section 10): memory is settled when it holds at least
         # ``_settle_at`` events (twice what the last settling kept, and at least
@@ -136,6 +138,8 @@ class LedgerService:
             self.notifier = WebhookNotifier(self.config.webhook_url,
                                             timeout=self.config.webhook_timeout_s,
                                             max_attempts=self.config.webhook_max_attempts)
+        self.forwarders = [Forwarder(c, make_adapter(c), self.run, lambda: self.store).start()
+                           for c in self.config.connectors]
         return self
 
     def close(self) -> None:
@@ -143,6 +147,8 @@ class LedgerService:
         if self._closed:
             return
         self._closed = True
+        for f in self.forwarders:  # they use the worker: stop them first
+            f.close()
         if self.notifier is not None:
             self.notifier.close()
         if self._executor is not None:
@@ -181,6 +187,8 @@ class LedgerService:
 
     def _open(self) -> None:
         self._store = self._store_factory(self.db_path)
+        self._store.set_connector_routes(
+            [(c.name, site) for c in self.config.connectors for site in c.sites])
         self._rebuild()
 
     def _rebuild(self) -> None:
@@ -459,6 +467,7 @@ class LedgerService:
             self._rebuild()
             return _error(503, "the ledger could not save this batch; retry", **{
                 "Retry-After": "2"})
+        self._wake_connectors()
         self._announce(engine.take_changes())
         return Reply(200, {"server_time": format_time(now_us()), "received_at": received_at,
                            "results": results})
@@ -484,6 +493,27 @@ class LedgerService:
         if posted and low is not None and self.engine.set_horizon(site, low):
             return {site: format_time(low)}
         return {}
+    def _wake_connectors(self) -> None:
+        for f in self.forwarders:
+            f.wake()
+
+    def connectors(self) -> Reply:
+        """``GET /v1/connectors``: per connector, forwarded / pending / unmapped and the last
+        error (docs/connectors.md)."""
+        counts = self.store.outbox_counts()
+        out = []
+        for f in self.forwarders:
+            c = f.config
+            n = counts.get(c.name, {})
+            unmapped = self.store.outbox_open(c.name, "unmapped", 100)
+            out.append({
+                "name": c.name, "kind": c.kind, "url": c.url, "sites": list(c.sites),
+                "forwarded": n.get("forwarded", 0), "pending": n.get("pending", 0),
+                "unmapped": n.get("unmapped", 0), **f.status(),
+                "unmapped_events": [{"event_id": e.event_id, "reason": e.reason}
+                                    for e in unmapped],
+            })
+        return Reply(200, {"connectors": out})
 
     def _announce(self, changes: list[Change]) -> None:
         if self.notifier is None or not changes:

@@ -22,15 +22,46 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import NamedTuple, Protocol
 
 from ledger.errors import ManagerError, StationError, StoreError
 
-__all__ = ["Checkpoint", "Contact", "ManagerRecord", "NewEvent", "NoteRecord", "Release",
-           "SettledIncident", "Snapshot", "SqliteStore", "StationRecord", "Store", "StoredEvent",
-           "open_store"]
+__all__ = ["Checkpoint", "Contact", "ManagerRecord", "NewEvent", "NoteRecord", "OutboxEntry",
+           "Release", "SettledIncident", "Snapshot", "SqliteStore", "StationRecord", "Store",
+           "StoredEvent", "open_store"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+
+# ---- ERP connectors: schema (version 5); the rest of their SQL is in the block at the end --
+# The outbox holds, per connector, every movement it must forward, keyed by the event's place
+# in recorded order; rows are added in the transaction that accepts (or releases) the event.
+_CONNECTOR_SCHEMA = """
+    CREATE TABLE connector_sites (
+        connector TEXT NOT NULL,
+        site TEXT NOT NULL,
+        PRIMARY KEY (connector, site)
+    );
+    CREATE TABLE connector_outbox (
+        connector TEXT NOT NULL,
+        applied_seq INTEGER NOT NULL,
+        event_id TEXT NOT NULL,
+        site TEXT NOT NULL,
+        item TEXT,
+        state TEXT NOT NULL DEFAULT 'pending'
+            CHECK (state IN ('pending', 'unmapped', 'forwarded')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,
+        forwarded_at TEXT,
+        occurred_us INTEGER,
+        result TEXT,
+        PRIMARY KEY (connector, applied_seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX connector_outbox_open ON connector_outbox (connector, state, applied_seq)
+        WHERE state != 'forwarded';
+    CREATE INDEX connector_outbox_item ON connector_outbox (connector, site, item, occurred_us)
+        WHERE state = 'forwarded';
+"""
 
 # A migration is one script (split at ";") or a tuple of statements (a trigger's body holds
 # semicolons of its own).
@@ -125,6 +156,7 @@ _MIGRATIONS: dict[int, str | tuple[str, ...]] = {
         """CREATE TRIGGER notes_never_deleted BEFORE DELETE ON notes
         BEGIN SELECT RAISE(ABORT, 'a note is never deleted'); END""",
     ),
+    5: _CONNECTOR_SCHEMA,
 }
 
 
@@ -249,6 +281,22 @@ class Contact:
     events: int
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One movement a connector forwards (or has forwarded), with the event as stored."""
+
+    connector: str
+    applied_seq: int
+    event_id: str
+    state: str
+    attempts: int
+    reason: str | None
+    result: str | None
+    station: str
+    site: str
+    body: str
+
+
 class Store(Protocol):
     """What the ledger needs from a database."""
 
@@ -277,6 +325,17 @@ class Store(Protocol):
                  now: str) -> NoteRecord: ...
     def notes(self, incident_ids: Iterable[int] | None = None) -> dict[int, list[NoteRecord]]: ...
     def close(self) -> None: ...
+    # ERP connectors (the block at the end of SqliteStore)
+    def set_connector_routes(self, routes: Sequence[tuple[str, str]]) -> None: ...
+    def outbox_open(self, connector: str, state: str, limit: int,
+                    after: int = 0) -> list[OutboxEntry]: ...
+    def outbox_mark(self, connector: str, applied_seq: int, state: str, reason: str | None,
+                    result: str | None, now: str, also: Sequence[tuple[int, str]] = (),
+                    item: str | None = None, occurred_us: int | None = None) -> None: ...
+    def outbox_item_history(self, connector: str, site: str, item: str | None,
+                            since_us: int | None = None) -> list[OutboxEntry]: ...
+    def outbox_entry(self, connector: str, event_id: str) -> OutboxEntry | None: ...
+    def outbox_counts(self) -> dict[str, dict[str, int]]: ...
 
 
 _STATION_COLS = ("name, site, created_at, revoked_at, last_contact, sent_at, watermark, "
@@ -423,6 +482,7 @@ class SqliteStore:
                     "DO UPDATE SET horizon = excluded.horizon", list(horizons.items()))
             if checkpoint is not None:
                 self._write_checkpoint(checkpoint)
+            self._fill_outbox(events, released)
             if contact is not None:
                 db.execute(
                     "UPDATE stations SET last_contact = ?, sent_at = ?, "
@@ -647,6 +707,138 @@ class SqliteStore:
                 self._db.execute("ROLLBACK")
         except sqlite3.Error:
             pass
+
+
+    # ================================================================ ERP connectors
+    # Everything the connectors keep (ledger/connectors/): routes, outbox, forwarding state.
+    # The only link to ingest is ``_fill_outbox``, called by ``save_batch`` inside its
+    # transaction, so an accepted or released movement is never without its outbox row.
+
+    # site -> the connectors that forward it (none until set_connector_routes)
+    _routes: Mapping[str, tuple[str, ...]] = MappingProxyType({})
+
+    def set_connector_routes(self, routes: Sequence[tuple[str, str]]) -> None:
+        """Record which connector forwards which site (from the config, at start). A route
+        that is new puts the site's whole accepted history in that connector's outbox."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            known = set(self._db.execute("SELECT connector, site FROM connector_sites"))
+            for connector, site in routes:
+                if (connector, site) in known:
+                    continue
+                self._db.execute("INSERT INTO connector_sites (connector, site) VALUES (?, ?)",
+                                 (connector, site))
+                self._db.execute(
+                    "INSERT OR IGNORE INTO connector_outbox (connector, applied_seq, event_id, "
+                    "site, item) SELECT ?, applied_seq, event_id, site, item FROM events "
+                    "WHERE site = ? AND applied_seq IS NOT NULL", (connector, site))
+            for connector, site in known - set(routes):
+                self._db.execute("DELETE FROM connector_sites WHERE connector = ? AND site = ?",
+                                 (connector, site))
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"{self.path}: cannot set connector routes: {exc}") from exc
+        by_site: dict[str, list[str]] = {}
+        for connector, site in routes:
+            by_site.setdefault(site, []).append(connector)
+        self._routes = {site: tuple(cs) for site, cs in by_site.items()}
+
+    def _fill_outbox(self, events: Sequence[NewEvent], released: Sequence[Release]) -> None:
+        if not self._routes:
+            return
+        routes = self._routes
+        rows = [(c, e.applied_seq, e.event_id, e.site, e.item) for e in events
+                if e.applied_seq is not None and e.site in routes for c in routes[e.site]]
+        if rows:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO connector_outbox (connector, applied_seq, event_id, site, "
+                "item) VALUES (?, ?, ?, ?, ?)", rows)
+        if released:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO connector_outbox (connector, applied_seq, event_id, site, "
+                "item) SELECT c.connector, ?, e.event_id, e.site, e.item FROM events e "
+                "JOIN connector_sites c ON c.site = e.site WHERE e.event_id = ?",
+                [(r.applied_seq, r.event_id) for r in released])
+
+    _OUTBOX_COLS = ("o.connector, o.applied_seq, o.event_id, o.state, o.attempts, o.reason, "
+                    "o.result, e.station, e.site, e.body")
+
+    def outbox_open(self, connector: str, state: str, limit: int,
+                    after: int = 0) -> list[OutboxEntry]:
+        """The connector's entries in ``state`` (pending or unmapped), in recorded order,
+        from after ``applied_seq`` ``after``."""
+        try:
+            rows = self._db.execute(
+                f"SELECT {self._OUTBOX_COLS} FROM connector_outbox o JOIN events e "
+                "ON e.event_id = o.event_id WHERE o.connector = ? AND o.state = ? "
+                "AND o.applied_seq > ? ORDER BY o.applied_seq LIMIT ?",
+                (connector, state, after, limit))
+            return [OutboxEntry(*r) for r in rows]
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot read the outbox: {exc}") from exc
+
+    def outbox_mark(self, connector: str, applied_seq: int, state: str, reason: str | None,
+                    result: str | None, now: str, also: Sequence[tuple[int, str]] = (),
+                    item: str | None = None, occurred_us: int | None = None) -> None:
+        """Record how an entry went; ``also``: other entries' new results (a voided target),
+        ``item``: the entry's item when the event has none (a void: its target's),
+        ``occurred_us``: when its effect in the ERP is dated (for history look-ups)."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "UPDATE connector_outbox SET state = ?, reason = ?, result = ?, "
+                "attempts = attempts + 1, item = COALESCE(item, ?), "
+                "occurred_us = COALESCE(?, occurred_us), "
+                "forwarded_at = CASE WHEN ? = 'forwarded' THEN ? "
+                "ELSE forwarded_at END WHERE connector = ? AND applied_seq = ?",
+                (state, reason, result, item, occurred_us, state, now, connector,
+                 applied_seq))
+            self._db.executemany(
+                "UPDATE connector_outbox SET result = ? WHERE connector = ? AND applied_seq = ?",
+                [(r, connector, seq) for seq, r in also])
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"{self.path}: cannot update the outbox: {exc}") from exc
+
+    def outbox_item_history(self, connector: str, site: str, item: str | None,
+                            since_us: int | None = None) -> list[OutboxEntry]:
+        """The forwarded entries of one item at one site, dated at or after ``since_us`` if
+        given (for counts and their corrections)."""
+        try:
+            rows = self._db.execute(
+                f"SELECT {self._OUTBOX_COLS} FROM connector_outbox o JOIN events e "
+                "ON e.event_id = o.event_id WHERE o.connector = ? AND o.site = ? "
+                "AND o.item IS ? AND o.state = 'forwarded' AND o.occurred_us >= ? "
+                "ORDER BY o.applied_seq",
+                (connector, site, item, -(2**62) if since_us is None else since_us))
+            return [OutboxEntry(*r) for r in rows]
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot read the outbox: {exc}") from exc
+
+    def outbox_entry(self, connector: str, event_id: str) -> OutboxEntry | None:
+        try:
+            row = self._db.execute(
+                f"SELECT {self._OUTBOX_COLS} FROM connector_outbox o JOIN events e "
+                "ON e.event_id = o.event_id WHERE o.connector = ? AND o.event_id = ?",
+                (connector, event_id)).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot read the outbox: {exc}") from exc
+        return None if row is None else OutboxEntry(*row)
+
+    def outbox_counts(self) -> dict[str, dict[str, int]]:
+        """connector -> state -> how many entries."""
+        out: dict[str, dict[str, int]] = {}
+        try:
+            for connector, state, n in self._db.execute(
+                    "SELECT connector, state, count(*) FROM connector_outbox "
+                    "GROUP BY connector, state"):
+                out.setdefault(connector, {})[state] = n
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot read the outbox: {exc}") from exc
+        return out
+    # ============================================================ end ERP connectors
 
 
 def open_store(path: str | Path, *, create: bool = True) -> SqliteStore:
