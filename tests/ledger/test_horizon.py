@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from ledger.engine import BEFORE_HORIZON, Ledger
 from ledger.events import Movement, parse_time, validate_event
 from ledger.server import LedgerServer
+from ledger.store import SCHEMA_VERSION
 from tests.ledger.factory import at, batch, count, event, pick, receipt, void
 from tests.ledger.reference import expected_state
 
@@ -404,7 +405,7 @@ def test_a_database_from_before_snapshots_opens_with_the_same_ledger(tmp_path: P
             check(http)
     conn = sqlite3.connect(db)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("SELECT count(*) FROM snapshots").fetchone()[0] == 1
         # everything before the horizon (10:30) is settled: its incident is in the store
         assert conn.execute("SELECT count(*) FROM settled_incidents").fetchone()[0] >= 1
