@@ -433,7 +433,7 @@ def test_a_crash_between_snapshots_loses_nothing(tmp_path: Path, monkeypatch: An
 
     def state(svc: LedgerService) -> Any:
         def read() -> Any:
-            incs = svc.negatives(None, 10_000).body["incidents"]
+            incs = svc.negatives(None, limit=10_000).body["incidents"]
             return (sorted((i["id"], i["depletion_event_id"], i["class"], i["status"],
                             i["resolved_by_event_id"]) for i in incs),
                     svc.balances().body, sorted(e["event_id"] for e in svc.held().body["held"]),
