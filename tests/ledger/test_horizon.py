@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from ledger.engine import BEFORE_HORIZON, Ledger
 from ledger.events import Movement, parse_time, validate_event
 from ledger.server import LedgerServer
+from ledger.store import SCHEMA_VERSION
 from tests.ledger.factory import at, batch, count, event, pick, receipt, void
 from tests.ledger.reference import expected_state
 
@@ -404,7 +405,7 @@ def test_a_database_from_before_snapshots_opens_with_the_same_ledger(tmp_path: P
             check(http)
     conn = sqlite3.connect(db)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("SELECT count(*) FROM snapshots").fetchone()[0] == 1
         # everything before the horizon (10:30) is settled: its incident is in the store
         assert conn.execute("SELECT count(*) FROM settled_incidents").fetchone()[0] >= 1
@@ -432,7 +433,7 @@ def test_a_crash_between_snapshots_loses_nothing(tmp_path: Path, monkeypatch: An
 
     def state(svc: LedgerService) -> Any:
         def read() -> Any:
-            incs = svc.negatives(None, 10_000).body["incidents"]
+            incs = svc.negatives(None, limit=10_000).body["incidents"]
             return (sorted((i["id"], i["depletion_event_id"], i["class"], i["status"],
                             i["resolved_by_event_id"]) for i in incs),
                     svc.balances().body, sorted(e["event_id"] for e in svc.held().body["held"]),
