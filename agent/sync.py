@@ -34,13 +34,18 @@ from agent.clock import Sample, TimeBase, boot_id, format_utc, parse_utc, stamp
 from agent.config import Config, LedgerConfig
 from agent.errors import AgentError, JournalError, SyncError
 from agent.grammar import printable
-from agent.journal import JournalWriter
+from agent.journal import Journal, JournalReader, JournalWriter
 
 __all__ = ["SyncLoop", "SyncStats", "backoff_delay", "event_json", "retry_after"]
 
 log = logging.getLogger("scan_agent.sync")
 
 _LINGER = 0.005  # seconds to let scans that arrive together share a batch
+# Movements per write transaction when sync stamps a batch or records its results: each slice
+# holds the journal's one writer (the capture thread) for about a millisecond, so a scan never
+# waits behind a thousand-row update. The same count bounds the work done on the event loop
+# between two of its turns (building events, reading results).
+_SLICE = 100
 _HEARTBEAT = 30.0  # seconds between exchanges when idle (watermark and clock)
 _PROBE_AGE_NS = 30 * 10**9  # refresh the clock before stamping if the base is older
 _RETRY_AFTER_MAX = 600.0
@@ -136,6 +141,7 @@ class SyncLoop:
         self._closed = asyncio.Event()
         self._batch = self.ledger.batch_size
         self._client: httpx.AsyncClient | None = None
+        self._reader: JournalReader | None = None  # sync's own connection, for its reads
 
     # -- wiring ----------------------------------------------------------------------------
 
@@ -200,6 +206,9 @@ class SyncLoop:
             if self._client is not None:
                 await self._client.aclose()
                 self._client = None
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     async def _sleep(self, seconds: float, *, wake: bool) -> bool:
         """Sleep, ending early on close (and on a wake when ``wake``). True if woken."""
@@ -284,7 +293,11 @@ class SyncLoop:
         """The next batch after ``after_seq``, stamped, and the watermark to send with it."""
         limit = self._batch
         _, asof_boot = self._clock()  # before the read: later captures are not covered
-        rows = await self.writer.call(lambda j: j.pending(limit + 1, after_seq))
+        if self._reader is None:
+            self._reader = await asyncio.to_thread(JournalReader, self.writer.journal.path)
+        # Read through sync's own connection in a thread: a WAL reader holds up no writer,
+        # so reading a thousand movements never delays a capture.
+        rows = await asyncio.to_thread(self._reader.pending, limit + 1, after_seq)
         batch, rest = rows[:limit], rows[limit:]
         await self._freeze(batch)
         return batch, self._watermark(rest[0] if rest else None, asof_boot)
@@ -300,7 +313,9 @@ class SyncLoop:
         stamps: list[tuple[int, str, str, str, float]] = []
         now = time.time()
         station, site = self.config.station, self.config.site
-        for row in rows:
+        for n, row in enumerate(rows):
+            if n and n % _SLICE == 0:
+                await asyncio.sleep(0)  # let the loop turn between slices of the work
             if row["occurred_at"] is None:
                 occurred, clock = stamp(row, self.time_base)
                 row["occurred_at"], row["clock"] = occurred, json.dumps(clock)
@@ -308,8 +323,9 @@ class SyncLoop:
                 stamps.append((row["seq"], occurred, row["clock"], row["body"], now))
             elif row["body"] is None:  # stamped but its JSON not kept: rebuild the same bytes
                 row["body"] = json.dumps(event_json(row, station, site), separators=(",", ":"))
-        if stamps:
-            await self.writer.call(lambda j: j.freeze(stamps))
+        for k in range(0, len(stamps), _SLICE):  # each slice in a transaction of its own
+            part = stamps[k:k + _SLICE]
+            await self.writer.call(Journal.freeze, part)
 
     def _watermark(self, more: dict[str, Any] | None, asof_boot_ns: int) -> str | None:
         """Everything captured before this time has now been sent (DESIGN section 6).
@@ -415,7 +431,9 @@ class SyncLoop:
 
     async def _record(self, rows: Sequence[dict[str, Any]], results: list[Any]) -> None:
         out: list[tuple[int, str, str | None, list[str]]] = []
-        for row, res in zip(rows, results, strict=True):
+        for n, (row, res) in enumerate(zip(rows, results, strict=True)):
+            if n and n % _SLICE == 0:
+                await asyncio.sleep(0)
             st = res.get("status") if isinstance(res, dict) else None
             if st not in ("accepted", "duplicate", "held", "rejected") or (
                     res.get("event_id") not in (None, row["event_id"])):
@@ -439,7 +457,13 @@ class SyncLoop:
         meta = {"sync.last_ok": repr(now), "sync.offset_ms": str(summary["offset_ms"]),
                 "sync.rtt_ms": str(summary["rtt_ms"]), "sync.basis": summary["basis"],
                 "sync.last_error": None}
-        await self.writer.call(lambda j: (j.record_results(out, now) if out else None,
+        # In slices, each a transaction: a movement is marked synced by its own slice's
+        # commit; one cut off by a crash is sent again and answered duplicate.
+        for k in range(_SLICE, len(out), _SLICE):
+            part = out[k - _SLICE:k]
+            await self.writer.call(Journal.record_results, part, now)
+        last = out[(len(out) - 1) // _SLICE * _SLICE:] if out else []
+        await self.writer.call(lambda j: (j.record_results(last, now) if last else None,
                                           j.write_meta(meta)))
         self.stats.last_ok = now
         self.stats.last_error = None
