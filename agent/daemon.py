@@ -426,6 +426,8 @@ class Agent:
 
 async def run(config: Config) -> None:
     """``scan-agent run``: until SIGTERM or SIGINT."""
+    import sys
+    sys.setswitchinterval(float(os.environ.get("SWI", "0.005")))
     loop = asyncio.get_running_loop()
     agent = Agent(config)
     for sig in (signal.SIGTERM, signal.SIGINT):

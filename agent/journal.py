@@ -524,6 +524,10 @@ def _resolve(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], result: 
         loop.call_soon_threadsafe(settle)
 
 
+_Submitted = tuple[Capture, "asyncio.Future[Captured]",
+                   "Callable[[asyncio.Future[Captured]], None] | None"]
+
+
 def _settle(futs: Sequence[asyncio.Future[Any]], outcomes: Sequence[Any]) -> None:
     """Settle futures of the running loop: an exception outcome is raised by its waiter."""
     for fut, outcome in zip(futs, outcomes, strict=True):
@@ -563,8 +567,7 @@ class JournalWriter:
         self.loop = asyncio.new_event_loop()
         self._closed = False
         # per submitting loop: this turn's captures (each loop flushes its own)
-        self._outboxes: dict[asyncio.AbstractEventLoop,
-                             list[tuple[Capture, asyncio.Future[Captured]]]] = {}
+        self._outboxes: dict[asyncio.AbstractEventLoop, list[_Submitted]] = {}
         self._calls: collections.deque[tuple[Any, ...]] = collections.deque()
         self._serving = False
         # scanner -> the newest generation with a failed capture (writer thread only)
@@ -582,19 +585,26 @@ class JournalWriter:
         """Run ``coro`` on the capture thread's loop; await the result from any loop."""
         return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
-    def submit(self, record: Capture) -> asyncio.Future[Captured]:
+    def submit(self, record: Capture,
+               then: Callable[[asyncio.Future[Captured]], None] | None = None
+               ) -> asyncio.Future[Captured]:
         """Queue ``record`` for commit; the future resolves once it is committed (or failed).
 
         Several captures may be in flight at once: they commit in submission order.
+        ``then(future)`` runs once the future is settled: on the capture thread, right after
+        the commit (no turn of the loop in between), elsewhere as a done callback.
         """
         if self._closed:
             raise JournalError("journal is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Captured] = loop.create_future()
+        if then is not None and loop is not self.loop:
+            fut.add_done_callback(then)
+            then = None
         box = self._outboxes.setdefault(loop, [])
         if not box:
             loop.call_soon(self._flush, loop)
-        box.append((record, fut))
+        box.append((record, fut, then))
         return fut
 
     async def capture(self, record: Capture) -> Captured:
@@ -611,16 +621,18 @@ class JournalWriter:
         try:
             self.loop.call_soon_threadsafe(self._commit_group, batch, loop)
         except RuntimeError:  # the writer's loop is gone
-            for _, fut in batch:
+            for _, fut, _ in batch:
                 if not fut.done():
                     fut.set_exception(JournalError("journal is closed"))
 
-    def _commit_group(self, batch: list[tuple[Capture, asyncio.Future[Captured]]],
-                      loop: asyncio.AbstractEventLoop) -> None:
-        outcomes = self._commit([c for c, _ in batch])
-        futs = [f for _, f in batch]
+    def _commit_group(self, batch: list[_Submitted], loop: asyncio.AbstractEventLoop) -> None:
+        outcomes = self._commit([c for c, _, _ in batch])
+        futs = [f for _, f, _ in batch]
         if loop is self.loop:
             _settle(futs, outcomes)
+            for _, fut, then in batch:
+                if then is not None:
+                    then(fut)
         else:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
                 loop.call_soon_threadsafe(_settle, futs, outcomes)

@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from agent.budget import Pacer, available_cores
 from agent.capture import Outcome
 from agent.clock import Sample, TimeBase, boot_id, format_utc, parse_utc, stamp
 from agent.config import Config, LedgerConfig
@@ -46,6 +47,7 @@ _LINGER = 0.005  # seconds to let scans that arrive together share a batch
 # waits behind a thousand-row update. The same count bounds the work done on the event loop
 # between two of its turns (building events, reading results).
 _SLICE = 100
+_CORES_EVERY = 10.0  # seconds between two readings of the CPU quota (it can change live)
 _HEARTBEAT = 30.0  # seconds between exchanges when idle (watermark and clock)
 _PROBE_AGE_NS = 30 * 10**9  # refresh the clock before stamping if the base is older
 _RETRY_AFTER_MAX = 600.0
@@ -142,6 +144,19 @@ class SyncLoop:
         self._batch = self.ledger.batch_size
         self._client: httpx.AsyncClient | None = None
         self._reader: JournalReader | None = None  # sync's own connection, for its reads
+        # sync spends only the CPU that capture leaves (see agent.budget)
+        self._pacer = Pacer(available_cores())
+        self._cores_read = time.monotonic()
+
+    async def _pace(self) -> None:
+        """Wait while the process has used more than sync's share of its CPU budget."""
+        now = time.monotonic()
+        if now - self._cores_read > _CORES_EVERY:
+            self._cores_read = now
+            self._pacer.cores = await asyncio.to_thread(available_cores)
+        delay = self._pacer.due()
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     # -- wiring ----------------------------------------------------------------------------
 
@@ -292,6 +307,7 @@ class SyncLoop:
     async def _prepare(self, after_seq: int) -> tuple[list[dict[str, Any]], str | None]:
         """The next batch after ``after_seq``, stamped, and the watermark to send with it."""
         limit = self._batch
+        await self._pace()
         _, asof_boot = self._clock()  # before the read: later captures are not covered
         if self._reader is None:
             self._reader = await asyncio.to_thread(JournalReader, self.writer.journal.path)
@@ -315,7 +331,8 @@ class SyncLoop:
         station, site = self.config.station, self.config.site
         for n, row in enumerate(rows):
             if n and n % _SLICE == 0:
-                await asyncio.sleep(0)  # let the loop turn between slices of the work
+                await self._pace()  # the loop turns between slices of the work
+                await asyncio.sleep(0)
             if row["occurred_at"] is None:
                 occurred, clock = stamp(row, self.time_base)
                 row["occurred_at"], row["clock"] = occurred, json.dumps(clock)
@@ -325,6 +342,7 @@ class SyncLoop:
                 row["body"] = json.dumps(event_json(row, station, site), separators=(",", ":"))
         for k in range(0, len(stamps), _SLICE):  # each slice in a transaction of its own
             part = stamps[k:k + _SLICE]
+            await self._pace()
             await self.writer.call(Journal.freeze, part)
 
     def _watermark(self, more: dict[str, Any] | None, asof_boot_ns: int) -> str | None:
@@ -382,6 +400,7 @@ class SyncLoop:
 
     async def _exchange(self, rows: Sequence[dict[str, Any]], watermark: str | None) -> None:
         assert self._client is not None
+        await self._pace()
         token = self._token()
         wall_ns, t0 = self._clock()
         # sent_at is the station's own wall clock, so the ledger shows how far off each Pi's
@@ -433,6 +452,7 @@ class SyncLoop:
         out: list[tuple[int, str, str | None, list[str]]] = []
         for n, (row, res) in enumerate(zip(rows, results, strict=True)):
             if n and n % _SLICE == 0:
+                await self._pace()
                 await asyncio.sleep(0)
             st = res.get("status") if isinstance(res, dict) else None
             if st not in ("accepted", "duplicate", "held", "rejected") or (
@@ -461,6 +481,7 @@ class SyncLoop:
         # commit; one cut off by a crash is sent again and answered duplicate.
         for k in range(_SLICE, len(out), _SLICE):
             part = out[k - _SLICE:k]
+            await self._pace()
             await self.writer.call(Journal.record_results, part, now)
         last = out[(len(out) - 1) // _SLICE * _SLICE:] if out else []
         await self.writer.call(lambda j: (j.record_results(last, now) if last else None,

@@ -14,8 +14,8 @@ the daemon, on a journal that starts with a backlog of N movements (40,000 by de
 Each phase gives p50, p99 and max; the goals compare the online and draining p99 with the
 offline p99 of the same round. A round is repeated and the medians judged. With a CPU budget
 (:mod:`bench.cpubudget`, a quarter of one core by default, as a Raspberry-Pi-class CPU), the
-agent process is moved into the cgroup as soon as it is ready; the ledger and the benchmark
-stay outside it.
+agent process starts inside the cgroup (as under a systemd unit with ``CPUQuota=25%``); the
+ledger and the benchmark stay outside it.
 
 Afterwards the ledger must hold every movement of the journal exactly once.
 
@@ -152,36 +152,49 @@ def _journal_counts(db: Path) -> dict[str, int]:
         conn.close()
 
 
-def one_round(work: Path, filled: Path, backlog: int, offline_s: float, online_s: float,
-              budget: CpuBudget | None, drain_timeout: float = 600) -> dict[str, Any]:
-    """One daemon run through the three phases; the latencies of each phase."""
-    work.mkdir(parents=True)
+def pty_dock(work: Path, names: Sequence[str], ledger: str = "") -> Dock:
+    """A dock config in ``work`` reading a raw pseudo-terminal per name as a host-ACK serial
+    scanner (ACK ``\\u0006``, NAK ``\\u0015``); ``ledger`` is the config's [ledger] table."""
+    work.mkdir(parents=True, exist_ok=True)
     db = work / "journal.db"
-    shutil.copy(filled, db)
-    ledger_db = work / "ledger.db"
-    token = _ledger_cli("station", "add", STATION, "--site", SITE, "--db", str(ledger_db)
-                        ).stdout.splitlines()[-1].strip()
-    token_file = write_token(work / "token", token)
-    port = closed_port()
-    master, slave = os.openpty()
-    tty.setraw(master)
-    tty.setraw(slave)
+    ptys = []
+    for _ in names:
+        master, slave = os.openpty()
+        tty.setraw(master)
+        tty.setraw(slave)
+        ptys.append((master, slave))
+    scanners = "".join(
+        f'\n[[scanners]]\nname = "{name}"\ndriver = "serial"\nport = "{os.ttyname(slave)}"\n'
+        'ack = "\\u0006"\nnak = "\\u0015"\n' for name, (_, slave) in zip(names, ptys, strict=True))
     cfg = work / "dock.toml"
     cfg.write_text(
         f'station = "{STATION}"\nsite = "{SITE}"\nlocation = "DOCK-1"\ndatabase = "{db}"\n'
-        f'log_level = "WARNING"\n\n[ledger]\nurl = "http://127.0.0.1:{port}"\n'
-        f'token_file = "{token_file}"\nmax_backoff = 0.2\n\n'
-        f'[[scanners]]\nname = "h"\ndriver = "serial"\nport = "{os.ttyname(slave)}"\n'
-        'ack = "\\u0006"\nnak = "\\u0015"\n', encoding="utf-8")
-    dock = Dock(work, cfg, db, [(master, slave)])
+        f'log_level = "WARNING"\n{ledger}{scanners}', encoding="utf-8")
+    return Dock(work, cfg, db, ptys)
+
+
+def one_round(work: Path, filled: Path, backlog: int, offline_s: float, online_s: float,
+              budget: CpuBudget | None, drain_timeout: float = 600) -> dict[str, Any]:
+    """One daemon run through the three phases; the latencies of each phase."""
+    port = closed_port()
+    ledger_db = work / "ledger.db"
+    work.mkdir(parents=True)
+    token = _ledger_cli("station", "add", STATION, "--site", SITE, "--db", str(ledger_db)
+                        ).stdout.splitlines()[-1].strip()
+    token_file = write_token(work / "token", token)
+    dock = pty_dock(work, ["h"], f'\n[ledger]\nurl = "http://127.0.0.1:{port}"\n'
+                    f'token_file = "{token_file}"\nmax_backoff = 0.2\n')
+    db = dock.database
+    shutil.copy(filled, db)
+    ((master, _),) = dock.ptys
     marks: dict[str, float] = {}
     cpu: dict[str, float] = {}
     throttled: dict[str, tuple[int, float]] = {}
     scanner = Scanner(master)
     try:
-        with agent_process(dock) as agent:
-            if budget is not None:
-                budget.enter(agent.pid)
+        # a budgeted agent starts inside its cgroup, as under a unit with CPUQuota=
+        enter = None if budget is None else (lambda: budget.enter(os.getpid()))
+        with agent_process(dock, preexec=enter) as agent:
             wait_connected(dock, 1)
 
             def mark(name: str) -> None:
@@ -298,13 +311,13 @@ def report(r: dict[str, Any]) -> str:
              f"median of {r['rounds']} rounds (ratios taken within each round):"]
     for key, title in (("full", "whole machine"), ("pi", "CPU budget")):
         s = r.get(key)
-        if key == "pi":
-            if "budget_skipped" in r:
-                lines.append(f"  CPU budget: skipped: {r['budget_skipped']}")
-                continue
-            title = f"CPU budget, {r['budget']}"
+        if key == "pi" and "budget_skipped" in r:
+            lines.append(f"  CPU budget: skipped: {r['budget_skipped']}")
+            continue
         if s is None:
             continue
+        if key == "pi":
+            title = f"CPU budget, {r['budget']}"
         lines.append(f"  {title}:")
         for p in PHASES:
             f = s["phases"][p]
