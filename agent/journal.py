@@ -218,16 +218,26 @@ class Journal:
             )
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        self.conn.execute("BEGIN IMMEDIATE")
+    def transaction(self, durable: bool = True) -> Iterator[None]:
+        """One write transaction. ``durable=False`` commits without waiting for the disk
+        (``synchronous = NORMAL``): safe from a crash of the process, and made durable by the
+        next durable commit (which syncs the whole write-ahead log), but a power cut may
+        take it back. Only for what may be lost that way (see ``record_results``)."""
+        if not durable:
+            self.conn.execute("PRAGMA synchronous = NORMAL")
         try:
-            yield
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+                raise
+            else:
+                self.conn.execute("COMMIT")
+        finally:
+            if not durable:
+                self.conn.execute("PRAGMA synchronous = FULL")
 
     def integrity_check(self) -> list[str]:
         """``PRAGMA integrity_check``: an empty list when the file is sound."""
@@ -315,14 +325,17 @@ class Journal:
             self._pending_from = rows[0]["seq"] if rows else self._next_seq
         return rows
 
-    def freeze(self, stamps: Sequence[tuple[int, str, str, str, float]]) -> None:
+    def freeze(self, stamps: Sequence[tuple[int, str, str, str, float]],
+               durable: bool = True) -> None:
         """Record (seq, occurred_at, clock JSON, event JSON, first_sent_at) before a first send.
 
         A movement is sent as the same bytes on every retry, so the ledger can tell a replay
-        (``duplicate``) from a conflict.
+        (``duplicate``) from a conflict: the stamps must be durable before the batch leaves.
+        A batch frozen in slices passes ``durable=False`` for all but its last slice, whose
+        durable commit syncs the others with it.
         """
         try:
-            with self.transaction():
+            with self.transaction(durable):
                 self.conn.executemany(
                     "UPDATE movements SET occurred_at = ?, clock = ?, body = ?,"
                     " first_sent_at = ? WHERE seq = ? AND occurred_at IS NULL",
@@ -332,14 +345,19 @@ class Journal:
 
     def record_results(self, results: Sequence[tuple[int, str, str | None, list[str]]],
                        now: float) -> None:
-        """Store the ledger's per-event results: (seq, status, reason, warnings)."""
+        """Store the ledger's per-event results: (seq, status, reason, warnings).
+
+        Not waiting for the disk: a result that a power cut takes back leaves its movement
+        pending, and it is sent again and answered ``duplicate`` (delivery is at least once),
+        so the disk's time goes to captures. The next capture's commit makes it durable.
+        """
         rows = []
         for seq, status, reason, warnings in results:
             state = "rejected" if status == "rejected" else "synced"
             rows.append((state, now, status, reason, json.dumps(warnings) if warnings else None,
                          seq))
         try:
-            with self.transaction():
+            with self.transaction(durable=False):
                 self.conn.executemany(
                     "UPDATE movements SET state = ?, synced_at = ?, result = ?, reason = ?,"
                     " warnings = ? WHERE seq = ?", rows)
@@ -470,6 +488,15 @@ class JournalReader:
         oldest = self.pending(1)
         return _queue_depth(self.conn, self._pending_from, oldest[0] if oldest else None)
 
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database (a passive checkpoint: it never waits
+        for, nor holds up, the writer). The writer leaves this to the readers, so that no
+        capture's commit ever pays for one (see :class:`JournalWriter`)."""
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            raise _translate(exc, "checkpointing the journal") from exc
+
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self.conn.close()
@@ -564,6 +591,11 @@ class JournalWriter:
 
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
+        # SQLite copies the log into the database (a checkpoint: megabytes written and
+        # synced) at the end of whichever commit finds the log long, which would be a
+        # capture's; the agent checkpoints from a reading connection instead, in a thread
+        # (JournalReader.checkpoint). Closing the writer checkpoints what is left.
+        journal.conn.execute("PRAGMA wal_autocheckpoint = 0")
         self.loop = asyncio.new_event_loop()
         self._closed = False
         # per submitting loop: this turn's captures (each loop flushes its own)

@@ -343,7 +343,8 @@ class SyncLoop:
         for k in range(0, len(stamps), _SLICE):  # each slice in a transaction of its own
             part = stamps[k:k + _SLICE]
             await self._pace()
-            await self.writer.call(Journal.freeze, part)
+            # the last slice's durable commit makes all of them durable before the send
+            await self.writer.call(Journal.freeze, part, k + _SLICE >= len(stamps))
 
     def _watermark(self, more: dict[str, Any] | None, asof_boot_ns: int) -> str | None:
         """Everything captured before this time has now been sent (DESIGN section 6).
@@ -488,6 +489,9 @@ class SyncLoop:
                                           j.write_meta(meta)))
         self.stats.last_ok = now
         self.stats.last_error = None
+        if rows and self._reader is not None:  # the log grew by the batch: fold it in
+            with contextlib.suppress(JournalError):
+                await asyncio.to_thread(self._reader.checkpoint)
         if rows:
             self.stats.batches += 1
             self.stats.sent += len(rows)
