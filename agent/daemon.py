@@ -119,8 +119,7 @@ class Agent:
             from agent.sync import SyncLoop
 
             sync = self.sync = SyncLoop(cfg, self.writer)
-            self.station.listeners.append(
-                lambda o: self._on_main(sync.on_capture, o) if o.seq is not None else None)
+            self.station.listeners.append(lambda o: self._on_main(sync.on_capture, o))
             feedback, capture_loop = self.feedback, self.writer.loop
 
             def warn(text: str) -> None:  # feedback is given on the capture thread only

@@ -48,6 +48,8 @@ _LINGER = 0.005  # seconds to let scans that arrive together share a batch
 # between two of its turns (building events, reading results).
 _SLICE = 100
 _CORES_EVERY = 10.0  # seconds between two readings of the CPU quota (it can change live)
+_SCANNING_FOR = 2.0  # seconds after a scan during which the station counts as scanning
+_SCANNING_CORES = 0.5  # the process's CPU (capture and sync) while scanning, in cores
 _HEARTBEAT = 30.0  # seconds between exchanges when idle (watermark and clock)
 _PROBE_AGE_NS = 30 * 10**9  # refresh the clock before stamping if the base is older
 _RETRY_AFTER_MAX = 600.0
@@ -146,6 +148,8 @@ class SyncLoop:
         self._reader: JournalReader | None = None  # sync's own connection, for its reads
         # sync spends only the CPU that capture leaves (see agent.budget)
         self._pacer = Pacer(available_cores())
+        self._cores = self._pacer.cores
+        self._last_scan = float("-inf")  # monotonic time of the last scan captured
         self._cores_read = time.monotonic()
 
     async def _pace(self) -> None:
@@ -153,7 +157,12 @@ class SyncLoop:
         now = time.monotonic()
         if now - self._cores_read > _CORES_EVERY:
             self._cores_read = now
-            self._pacer.cores = await asyncio.to_thread(available_cores)
+            self._cores = await asyncio.to_thread(available_cores)
+        # While operators scan, the whole process stays within _SCANNING_CORES, so that sync
+        # never holds the interpreter (or the CPU quota) long enough to delay a scan: a
+        # backlog drains more slowly while a dock works, at full speed when it is quiet.
+        scanning = now - self._last_scan < _SCANNING_FOR
+        self._pacer.cores = min(self._cores, _SCANNING_CORES) if scanning else self._cores
         delay = self._pacer.due()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -161,7 +170,9 @@ class SyncLoop:
     # -- wiring ----------------------------------------------------------------------------
 
     def on_capture(self, outcome: Outcome) -> None:
-        """Capture listener: a new movement wakes the loop."""
+        """Capture listener: a new movement wakes the loop; any scan slows sync down for a
+        while (see _pace)."""
+        self._last_scan = time.monotonic()
         if outcome.seq is not None:
             self._wake.set()
 
@@ -489,9 +500,6 @@ class SyncLoop:
                                           j.write_meta(meta)))
         self.stats.last_ok = now
         self.stats.last_error = None
-        if rows and self._reader is not None:  # the log grew by the batch: fold it in
-            with contextlib.suppress(JournalError):
-                await asyncio.to_thread(self._reader.checkpoint)
         if rows:
             self.stats.batches += 1
             self.stats.sent += len(rows)
