@@ -202,7 +202,6 @@ class Agent:
         assert reader is not None
 
         def read() -> dict[str, Any]:
-            reader.checkpoint()  # the writer leaves checkpoints to readers (JournalWriter)
             pending, rejected, oldest = reader.queue_depth()
             return {"pending": pending, "rejected": rejected, "oldest_wall": oldest}
 

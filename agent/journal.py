@@ -51,6 +51,8 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 _ALERTS_KEPT = 200
+_WAIT_FOR_SCANNERS_MAX = 0.001  # seconds a group commit may wait for its scanners at most
+_CHECKPOINT_EVERY = 1.0  # seconds between two checkpoints of the write-ahead log
 _CHAIN_BROKEN = "an earlier scan from this scanner was not saved, and this one follows from it"
 _DAMAGED = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB (primary result codes)
 
@@ -593,15 +595,25 @@ class JournalWriter:
         self.journal = journal
         # SQLite copies the log into the database (a checkpoint: megabytes written and
         # synced) at the end of whichever commit finds the log long, which would be a
-        # capture's; the agent checkpoints from a reading connection instead, in a thread
-        # (JournalReader.checkpoint). Closing the writer checkpoints what is left.
+        # capture's. The writer checkpoints from a reading connection instead, every
+        # _CHECKPOINT_EVERY seconds in a worker thread, so the log stays short (and is
+        # rewritten in place rather than grown) and no commit pays for it. Closing the
+        # writer checkpoints what is left.
         journal.conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._checkpointer = JournalReader(journal.path)
+        self._written = False  # committed since the last checkpoint
+        self._checkpointing: asyncio.Future[None] | None = None
         self.loop = asyncio.new_event_loop()
         self._closed = False
         # per submitting loop: this turn's captures (each loop flushes its own)
         self._outboxes: dict[asyncio.AbstractEventLoop, list[_Submitted]] = {}
         self._calls: collections.deque[tuple[Any, ...]] = collections.deque()
         self._serving = False
+        # group commit across scanners that wait for their answers (see _flush)
+        self._last_group: frozenset[str] = frozenset()
+        self._awaited: set[str] = set()
+        self._waiting: asyncio.TimerHandle | None = None
+        self._commit_s = 0.0  # a moving average of the time a capture commit takes
         # scanner -> the newest generation with a failed capture (writer thread only)
         self._broken: dict[str, int] = {}
         self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
@@ -637,19 +649,50 @@ class JournalWriter:
         if not box:
             loop.call_soon(self._flush, loop)
         box.append((record, fut, then))
+        if self._waiting is not None and loop is self.loop:
+            self._awaited.discard(record.scanner)
+            if not self._awaited:  # every scanner waited for is in: commit now
+                self._waiting.cancel()
+                self._waiting = None
+                loop.call_soon(self._flush, loop, True)
         return fut
 
     async def capture(self, record: Capture) -> Captured:
         return await self.submit(record)
 
-    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Commit this loop turn's captures as one group (crossing over if need be)."""
-        batch = self._outboxes.pop(loop, [])
+    def _flush(self, loop: asyncio.AbstractEventLoop, waited: bool = False) -> None:
+        """Commit this loop turn's captures as one group (crossing over if need be).
+
+        Scanners in host-acknowledge mode send their next scan only once they have their
+        answer, so while one group commits, the scanners of the group before it are still
+        between their ACK and their next scan: committed at once, the groups would alternate,
+        each with half of the scanners. So when scanners of the previous group are missing
+        from this one, the commit waits for them a little (at most half a commit's time, and
+        only once: a scanner that does not come is not waited for again), the way
+        PostgreSQL's ``commit_delay`` does. A lone scanner never waits.
+        """
+        if waited:
+            self._waiting = None
+        elif self._waiting is not None:
+            return  # a commit is already waiting for its scanners; it takes these too
+        batch = self._outboxes.get(loop, [])
         if not batch:  # (empty when close() flushed it first)
             return
         if loop is self.loop:
+            scanners = {c.scanner for c, _, _ in batch}
+            missing = self._last_group - scanners
+            delay = min(self._commit_s / 2, _WAIT_FOR_SCANNERS_MAX)
+            if missing and not waited and delay > 0 and not self._closed:
+                self._awaited = set(missing)
+                self._waiting = loop.call_later(delay, self._flush, loop, True)
+                return
+            del self._outboxes[loop]
+            self._last_group = frozenset(scanners)
+            t0 = time.perf_counter()
             self._commit_group(batch, loop)
+            self._commit_s += (time.perf_counter() - t0 - self._commit_s) / 8
             return
+        del self._outboxes[loop]
         try:
             self.loop.call_soon_threadsafe(self._commit_group, batch, loop)
         except RuntimeError:  # the writer's loop is gone
@@ -658,6 +701,7 @@ class JournalWriter:
                     fut.set_exception(JournalError("journal is closed"))
 
     def _commit_group(self, batch: list[_Submitted], loop: asyncio.AbstractEventLoop) -> None:
+        self._written = True
         outcomes = self._commit([c for c, _, _ in batch])
         futs = [f for _, f, _ in batch]
         if loop is self.loop:
@@ -698,6 +742,7 @@ class JournalWriter:
             self.loop.call_soon(self._serve)
             return
         fn, args, fut, loop = self._calls.popleft()
+        self._written = True  # (most calls write)
         try:
             result, exc = fn(self.journal, *args), None
         except Exception as e:
@@ -714,8 +759,20 @@ class JournalWriter:
         else:
             self._serving = False
 
+    def _checkpoint(self) -> None:
+        """Every few seconds: checkpoint in a worker thread if anything was written."""
+        self.loop.call_later(_CHECKPOINT_EVERY, self._checkpoint)
+        if self._written and (self._checkpointing is None or self._checkpointing.done()):
+            self._written = False
+            self._checkpointing = self.loop.run_in_executor(None, self._checkpoint_quietly)
+
+    def _checkpoint_quietly(self) -> None:
+        with contextlib.suppress(JournalError):  # tried again next time
+            self._checkpointer.checkpoint()
+
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
+        self.loop.call_later(_CHECKPOINT_EVERY, self._checkpoint)
         try:
             self.loop.run_forever()
             # what still runs on the loop (nothing, when the daemon closed its scanners)
@@ -727,6 +784,7 @@ class JournalWriter:
             self.loop.run_until_complete(self.loop.shutdown_default_executor())
         finally:
             self.loop.close()
+            self._checkpointer.close()
             self.journal.close()
 
     def _finish(self) -> None:
