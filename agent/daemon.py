@@ -48,6 +48,7 @@ _ALERTS_HELD = 50  # capture failures kept in memory while the journal cannot ta
 _FIRST_OPEN_WAIT = 5.0
 _IN_FLIGHT = 64  # scans per scanner read but not yet answered (their commit is pending)
 _SWITCH_INTERVAL = 0.001  # seconds (see run)
+_SCANNING_CORES = 0.5  # the process's CPU while operators scan: sync gets what capture leaves
 
 
 @dataclass
@@ -120,7 +121,7 @@ class Agent:
         if cfg.ledger is not None:
             from agent.sync import SyncLoop
 
-            sync = self.sync = SyncLoop(cfg, self.writer)
+            sync = self.sync = SyncLoop(cfg, self.writer, scanning_cores=_SCANNING_CORES)
             self.station.listeners.append(lambda o: self._on_main(sync.on_capture, o))
             feedback, capture_loop = self.feedback, self.writer.loop
 

@@ -49,7 +49,7 @@ _LINGER = 0.005  # seconds to let scans that arrive together share a batch
 _SLICE = 100
 _CORES_EVERY = 10.0  # seconds between two readings of the CPU quota (it can change live)
 _SCANNING_FOR = 2.0  # seconds after a scan during which the station counts as scanning
-_SCANNING_CORES = 0.5  # the process's CPU (capture and sync) while scanning, in cores
+_PACE_MAX = 0.25  # seconds sync waits at most at a time: slowed, never stopped
 _HEARTBEAT = 30.0  # seconds between exchanges when idle (watermark and clock)
 _PROBE_AGE_NS = 30 * 10**9  # refresh the clock before stamping if the base is older
 _RETRY_AFTER_MAX = 600.0
@@ -127,6 +127,7 @@ class SyncLoop:
         backoff_base: float = 0.5,
         token_reader: Callable[[LedgerConfig], str | None] | None = None,
         clock: Callable[[], tuple[int, int]] | None = None,
+        scanning_cores: float | None = None,
     ) -> None:
         if config.ledger is None:
             raise SyncError("no [ledger] in the configuration")
@@ -150,6 +151,7 @@ class SyncLoop:
         self._pacer = Pacer(available_cores())
         self._cores = self._pacer.cores
         self._last_scan = float("-inf")  # monotonic time of the last scan captured
+        self._scanning_cores = scanning_cores
         self._cores_read = time.monotonic()
 
     async def _pace(self) -> None:
@@ -158,14 +160,16 @@ class SyncLoop:
         if now - self._cores_read > _CORES_EVERY:
             self._cores_read = now
             self._cores = await asyncio.to_thread(available_cores)
-        # While operators scan, the whole process stays within _SCANNING_CORES, so that sync
-        # never holds the interpreter (or the CPU quota) long enough to delay a scan: a
+        # While operators scan, the daemon (which passes scanning_cores) stays within that
+        # much CPU, so that sync never holds the interpreter long enough to delay a scan: a
         # backlog drains more slowly while a dock works, at full speed when it is quiet.
-        scanning = now - self._last_scan < _SCANNING_FOR
-        self._pacer.cores = min(self._cores, _SCANNING_CORES) if scanning else self._cores
+        cores = self._cores
+        if self._scanning_cores is not None and now - self._last_scan < _SCANNING_FOR:
+            cores = min(cores, self._scanning_cores)
+        self._pacer.cores = cores
         delay = self._pacer.due()
         if delay > 0:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(min(delay, _PACE_MAX))
 
     # -- wiring ----------------------------------------------------------------------------
 
