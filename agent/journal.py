@@ -627,7 +627,11 @@ class JournalWriter:
 
     def run(self, coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
         """Run ``coro`` on the capture thread's loop; await the result from any loop."""
-        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+        try:
+            return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+        except RuntimeError:  # the loop has ended (the writer was closed)
+            coro.close()
+            raise JournalError("journal is closed") from None
 
     def submit(self, record: Capture,
                then: Callable[[asyncio.Future[Captured]], None] | None = None
@@ -671,10 +675,11 @@ class JournalWriter:
         only once: a scanner that does not come is not waited for again), the way
         PostgreSQL's ``commit_delay`` does. A lone scanner never waits.
         """
-        if waited:
-            self._waiting = None
-        elif self._waiting is not None:
-            return  # a commit is already waiting for its scanners; it takes these too
+        if loop is self.loop:
+            if waited:
+                self._waiting = None
+            elif self._waiting is not None:
+                return  # a commit is already waiting for its scanners; it takes these too
         batch = self._outboxes.get(loop, [])
         if not batch:  # (empty when close() flushed it first)
             return
