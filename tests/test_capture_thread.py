@@ -175,3 +175,23 @@ def test_sync_results_wait_for_no_disk_but_a_batchs_stamps_do(path: Path) -> Non
         assert journal.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
     finally:
         journal.close()
+
+
+async def test_a_commit_waiting_for_its_scanners_holds_up_no_other_loops_captures(
+        path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: while the capture loop's commit waited for a scanner, a capture submitted
+    from another loop (a test's, a tool's) was never committed."""
+    monkeypatch.setattr(journal_module, "_WAIT_FOR_SCANNERS_MAX", 2.0)
+    async with JournalWriter(Journal(path, "dock-3", "WH1")) as writer:
+
+        async def start_waiting() -> None:
+            await asyncio.gather(writer.submit(capture(draft(), scanner="a")),
+                                 writer.submit(capture(draft(), scanner="b")))
+            writer._commit_s = 100.0
+            writer.submit(capture(draft(), scanner="a"))  # waits for b
+
+        await writer.run(start_waiting())
+        t0 = time.monotonic()
+        done = await writer.capture(capture(draft(), scanner="c"))  # from this loop
+        assert time.monotonic() - t0 < 1.5
+        assert done.seq is not None
