@@ -192,3 +192,25 @@ async def test_a_commit_waiting_for_its_scanners_holds_up_no_other_loops_capture
         done = await writer.capture(capture(draft(), scanner="c"))  # from this loop
         assert time.monotonic() - t0 < 1.5
         assert done.seq is not None
+
+
+async def test_sync_cuts_its_writes_in_slices_only_while_operators_scan(
+        path: Path) -> None:
+    """A quiet dock drains a batch in one transaction each way (fewer commits); once a scan
+    comes, sync's writes go in slices so the scan waits behind one slice at most."""
+    from agent.capture import Outcome
+    from agent.config import parse_config
+    from agent.sync import SyncLoop
+
+    token = path.parent / "token"
+    token.write_text("t\n")
+    cfg = parse_config({
+        "station": "dock-3", "site": "WH1", "database": str(path),
+        "ledger": {"url": "http://127.0.0.1:9", "token_file": str(token)},
+        "scanners": [{"name": "h", "driver": "serial", "port": "/dev/null"}],
+    }, "dock-3.toml")
+    async with JournalWriter(Journal(path, "dock-3", "WH1")) as writer:
+        sync = SyncLoop(cfg, writer)
+        assert [sync._slice(n) for n in (0, 1, 1000)] == [1, 1, 1000]
+        sync.on_capture(Outcome("h", "LOC-A", "accepted"))
+        assert [sync._slice(n) for n in (0, 1, 1000)] == [1, 1, 100]
