@@ -1,12 +1,16 @@
 """The station's journal: every scan and movement, durable in SQLite before it is acknowledged.
 
 All of the agent's SQL lives here. One :class:`Journal` owns one connection and is used from
-one thread; :class:`JournalWriter` runs it in a dedicated thread for the asyncio daemon and
-groups captures that arrive together into one transaction (group commit), so four scanners
-streaming at once share each fsync.
+one thread; :class:`JournalWriter` is the one writer: a thread (the capture thread) running
+an event loop of its own, where the daemon reads its scanners and commits each scan inline,
+grouping the captures that arrive together into one transaction (group commit), so four
+scanners at once share each fsync; every other write waits behind the captures.
+:class:`JournalReader` is a second connection for reads (WAL readers never block the writer)
+and for checkpoints off the capture path.
 
 Durability: WAL with ``synchronous=FULL``; a capture's future resolves only after COMMIT
-returns. Schema changes are migrations keyed by ``PRAGMA user_version``.
+returns (sync's results alone commit without waiting for the disk: see ``record_results``).
+Schema changes are migrations keyed by ``PRAGMA user_version``.
 
 Tables: ``scans`` (audit: one row per raw scan, accepted, rejected or debounced),
 ``movements`` (one row per movement; ``seq`` gap-free per station), ``sessions`` (each
