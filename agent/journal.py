@@ -58,6 +58,7 @@ _ALERTS_KEPT = 200
 _WAIT_FOR_SCANNERS_MAX = 0.001  # seconds a group commit may wait for its scanners at most
 _CHECKPOINT_EVERY = 1.0  # seconds between two checkpoints of the write-ahead log, at most
 _CHECKPOINT_COMMITS = 100  # capture commits between two checkpoints, at most
+_READER_CACHE_KB = 256  # page cache of a reading connection
 _CHAIN_BROKEN = "an earlier scan from this scanner was not saved, and this one follows from it"
 _DAMAGED = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB (primary result codes)
 
@@ -475,6 +476,10 @@ class JournalReader:
                                         check_same_thread=False)
             self.conn.execute("PRAGMA busy_timeout = 5000")
             self.conn.execute("PRAGMA query_only = 1")
+            # reads walk forward through the table once: a small page cache does (the
+            # default 2 MB per connection would show as the agent's memory growing with
+            # the backlog)
+            self.conn.execute(f"PRAGMA cache_size = -{_READER_CACHE_KB}")
         except sqlite3.Error as exc:
             raise _translate(exc, f"opening {self.path} to read") from exc
         self._pending_from = 1  # as Journal.pending: the lowest seq that may be pending
