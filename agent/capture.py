@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ from drivers.base import RawScan
 __all__ = ["Outcome", "Station", "debounced"]
 
 log = logging.getLogger("scan_agent.capture")
+_NTP_EVERY = 1.0  # seconds between two readings of the clock's NTP state
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,15 @@ class Station:
     ntp_synced: Callable[[], bool | None] = field(default=lambda: None)
     listeners: list[Listener] = field(default_factory=list)
     _slots: dict[str, _ScannerSlot] = field(default_factory=dict)
+    # the boot's id, read once (a reboot ends the process); the NTP state, once a second
+    _boot_id: str = field(default_factory=boot_id)
+    _ntp: tuple[float, bool | None] | None = None
+
+    def _ntp_synced(self) -> bool | None:
+        now = time.monotonic()
+        if self._ntp is None or now - self._ntp[0] >= _NTP_EVERY:
+            self._ntp = (now, self.ntp_synced())
+        return self._ntp[1]
 
     async def start(self) -> None:
         """Restore each scanner's session from the journal (a restart keeps mode and bins)."""
@@ -163,29 +174,26 @@ class Station:
         ledger_ns = self.time_base().ledger_ns(scan.boot_ns)
         record = Capture(
             scanner=scan.scanner, text=text, raw=scan.raw, wall_time=scan.wall_time,
-            boot_ns=scan.boot_ns, boot_id=boot_id(), outcome=status, reason=reason,
+            boot_ns=scan.boot_ns, boot_id=self._boot_id, outcome=status, reason=reason,
             note=step.note if step else None,
             movement=step.movement if step else None,
             session_state=step.state.to_json() if step and not step.rejected else None,
             wall_offset_ms=(None if ledger_ns is None
                             else (ledger_ns - round(scan.wall_time * 1e9)) / 1e6),
-            ntp_synced=self.ntp_synced(),
+            ntp_synced=self._ntp_synced(),
             chain=(scan.scanner, slot.chain),
         )
         done = asyncio.get_running_loop().create_future()
+        # Only a read that commits counts for debounce: a rescan after a failed commit is kept.
+        last_read = (text, scan.boot_ns) if scan.error is None else slot.last_read
+        state = step.state if step is not None and not step.rejected else slot.state
+        after = (state, last_read, slot.chain)
         try:
-            committing = self.writer.submit(record)
+            self.writer.submit(record, lambda f: self._committed(f, slot, record, after, done))
         except JournalError as exc:
             done.set_result(self._failed(scan.scanner, text, exc))
             return done
-        # Only a read that commits counts for debounce: a rescan after a failed commit is kept.
-        if scan.error is None:
-            slot.last_read = (text, scan.boot_ns)
-        if step is not None and not step.rejected:
-            slot.state = step.state
-        after = (slot.state, slot.last_read, slot.chain)
-        committing.add_done_callback(
-            lambda f: self._committed(f, slot, record, after, done))
+        slot.state, slot.last_read = state, last_read
         return done
 
     def _committed(self, f: asyncio.Future[Captured], slot: _ScannerSlot, record: Capture,

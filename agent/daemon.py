@@ -12,9 +12,10 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ from agent.clock import TimeBase, boot_id, kernel_clock_synced
 from agent.config import Config
 from agent.errors import AgentError, DriverError, JournalError
 from agent.feedback import Feedback, build_feedback
-from agent.journal import Journal, JournalWriter
+from agent.journal import Journal, JournalReader, JournalWriter
 from agent.metrics import (
     MetricsServer,
     MetricsSnapshot,
@@ -46,6 +47,8 @@ _REPORT_EVERY = 5.0
 _ALERTS_HELD = 50  # capture failures kept in memory while the journal cannot take them
 _FIRST_OPEN_WAIT = 5.0
 _IN_FLIGHT = 64  # scans per scanner read but not yet answered (their commit is pending)
+_SWITCH_INTERVAL = 0.001  # seconds (see run)
+_SCANNING_CORES = 0.5  # the process's CPU while operators scan: sync gets what capture leaves
 
 
 @dataclass
@@ -60,6 +63,7 @@ class Agent:
     started_at: float = field(default_factory=time.time)
     journal: Journal | None = None
     writer: JournalWriter | None = None
+    reader: JournalReader | None = None
     station: Station | None = None
     sync: SyncLoop | None = None
     scanners: dict[str, Scanner] = field(default_factory=dict)
@@ -73,6 +77,7 @@ class Agent:
     _state_changed: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping_sent: bool = False
     _time_base: TimeBase = field(default_factory=lambda: TimeBase(boot_id()))
+    _loop: asyncio.AbstractEventLoop | None = None  # the main loop (sync, metrics, status)
 
     async def __aenter__(self) -> Agent:
         await self.start()
@@ -96,11 +101,16 @@ class Agent:
                 "Stop the agent, copy the file aside for recovery and start with a new journal."
             )
         self.journal = journal
+        self._loop = asyncio.get_running_loop()
+        # The capture thread: the journal's writer, with its own event loop. The scanners, the
+        # station and the answers to the scanners live there (see _read); this loop keeps
+        # sync, metrics and status, whose work never delays a scan's commit or its ACK.
         self.writer = JournalWriter(journal)
+        self.reader = await asyncio.to_thread(JournalReader, cfg.database)
         self.station = Station(cfg, self.writer, time_base=lambda: self.time_base,
                                ntp_synced=kernel_clock_synced)
         self.station.listeners.append(self._count)
-        await self.station.start()
+        await self.writer.run(self.station.start())
         await self.writer.call(lambda j: j.prune(cfg.retention_days))
         me = {"agent.pid": str(os.getpid()), "agent.boot_id": boot_id(),
               "agent.started_at": repr(self.started_at)}
@@ -111,16 +121,22 @@ class Agent:
         if cfg.ledger is not None:
             from agent.sync import SyncLoop
 
-            self.sync = SyncLoop(cfg, self.writer)
-            self.station.listeners.append(self.sync.on_capture)
-            self.sync.warning_listeners.append(self.feedback.warning)
-            self._spawn(self.sync.run(), "sync")
+            sync = self.sync = SyncLoop(cfg, self.writer, scanning_cores=_SCANNING_CORES)
+            self.station.listeners.append(lambda o: self._on_main(sync.on_capture, o))
+            feedback, capture_loop = self.feedback, self.writer.loop
+
+            def warn(text: str) -> None:  # feedback is given on the capture thread only
+                with contextlib.suppress(RuntimeError):
+                    capture_loop.call_soon_threadsafe(feedback.warning, text)
+
+            sync.warning_listeners.append(warn)
+            self._spawn(sync.run(), "sync")
 
         for sc in cfg.scanners:
             scanner = open_scanner(sc.settings, on_state=self._on_scanner_state)
             self.scanners[sc.name] = scanner
             self.scanner_states[sc.name] = scanner.state
-            self._spawn(self._read(scanner), f"scan:{sc.name}")
+            self._spawn(self._on_capture_thread(self._read(scanner)), f"scan:{sc.name}")
         await self._first_open_attempts()
         self._spawn(self._housekeeping(), "housekeeping")
         self._spawn(self._report(), "report")
@@ -148,6 +164,25 @@ class Agent:
                     self._state_changed.clear()
                     await self._state_changed.wait()
 
+    async def _on_capture_thread(self, coro: Coroutine[Any, Any, None]) -> None:
+        assert self.writer is not None
+        await self.writer.run(coro)
+
+    def _on_main(self, fn: Callable[..., object], *args: Any) -> None:
+        """Call ``fn(*args)`` on the main loop, from whichever thread this runs on."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is loop:
+            fn(*args)
+        else:
+            with contextlib.suppress(RuntimeError):  # the main loop is closed: shutting down
+                loop.call_soon_threadsafe(fn, *args)
+
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Start a long-running part; if it ends while the agent runs, the agent stops."""
         task = asyncio.create_task(coro, name=name)
@@ -164,15 +199,17 @@ class Agent:
         self.stopping.set()
 
     async def _refresh_queue(self) -> None:
-        """Queue depth for metrics and STATUS=, read on the writer thread (never the loop)."""
-        assert self.writer is not None
+        """Queue depth for metrics and STATUS=, read through the reading connection in a
+        thread (never the loop, never the capture thread)."""
+        reader = self.reader
+        assert reader is not None
 
-        def read(j: Journal) -> dict[str, Any]:
-            pending, rejected, oldest = j.queue_depth()
+        def read() -> dict[str, Any]:
+            pending, rejected, oldest = reader.queue_depth()
             return {"pending": pending, "rejected": rejected, "oldest_wall": oldest}
 
         with contextlib.suppress(AgentError):
-            self.queue_gauge = await self.writer.call(read)
+            self.queue_gauge = await asyncio.to_thread(read)
 
     def snapshot(self) -> MetricsSnapshot:
         """The station's numbers, from memory (cheap enough to call on the event loop)."""
@@ -225,6 +262,10 @@ class Agent:
         self.counters["last_scan_at"] = int(time.time())
 
     def _on_scanner_state(self, st: ScannerState) -> None:
+        """A driver's report (on the capture thread): kept and recorded on the main loop."""
+        self._on_main(self._scanner_state_changed, st)
+
+    def _scanner_state_changed(self, st: ScannerState) -> None:
         self.scanner_states[st.scanner] = st
         self._state_changed.set()
         if self.writer is not None and not self.stopping.is_set():
@@ -352,8 +393,9 @@ class Agent:
             await self._metrics_server.wait_closed()
             self._metrics_server = None
         for scanner in self.scanners.values():
-            with contextlib.suppress(AgentError, DriverError, OSError):
-                await scanner.close()
+            if self.writer is not None:
+                with contextlib.suppress(AgentError, DriverError, OSError):
+                    await self.writer.run(scanner.close())  # it reads on the capture thread
         readers = [t for t in self._tasks if t.get_name().startswith("scan:")]
         if readers:
             _, still = await asyncio.wait(readers, timeout=5)
@@ -381,6 +423,9 @@ class Agent:
         if self.writer is not None:
             await self.writer.close()
             self.writer = None
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
         if self.feedback is not None:
             self.feedback.close()
             self.feedback = None
@@ -389,6 +434,10 @@ class Agent:
 
 async def run(config: Config) -> None:
     """``scan-agent run``: until SIGTERM or SIGINT."""
+    # A thread that wants the interpreter waits up to the switch interval for a busy one to
+    # let go (5 ms by default), and a scan's way to its ACK takes it a dozen times (after
+    # each read, SQLite step and write): with 1 ms, sync's work delays a scan far less.
+    sys.setswitchinterval(_SWITCH_INTERVAL)
     loop = asyncio.get_running_loop()
     agent = Agent(config)
     for sig in (signal.SIGTERM, signal.SIGINT):

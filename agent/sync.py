@@ -29,18 +29,28 @@ from typing import Any
 
 import httpx
 
+from agent.budget import Pacer, available_cores
 from agent.capture import Outcome
 from agent.clock import Sample, TimeBase, boot_id, format_utc, parse_utc, stamp
 from agent.config import Config, LedgerConfig
 from agent.errors import AgentError, JournalError, SyncError
 from agent.grammar import printable
-from agent.journal import JournalWriter
+from agent.journal import Journal, JournalReader, JournalWriter
 
 __all__ = ["SyncLoop", "SyncStats", "backoff_delay", "event_json", "retry_after"]
 
 log = logging.getLogger("scan_agent.sync")
 
 _LINGER = 0.005  # seconds to let scans that arrive together share a batch
+# Movements per write transaction when sync stamps a batch or records its results while
+# operators scan: each slice holds the journal's one writer (the capture thread) for about a
+# millisecond, so a scan never waits behind a thousand-row update. The same count bounds the
+# work done on the event loop between two of its turns (building events, reading results).
+# When nobody scans, a batch is one transaction each way (fewer commits, a faster drain).
+_SLICE = 100
+_CORES_EVERY = 10.0  # seconds between two readings of the CPU quota (it can change live)
+_SCANNING_FOR = 2.0  # seconds after a scan during which the station counts as scanning
+_PACE_MAX = 0.25  # seconds sync waits at most at a time: slowed, never stopped
 _HEARTBEAT = 30.0  # seconds between exchanges when idle (watermark and clock)
 _PROBE_AGE_NS = 30 * 10**9  # refresh the clock before stamping if the base is older
 _RETRY_AFTER_MAX = 600.0
@@ -120,6 +130,7 @@ class SyncLoop:
         backoff_base: float = 0.5,
         token_reader: Callable[[LedgerConfig], str | None] | None = None,
         clock: Callable[[], tuple[int, int]] | None = None,
+        scanning_cores: float | None = None,
     ) -> None:
         if config.ledger is None:
             raise SyncError("no [ledger] in the configuration")
@@ -139,11 +150,42 @@ class SyncLoop:
         self._final = False  # the last exchange of a clean stop: drain despite close()
         self._batch = self.ledger.batch_size
         self._client: httpx.AsyncClient | None = None
+        self._reader: JournalReader | None = None  # sync's own connection, for its reads
+        # sync spends only the CPU that capture leaves (see agent.budget)
+        self._pacer = Pacer(available_cores())
+        self._cores = self._pacer.cores
+        self._last_scan = float("-inf")  # monotonic time of the last scan captured
+        self._scanning_cores = scanning_cores
+        self._cores_read = time.monotonic()
+
+    async def _pace(self) -> None:
+        """Wait while the process has used more than sync's share of its CPU budget."""
+        now = time.monotonic()
+        if now - self._cores_read > _CORES_EVERY:
+            self._cores_read = now
+            self._cores = await asyncio.to_thread(available_cores)
+        # While operators scan, the daemon (which passes scanning_cores) stays within that
+        # much CPU, so that sync never holds the interpreter long enough to delay a scan: a
+        # backlog drains more slowly while a dock works, at full speed when it is quiet.
+        cores = self._cores
+        if self._scanning_cores is not None and now - self._last_scan < _SCANNING_FOR:
+            cores = min(cores, self._scanning_cores)
+        self._pacer.cores = cores
+        delay = self._pacer.due()
+        if delay > 0:
+            await asyncio.sleep(min(delay, _PACE_MAX))
+
+    def _slice(self, n: int) -> int:
+        """How many of ``n`` movements to handle in one go (see _SLICE)."""
+        scanning = time.monotonic() - self._last_scan < _SCANNING_FOR
+        return max(1, min(_SLICE, n) if scanning else n)
 
     # -- wiring ----------------------------------------------------------------------------
 
     def on_capture(self, outcome: Outcome) -> None:
-        """Capture listener: a new movement wakes the loop."""
+        """Capture listener: a new movement wakes the loop; any scan slows sync down for a
+        while (see _pace)."""
+        self._last_scan = time.monotonic()
         if outcome.seq is not None:
             self._wake.set()
 
@@ -205,6 +247,9 @@ class SyncLoop:
             if self._client is not None:
                 await self._client.aclose()
                 self._client = None
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     async def _farewell(self) -> None:
         """A clean stop's last exchange: whatever is still queued, and a watermark of now.
@@ -312,8 +357,13 @@ class SyncLoop:
     async def _prepare(self, after_seq: int) -> tuple[list[dict[str, Any]], str | None]:
         """The next batch after ``after_seq``, stamped, and the watermark to send with it."""
         limit = self._batch
+        await self._pace()
         _, asof_boot = self._clock()  # before the read: later captures are not covered
-        rows = await self.writer.call(lambda j: j.pending(limit + 1, after_seq))
+        if self._reader is None:
+            self._reader = await asyncio.to_thread(JournalReader, self.writer.journal.path)
+        # Read through sync's own connection in a thread: a WAL reader holds up no writer,
+        # so reading a thousand movements never delays a capture.
+        rows = await asyncio.to_thread(self._reader.pending, limit + 1, after_seq)
         batch, rest = rows[:limit], rows[limit:]
         await self._freeze(batch)
         return batch, self._watermark(rest[0] if rest else None, asof_boot)
@@ -329,7 +379,11 @@ class SyncLoop:
         stamps: list[tuple[int, str, str, str, float]] = []
         now = time.time()
         station, site = self.config.station, self.config.site
-        for row in rows:
+        step = self._slice(len(rows))
+        for n, row in enumerate(rows):
+            if n and n % step == 0:
+                await self._pace()  # the loop turns between slices of the work
+                await asyncio.sleep(0)
             if row["occurred_at"] is None:
                 occurred, clock = stamp(row, self.time_base)
                 row["occurred_at"], row["clock"] = occurred, json.dumps(clock)
@@ -337,8 +391,12 @@ class SyncLoop:
                 stamps.append((row["seq"], occurred, row["clock"], row["body"], now))
             elif row["body"] is None:  # stamped but its JSON not kept: rebuild the same bytes
                 row["body"] = json.dumps(event_json(row, station, site), separators=(",", ":"))
-        if stamps:
-            await self.writer.call(lambda j: j.freeze(stamps))
+        step = self._slice(len(stamps))
+        for k in range(0, len(stamps), step):  # each slice in a transaction of its own
+            part = stamps[k:k + step]
+            await self._pace()
+            # the last slice's durable commit makes all of them durable before the send
+            await self.writer.call(Journal.freeze, part, k + step >= len(stamps))
 
     def _watermark(self, more: dict[str, Any] | None, asof_boot_ns: int) -> str | None:
         """Everything captured before this time has now been sent (DESIGN section 6).
@@ -395,6 +453,7 @@ class SyncLoop:
 
     async def _exchange(self, rows: Sequence[dict[str, Any]], watermark: str | None) -> None:
         assert self._client is not None
+        await self._pace()
         token = self._token()
         wall_ns, t0 = self._clock()
         # sent_at is the station's own wall clock, so the ledger shows how far off each Pi's
@@ -444,7 +503,11 @@ class SyncLoop:
 
     async def _record(self, rows: Sequence[dict[str, Any]], results: list[Any]) -> None:
         out: list[tuple[int, str, str | None, list[str]]] = []
-        for row, res in zip(rows, results, strict=True):
+        step = self._slice(len(rows))
+        for n, (row, res) in enumerate(zip(rows, results, strict=True)):
+            if n and n % step == 0:
+                await self._pace()
+                await asyncio.sleep(0)
             st = res.get("status") if isinstance(res, dict) else None
             if st not in ("accepted", "duplicate", "held", "rejected") or (
                     res.get("event_id") not in (None, row["event_id"])):
@@ -468,7 +531,15 @@ class SyncLoop:
         meta = {"sync.last_ok": repr(now), "sync.offset_ms": str(summary["offset_ms"]),
                 "sync.rtt_ms": str(summary["rtt_ms"]), "sync.basis": summary["basis"],
                 "sync.last_error": None}
-        await self.writer.call(lambda j: (j.record_results(out, now) if out else None,
+        # In slices, each a transaction: a movement is marked synced by its own slice's
+        # commit; one cut off by a crash is sent again and answered duplicate.
+        step = self._slice(len(out))
+        for k in range(step, len(out), step):
+            part = out[k - step:k]
+            await self._pace()
+            await self.writer.call(Journal.record_results, part, now)
+        last = out[(len(out) - 1) // step * step:] if out else []
+        await self.writer.call(lambda j: (j.record_results(last, now) if last else None,
                                           j.write_meta(meta)))
         self.stats.last_ok = now
         self.stats.last_error = None

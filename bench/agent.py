@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,8 +186,11 @@ class Running:
 
 @contextlib.contextmanager
 def agent_process(d: Dock, *python_flags: str, stderr: Path | None = None,
-                  timeout: float = 30) -> Iterator[Running]:
-    """``scan-agent run`` for dock ``d``, ready (READY=1 received) on entry, stopped on exit."""
+                  timeout: float = 30,
+                  preexec: Callable[[], None] | None = None) -> Iterator[Running]:
+    """``scan-agent run`` for dock ``d``, ready (READY=1 received) on entry, stopped on exit.
+
+    ``preexec`` runs in the child before the agent starts (e.g. to enter a CPU cgroup)."""
     notify = NotifySocket(d.dirpath / "notify")
     env = {k: v for k, v in os.environ.items()
            if k not in ("CREDENTIALS_DIRECTORY", "WATCHDOG_USEC", "WATCHDOG_PID")}
@@ -198,7 +201,8 @@ def agent_process(d: Dock, *python_flags: str, stderr: Path | None = None,
         t0 = time.perf_counter()
         proc = subprocess.Popen([*_agent_cmd(*python_flags), "run", "--config", str(d.config)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=err, env=env, cwd=d.dirpath, start_new_session=True)
+                                stderr=err, env=env, cwd=d.dirpath, start_new_session=True,
+                                preexec_fn=preexec)
         try:
             ready = notify.wait_for("READY=1", timeout)
         except (TimeoutError, OSError) as exc:
