@@ -50,8 +50,12 @@ def serve(db: str, host: str, port: int, config_path: str | None, log_level: str
     """
     from ledger.server import serve as run_server
 
+    from ledger.notify import to_journal
+
+    # Under systemd the journal stamps each line; elsewhere the line carries its own time.
+    stamp = "" if to_journal(sys.stderr.fileno()) else "%(asctime)s "
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=stamp + "%(levelname)s %(name)s: %(message)s")
     config = load_config(config_path)
     run_server(db, host=host, port=port, config=config,
                log_level="warning" if log_level in ("info", "debug") else log_level)

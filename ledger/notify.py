@@ -16,7 +16,7 @@ import os
 import socket
 from collections.abc import Mapping
 
-__all__ = ["notify_systemd"]
+__all__ = ["notify_systemd", "to_journal"]
 
 log = logging.getLogger(__name__)
 
@@ -42,3 +42,19 @@ def notify_systemd(*assignments: str, environ: Mapping[str, str] | None = None) 
         log.warning("cannot notify systemd through %s: %s", address, exc.strerror or exc)
         return False
     return True
+
+
+def to_journal(fd: int = 2, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``fd`` is systemd's journal stream (``$JOURNAL_STREAM`` is its
+    ``DEVICE:INODE``): the journal stamps each line itself, so the ledger's log lines then
+    carry no time of their own. A process that inherited the variable but writes elsewhere
+    does not match it."""
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    dev, _, ino = env.get("JOURNAL_STREAM", "").partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))

@@ -173,3 +173,41 @@ def test_events_names_the_ledger_it_cannot_reach() -> None:
     out = run("events", "--url", "http://127.0.0.1:9")
     assert out.returncode == 1
     assert out.stderr.startswith("scan-ledger: http://127.0.0.1:9/v1/events: ")
+
+
+def test_serve_leaves_the_time_to_the_journal(tmp_path: Path) -> None:
+    """Under systemd, journald stamps every line: the ledger's own time stamp doubled it.
+    With standard error on the journal stream (``$JOURNAL_STREAM`` naming it) lines carry
+    none; anywhere else (a file, a terminal) they carry the time."""
+    import subprocess
+    import sys
+
+    from ledger.notify import to_journal
+
+    err = tmp_path / "err.log"
+    with err.open("wb") as f:
+        st = os.fstat(f.fileno())
+        assert to_journal(f.fileno(), {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+        assert not to_journal(f.fileno(), {"JOURNAL_STREAM": "1:2"})
+        assert not to_journal(f.fileno(), {})
+    for journal in (True, False):
+        with err.open("wb") as f:
+            st = os.fstat(f.fileno())
+            env = dict(os.environ)
+            env.pop("JOURNAL_STREAM", None)
+            if journal:
+                env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ledger", "serve", "--db", str(tmp_path / "l.db"),
+                 "--port", "0", "--log-level", "debug"],
+                stderr=f, stdout=subprocess.PIPE, env=env, text=True)
+            try:
+                assert proc.stdout is not None
+                assert "listening on" in proc.stdout.readline()
+            finally:
+                proc.terminate()
+                proc.communicate(timeout=30)
+        lines = [ln for ln in err.read_text().splitlines() if "DEBUG" in ln or "INFO" in ln]
+        assert lines, err.read_text()
+        stamped = [ln for ln in lines if ln[:4].isdigit()]
+        assert (not stamped) if journal else stamped, lines
