@@ -48,9 +48,8 @@ def serve(db: str, host: str, port: int, config_path: str | None, log_level: str
     Once listening, prints one line to standard output:
     ``scan-ledger listening on http://HOST:PORT``.
     """
-    from ledger.server import serve as run_server
-
     from ledger.notify import to_journal
+    from ledger.server import serve as run_server
 
     # Under systemd the journal stamps each line; elsewhere the line carries its own time.
     stamp = "" if to_journal(sys.stderr.fileno()) else "%(asctime)s "
