@@ -63,9 +63,9 @@ class Movement:
     fills in the mutable part (status, voids, incident, recorded-order deltas).
     """
 
-    __slots__ = ("applied", "body", "digest", "event_id", "from_location", "held", "incident",
-                 "item", "legs", "occurred_at", "qty", "rec_deltas", "scanner", "seq", "site",
-                 "station", "t", "to_location", "type", "voided_by", "voids")
+    __slots__ = ("applied", "applied_seq", "body", "digest", "event_id", "from_location", "held",
+                 "incident", "item", "legs", "occurred_at", "qty", "rec_deltas", "scanner", "seq",
+                 "site", "station", "t", "to_location", "type", "voided_by", "voids")
 
     def __init__(self, event_id: str, station: str, site: str, scanner: str, seq: int,
                  type: str, item: str | None, qty: int, from_location: str | None,
@@ -89,6 +89,7 @@ class Movement:
         self.digest = digest
         self.body = body  # canonical JSON as posted; dropped once stored
         self.applied = False  # its legs are in the balances (not held, not voided)
+        self.applied_seq: int | None = None  # its position in recorded order (set by the service)
         self.held = False
         self.voided_by: str | None = None
         self.incident: Any = None

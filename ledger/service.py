@@ -11,17 +11,20 @@ The HTTP layer (:mod:`ledger.app`) is a thin translation of these methods; the C
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hashlib
 import json
 import logging
 import re
 import secrets
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ledger.alerts import WebhookNotifier
 from ledger.config import LedgerConfig
@@ -29,6 +32,7 @@ from ledger.engine import Change, Ledger
 from ledger.errors import LedgerError, StationError, StoreError
 from ledger.events import (
     Movement,
+    digest_of,
     format_time,
     now_us,
     parse_json,
@@ -36,6 +40,9 @@ from ledger.events import (
     validate_event,
 )
 from ledger.store import Contact, NewEvent, StationRecord, Store, StoredEvent, open_store
+
+if TYPE_CHECKING:
+    from ledger.pgstore import PgStore
 
 __all__ = ["LedgerService", "Reply", "hash_token", "new_token", "valid_station_name"]
 
@@ -64,6 +71,7 @@ class Reply:
     status: int
     body: dict[str, Any]
     headers: dict[str, str] | None = None
+    forward: str | None = None  # another process owns the site: ask it (its base URL)
 
 
 def _error(status: int, message: str, **headers: str) -> Reply:
@@ -77,8 +85,15 @@ class LedgerService:
     ...     token = svc.run(svc.add_station, "dock-3", "WH1")
     """
 
+    # Several processes on one PostgreSQL database (DESIGN section 12): how often each one
+    # looks at the site leases, and how long a site may stay without an owner before a
+    # process that already has its fair share takes it anyway.
+    TEND_INTERVAL_S = 1.0
+    ORPHAN_GRACE_S = 2.0
+
     def __init__(self, db_path: str | Path, config: LedgerConfig | None = None, *,
-                 store_factory: Callable[[str | Path], Store] = open_store) -> None:
+                 store_factory: Callable[[str | Path], Store] = open_store,
+                 advertise_url: str | None = None) -> None:
         self.db_path = db_path
         self.config = config or LedgerConfig()
         self._store_factory = store_factory
@@ -87,6 +102,14 @@ class LedgerService:
         self.engine = self._new_engine()
         self.notifier: WebhookNotifier | None = None
         self._closed = False
+        # On PostgreSQL: the sites this process owns (None: every site, one process).
+        self.advertise_url = advertise_url
+        self.member_id = secrets.randbelow(2**31 - 2) + 1
+        self.owned: set[str] | None = None
+        self._orphaned: dict[str, float] = {}
+        self._broken = False
+        self._tender: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def _new_engine(self) -> Ledger:
         return Ledger(self.config.allow_negative,
@@ -102,6 +125,10 @@ class LedgerService:
         except BaseException:
             self.close()
             raise
+        if self.owned is not None:
+            self._tender = threading.Thread(target=self._tend_loop, name="ledger-leases",
+                                            daemon=True)
+            self._tender.start()
         if self.config.webhook_url:
             self.notifier = WebhookNotifier(self.config.webhook_url,
                                             timeout=self.config.webhook_timeout_s,
@@ -113,6 +140,9 @@ class LedgerService:
         if self._closed:
             return
         self._closed = True
+        self._stop.set()
+        if self._tender is not None:
+            self._tender.join(30)
         if self.notifier is not None:
             self.notifier.close()
         if self._executor is not None:
@@ -146,13 +176,21 @@ class LedgerService:
 
     def _open(self) -> None:
         self._store = self._store_factory(self.db_path)
-        self._rebuild()
+        if self._leases() is not None:
+            self._join()
+        else:
+            self._rebuild()
 
-    def _rebuild(self) -> None:
-        """Replay the event log into a fresh engine (at start, or after a failed write)."""
-        engine = self._new_engine()
+    def _leases(self) -> PgStore | None:
+        """The store as a holder of site leases (PostgreSQL), or None (SQLite)."""
+        store = self._store
+        return store if hasattr(store, "claim_site") else None  # type: ignore[return-value]
+
+    @staticmethod
+    def _replay(engine: Ledger, log_: Any) -> int:
+        """Feed stored events (applied ones in recorded order, then held) to ``engine``."""
         n = 0
-        for stored in self.store.log():
+        for stored in log_:
             m = validate_event(parse_json(stored.body), stored.station, stored.site)
             if not isinstance(m, Movement):
                 log.error("event %s in the log no longer validates (%s); skipped",
@@ -163,8 +201,15 @@ class LedgerService:
             else:
                 engine.applied_seq = stored.applied_seq - 1
                 engine.submit(m, parse_time(stored.applied_at), replay=True)
+                m.applied_seq = stored.applied_seq
             m.body = None
             n += 1
+        return n
+
+    def _rebuild(self) -> None:
+        """Replay the event log into a fresh engine (at start, or after a failed write)."""
+        engine = self._new_engine()
+        n = self._replay(engine, self.store.log())
         engine.take_changes()
         self.engine = engine
         # The rebuilt history lives as long as the process: keep the cyclic GC from
@@ -179,6 +224,143 @@ class LedgerService:
         self._announce(engine.take_changes())
         log.info("ledger rebuilt from %d events (%d incidents, %d held)", n,
                  len(engine.incidents), len(engine.held_events()))
+
+    # ------------------------------------------------- sites and their leases
+
+    def _join(self) -> None:
+        """Join the processes sharing the PostgreSQL database; take a fair share of sites."""
+        leases = self._leases()
+        assert leases is not None
+        leases.join(self.member_id)
+        self.owned = set()
+        self.engine = self._new_engine()
+        self._orphaned = {}
+        self._tend()
+
+    def _tend(self) -> None:
+        """Look at the leases (on the worker thread): take sites nobody owns, up to a fair
+        share at once and any that stayed without an owner for ORPHAN_GRACE_S; hand back
+        sites beyond a fair share when another process has joined."""
+        leases = self._leases()
+        assert leases is not None and self.owned is not None
+        if self._broken:
+            self._recover()
+            return
+        owners = leases.site_owners()
+        members = leases.members()
+        share = -(-len(owners) // members)
+        now = time.monotonic()
+        free = [s for s, o in owners.items() if not o.held]
+        self._orphaned = {s: self._orphaned.get(s, now) for s in free}
+        for site in free:
+            if len(self.owned) < share or now - self._orphaned[site] >= self.ORPHAN_GRACE_S:
+                self._take(site)
+        excess = len(self.owned) - share
+        if excess > 0 and members > 1:
+            give = sorted(self.owned)[-excess:]
+            for site in give:
+                leases.release_site(site)
+                self.owned.discard(site)
+            log.info("handed sites %s over (%d processes share %d sites)", give, members,
+                     len(owners))
+            self._reload()
+
+    def _take(self, site: str) -> bool:
+        """Take ``site``'s lease if it is free, and load the site; True if this process owns
+        it now."""
+        leases = self._leases()
+        assert leases is not None and self.owned is not None
+        if site in self.owned:
+            return True
+        if not leases.claim_site(site, self.member_id, self.advertise_url or "",
+                                 format_time(now_us())):
+            return False
+        self.owned.add(site)
+        self._orphaned.pop(site, None)
+        started = time.monotonic()
+        n = self._replay(self.engine, leases.site_log(site))
+        self.engine.take_changes()
+        self._release_covered(leases)
+        log.info("took over site %s: %d events loaded in %.2f s", site, n,
+                 time.monotonic() - started)
+        return True
+
+    def _release_covered(self, leases: PgStore) -> None:
+        engine = self.engine
+        engine.applied_seq = leases.next_block()
+        now = now_us()
+        out = engine.release_all(now)
+        if out.released:
+            at = format_time(now)
+            for m, seq in out.released:
+                m.applied_seq = seq
+            leases.save_batch([], [(m.event_id, seq, at) for m, seq in out.released], None)
+        self._announce(engine.take_changes())
+
+    def _reload(self) -> None:
+        """A fresh engine over the sites this process owns (after handing some over)."""
+        leases = self._leases()
+        assert leases is not None and self.owned is not None
+        self.engine = self._new_engine()
+        for site in sorted(self.owned):
+            self._replay(self.engine, leases.site_log(site))
+        self.engine.take_changes()
+
+    def _recover(self) -> None:
+        """After a failed write on PostgreSQL: a new session (the old one's leases are gone,
+        and another process may have written since), then take sites again."""
+        self.owned = set()
+        self.engine = self._new_engine()
+        with contextlib.suppress(LedgerError):
+            self.store.close()
+        try:
+            self._store = self._store_factory(self.db_path)
+            self._broken = False
+            self._join()
+        except StoreError:
+            self._broken = True
+            log.exception("cannot reconnect to the ledger database; retrying")
+
+    def _tend_loop(self) -> None:
+        while not self._stop.wait(self.TEND_INTERVAL_S):
+            try:
+                self.run(self._tend_safely)
+            except Exception:  # never let the lease keeper die
+                log.exception("looking after the site leases failed")
+
+    def _tend_safely(self) -> None:
+        if self._stop.is_set():
+            return
+        try:
+            self._tend()
+        except StoreError:
+            log.exception("the site leases could not be read; reconnecting")
+            self._broken = True
+            self._recover()
+
+    def peers(self) -> list[str]:
+        """Base URLs of the other processes that own sites now (for reads that span every
+        site); empty for one process."""
+        leases = self._leases()
+        if leases is None or self.owned is None:
+            return []
+        urls = {o.url for s, o in leases.site_owners().items()
+                if o.held and s not in self.owned and o.url}
+        return sorted(u for u in urls if u != self.advertise_url)
+
+    def owner_of(self, site: str) -> str | None:
+        """Where ``site`` is served: None here, else the owning process's base URL (or "" if
+        nobody can be reached right now)."""
+        if self.owned is None or site in self.owned:
+            return None
+        if self._broken:
+            self._recover()
+        if self._take(site):
+            return None
+        leases = self._leases()
+        assert leases is not None
+        owner = leases.site_owners().get(site)
+        return owner.url if owner is not None and owner.held and owner.url else ""
 
     # -------------------------------------------------------------- stations
 
@@ -228,6 +410,30 @@ class LedgerService:
         if len(events) > self.config.max_batch_events:
             return _error(413, f"{len(events)} events in one batch; at most "
                                f"{self.config.max_batch_events}")
+        leases = self._leases()
+        known: dict[str, StoredEvent] = {}
+        if leases is not None:
+            try:
+                owner = self.owner_of(station.site)
+                if owner is not None:
+                    if not owner:
+                        return _error(503, f"site {station.site} is changing hands; retry",
+                                      **{"Retry-After": "1"})
+                    return Reply(307, {"error": f"site {station.site} is served by {owner}"},
+                                 forward=owner)
+                # An event_id this process has not seen may belong to another site.
+                engine_events = self.engine.events
+                ids = [ev["event_id"] for ev in events if isinstance(ev, dict)
+                       and isinstance(ev.get("event_id"), str)
+                       and ev["event_id"] not in engine_events]
+                if ids:
+                    known = {e.event_id: e for e in leases.events_by_id(ids)}
+                self.engine.applied_seq = leases.next_block()
+            except StoreError:
+                log.exception("the ledger database failed before a batch of %s", station.name)
+                self._broken = True
+                return _error(503, "the ledger database is unavailable; retry",
+                              **{"Retry-After": "2"})
         sent_at = batch.get("sent_at")
         watermark = batch.get("watermark")
         if (watermark is not None and station.watermark is not None
@@ -252,8 +458,18 @@ class LedgerService:
                 results.append({"event_id": eid if isinstance(eid, str) else None,
                                 "status": "rejected", "reason": m, "warnings": []})
                 continue
+            if known and m.event_id in known:
+                same = digest_of(known[m.event_id].body) == m.digest
+                results.append({
+                    "event_id": m.event_id, "status": "duplicate" if same else "rejected",
+                    "reason": "already received with the same content" if same else
+                    "event_id: already used by a different event (same id, different content)",
+                    "warnings": []})
+                continue
             out = submit(m, received)
             status = out.status
+            if out.applied_seq is not None:
+                m.applied_seq = out.applied_seq
             results.append({"event_id": m.event_id, "status": status, "reason": out.reason,
                             "warnings": out.warnings})
             if status == "accepted" or status == "held":
@@ -263,6 +479,8 @@ class LedgerService:
                                      received_at if out.applied_seq else None, m.body))
                 fresh.append(m)
             if out.released:
+                for r, seq in out.released:
+                    r.applied_seq = seq
                 released.extend((r.event_id, seq, received_at) for r, seq in out.released)
         contact = Contact(station.name, received_at, sent_at, watermark, offset, len(events))
         try:
@@ -270,7 +488,10 @@ class LedgerService:
         except StoreError:
             log.exception("could not save a batch of %s; rebuilding from the log",
                           station.name)
-            self._rebuild()
+            if leases is not None:
+                self._recover()
+            else:
+                self._rebuild()
             return _error(503, "the ledger could not save this batch; retry", **{
                 "Retry-After": "2"})
         for m in fresh:
@@ -309,14 +530,21 @@ class LedgerService:
         out: dict[str, Any] = inc.to_json(
             confirmed=wm is not None and wm > m.t,
             suspected_duplicate=self.engine.suspected_duplicate(m))
+        if self.owned is not None:
+            # Several processes: an incident is known by its depletion's position in
+            # recorded order, the same in whichever process loads the site.
+            out["id"] = m.applied_seq
         return out
 
     def negatives(self, status: str | None = None) -> Reply:
         if status not in (None, "open", "resolved"):
             return _error(400, f"status: must be open or resolved, got {status!r}")
         confirmed = self._confirmation()
-        return Reply(200, {"incidents": [self._incident_json(inc.movement, inc, confirmed)
-                                         for inc in self.engine.iter_incidents(status)]})
+        incidents = [self._incident_json(inc.movement, inc, confirmed)
+                     for inc in self.engine.iter_incidents(status)]
+        if self.owned is not None:
+            incidents.sort(key=lambda i: i["id"])
+        return Reply(200, {"incidents": incidents})
 
     def balances(self, site: str | None = None, item: str | None = None,
                  location: str | None = None, by: str | None = None) -> Reply:

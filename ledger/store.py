@@ -2,8 +2,8 @@
 
 All SQL of the ledger is in this module. The event log is the source of truth: every accepted
 or held event with its arrival time and its position in recorded order (``applied_seq``, NULL
-while held). Balances, incidents and holds are rebuilt from it at start. A PostgreSQL store
-would implement the same protocol.
+while held). Balances, incidents and holds are rebuilt from it at start. The PostgreSQL store
+(:mod:`ledger.pgstore`) implements the same protocol.
 
 One writer: the service calls a store from a single thread. Other processes (``scan-ledger
 station add`` while the server runs) open their own connection; SQLite's WAL and busy timeout
@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, Self
 
 from ledger.errors import StationError, StoreError
 
@@ -133,6 +133,8 @@ class Store(Protocol):
     def events(self, station: str | None, limit: int) -> list[StoredEvent]: ...
     def events_by_id(self, ids: Sequence[str]) -> list[StoredEvent]: ...
     def close(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(self, *exc: object) -> None: ...
 
 
 _STATION_COLS = ("name, site, created_at, revoked_at, last_contact, sent_at, watermark, "
@@ -309,6 +311,11 @@ class SqliteStore:
             pass
 
 
-def open_store(path: str | Path) -> SqliteStore:
-    """Open (creating and migrating) the SQLite ledger database at ``path``."""
+def open_store(path: str | Path) -> Store:
+    """Open (creating and migrating) the ledger database: a SQLite file at ``path``, or the
+    PostgreSQL database a ``postgresql://`` URL names (:mod:`ledger.pgstore`)."""
+    if isinstance(path, str) and path.startswith(("postgresql://", "postgres://")):
+        from ledger.pgstore import PgStore
+
+        return PgStore(path)
     return SqliteStore(path)

@@ -1,4 +1,6 @@
-"""Fixtures: a real ledger server on 127.0.0.1, port 0, over a real SQLite file."""
+"""Fixtures: a real ledger server on 127.0.0.1, port 0, over a real database: every test that
+takes ``ledger`` or ``make_ledger`` runs twice, on a SQLite file and on a fresh database of a
+throwaway PostgreSQL cluster (started once per session by :mod:`tests.pgcluster`)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 
 from ledger.server import LedgerServer
 from tests.ledger.factory import batch
+from tests.pgcluster import PgCluster, pg_missing
 
 
 class Dock:
@@ -78,14 +81,35 @@ def write_config(tmp_path: Path, text: str) -> Path:
     return p
 
 
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One throwaway PostgreSQL cluster for the session (each test gets its own database)."""
+    why = pg_missing()
+    if why is not None:
+        pytest.skip(why)
+    with PgCluster.running() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_db(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where the test's ledger keeps its data: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "ledger.db"
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    return cluster.create_database()
+
+
 @pytest.fixture
-def make_ledger(tmp_path: Path) -> Iterator[Any]:
-    """Start a ledger (optionally with config text); all are stopped at the end."""
+def make_ledger(tmp_path: Path, ledger_db: str | Path) -> Iterator[Any]:
+    """Start a ledger (optionally with config text); all are stopped at the end. Every
+    ledger of a test shares the test's database (``db`` is a restart's SQLite file)."""
     started: list[tuple[LedgerServer, Ledger]] = []
 
     def make(config: str | None = None, db: Path | None = None) -> Ledger:
         cfg = write_config(tmp_path, config) if config is not None else None
-        srv = LedgerServer(db or tmp_path / "ledger.db", cfg).start()
+        where = ledger_db if db is None or db == tmp_path / "ledger.db" else db
+        srv = LedgerServer(where, cfg).start()
         led = Ledger(srv)
         started.append((srv, led))
         return led

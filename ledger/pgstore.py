@@ -1,0 +1,409 @@
+"""The ledger's PostgreSQL store: the :class:`~ledger.store.Store` protocol on PostgreSQL, and
+the site leases that let several ``scan-ledger serve`` processes share one database.
+
+All of the ledger's PostgreSQL SQL is in this module (the SQLite SQL is in
+:mod:`ledger.store`); the engine and the service see only the protocol.
+
+The driver is psycopg 3: the maintained PostgreSQL adapter for Python, typed, with pipelined
+``executemany`` and libpq underneath, so the connection takes a libpq URL, passfile, service
+file and ``PG*`` environment variables exactly as ``psql`` does. Its plain ``psycopg`` package
+is pure Python over the system's libpq (Debian's ``libpq5``), so it installs on a Raspberry Pi
+(armv7 or arm64) without a compiler; ``psycopg[binary]`` is faster but has no armv7 wheels.
+
+Site leases are session-level advisory locks, one per site (``pg_try_advisory_lock``), held
+on the same connection that writes the site's events. Why locks, not a lease row with a
+heartbeat and an expiry:
+
+* fencing comes free: a process can only commit on the connection that holds the lock, so
+  once PostgreSQL has dropped that session (and with it the lock) the old owner cannot write
+  anything more, however late it wakes up; a lease row needs a fencing token checked by
+  every write;
+* a process killed by SIGKILL closes its socket in the kernel, PostgreSQL ends the session at
+  once and the lock is free in milliseconds, where a lease row waits for its expiry;
+* a machine that vanishes (power, network) sends nothing: the session sets TCP keepalives and
+  ``tcp_user_timeout`` so that the server gives up on it within about 10 s, and
+  ``idle_session_timeout`` ends a session that stopped talking (a frozen process), while a
+  live owner touches its session every second.
+
+Which process owns a site, and where to reach it, is in the ``sites`` table (written by the
+owner after it took the lock; trusted only while the lock is held).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ledger.errors import StationError, StoreError
+from ledger.store import Contact, NewEvent, StationRecord, StoredEvent
+
+__all__ = ["PgStore", "SiteOwner", "is_postgres_url", "redact_url"]
+
+import psycopg  # only a postgresql:// --db imports this module
+
+SCHEMA_VERSION = 2
+
+# The advisory-lock key space: (class, key) pairs; classes picked so that they do not collide
+# with anything else a DBA is likely to lock in the same database.
+_SITE_LOCK = 0x5CA1ED
+_MEMBER_LOCK = 0x5CA1EE
+_MIGRATION_LOCK = 0x5CA1EF
+
+# Numbered as the SQLite migrations are (ledger.store): a number that adds a table there adds
+# its twin here. The tables behind the site leases exist only here.
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE stations (
+        name TEXT PRIMARY KEY,
+        site TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        revoked_at TEXT,
+        last_contact TEXT,
+        sent_at TEXT,
+        watermark TEXT,
+        clock_offset_ms DOUBLE PRECISION,
+        last_batch_events INTEGER
+    );
+    CREATE TABLE events (
+        arrival BIGINT GENERATED ALWAYS AS IDENTITY,
+        event_id TEXT PRIMARY KEY,
+        station TEXT NOT NULL,
+        site TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        type TEXT NOT NULL,
+        item TEXT,
+        occurred_at TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('accepted', 'held')),
+        applied_seq BIGINT UNIQUE,
+        applied_at TEXT,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX events_by_arrival ON events (arrival);
+    CREATE INDEX events_by_site ON events (site, applied_seq);
+    CREATE INDEX events_held ON events (site, arrival) WHERE status = 'held';
+    -- a site's lease is the advisory lock (class, lock_key); owner_* say who took it last
+    CREATE TABLE sites (
+        site TEXT PRIMARY KEY,
+        lock_key INTEGER GENERATED ALWAYS AS IDENTITY UNIQUE,
+        owner_id INTEGER,
+        owner_url TEXT,
+        owned_since TEXT
+    );
+    -- recorded order across processes: each batch takes a fresh block of 2^24 positions
+    CREATE SEQUENCE applied_block;
+    """,
+    2: """
+    -- (SQLite's version 2 dropped an index this schema never had)
+    """,
+}
+BLOCK = 1 << 24
+
+_STATION_COLS = ("name, site, created_at, revoked_at, last_contact, sent_at, watermark, "
+                 "clock_offset_ms, last_batch_events")
+_EVENT_COLS = "event_id, station, site, status, applied_seq, applied_at, received_at, body"
+
+
+def is_postgres_url(db: object) -> bool:
+    """Whether ``--db`` names a PostgreSQL database rather than a SQLite file."""
+    return isinstance(db, str) and re.match(r"postgres(ql)?://", db) is not None
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password hidden, for messages and logs."""
+    return re.sub(r"(postgres(?:ql)?://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+class SiteOwner(tuple[str | None, int | None, bool]):
+    """(owner_url, owner_id, held): who last took a site and whether its lock is held now."""
+
+    __slots__ = ()
+
+    @property
+    def url(self) -> str | None:
+        return self[0]
+
+    @property
+    def owner_id(self) -> int | None:
+        return self[1]
+
+    @property
+    def held(self) -> bool:
+        return self[2]
+
+
+class PgStore:
+    """The PostgreSQL store. Use one instance from one thread at a time (the service's
+    worker); its one connection also holds this process's site leases."""
+
+    def __init__(self, url: str, *, idle_session_timeout_s: float = 20.0) -> None:
+        self.url = url
+        self.shown = redact_url(url)
+        self.idle_session_timeout_s = idle_session_timeout_s
+        self._closed = False
+        self._db = self._connect()
+        try:
+            self._migrate()
+        except psycopg.Error as exc:
+            self._db.close()
+            raise StoreError(f"{self.shown}: cannot prepare the ledger database: {exc}") from exc
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            # Client-side keepalives notice a server that vanished; the settings below make
+            # the server notice a client that vanished (so its leases are freed).
+            db = psycopg.connect(self.url, autocommit=True, connect_timeout=10, keepalives=1,
+                                 keepalives_idle=5, keepalives_interval=2, keepalives_count=3)
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.shown}: cannot connect to the ledger database: "
+                             f"{str(exc).strip()}") from exc
+        try:
+            idle_ms = int(self.idle_session_timeout_s * 1000)
+            db.execute("SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; "
+                       "SET tcp_keepalives_count = 3; SET tcp_user_timeout = 10000; "
+                       "SET synchronous_commit = on; "
+                       f"SET idle_session_timeout = {idle_ms}")
+        except psycopg.Error as exc:
+            db.close()
+            raise StoreError(f"{self.shown}: cannot configure the session: {exc}") from exc
+        return db
+
+    def _migrate(self) -> None:
+        db = self._db
+        with db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_MIGRATION_LOCK,))
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = db.execute("SELECT version FROM schema_version").fetchone()
+            version = 0 if row is None else int(row[0])
+            if row is None:
+                db.execute("INSERT INTO schema_version VALUES (0)")
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.shown}: database schema {version} is newer than this "
+                                 f"ledger ({SCHEMA_VERSION}); upgrade scan-ledger")
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                script = _MIGRATIONS[v]
+                if any(line.strip() and not line.strip().startswith("--")
+                       for line in script.splitlines()):
+                    db.execute(script.encode())  # several statements: the simple protocol
+                db.execute("UPDATE schema_version SET version = %s", (v,))
+
+    def schema_version(self) -> int:
+        row = self._db.execute("SELECT version FROM schema_version").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._db.close()
+
+    def __enter__(self) -> PgStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _fail(self, what: str, exc: BaseException) -> StoreError:
+        return StoreError(f"{self.shown}: {what}: {str(exc).strip()}")
+
+    # -------------------------------------------------------------- stations
+
+    def add_station(self, name: str, site: str, token_hash: str, now: str) -> None:
+        try:
+            with self._db.transaction():
+                row = self._db.execute("SELECT revoked_at FROM stations WHERE name = %s "
+                                       "FOR UPDATE", (name,)).fetchone()
+                if row is not None and row[0] is None:
+                    raise StationError(f"station {name!r} already exists; revoke it first to "
+                                       "issue a new token")
+                self._db.execute(
+                    "INSERT INTO stations (name, site, token_hash, created_at) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
+                    "site = excluded.site, token_hash = excluded.token_hash, "
+                    "created_at = excluded.created_at, revoked_at = NULL",
+                    (name, site, token_hash, now))
+                self._db.execute("INSERT INTO sites (site) VALUES (%s) ON CONFLICT DO NOTHING",
+                                 (site,))
+        except psycopg.Error as exc:
+            raise self._fail(f"cannot add station {name!r}", exc) from exc
+
+    def revoke_station(self, name: str, now: str) -> None:
+        try:
+            cur = self._db.execute(
+                "UPDATE stations SET revoked_at = %s WHERE name = %s AND revoked_at IS NULL",
+                (now, name))
+        except psycopg.Error as exc:
+            raise self._fail(f"cannot revoke station {name!r}", exc) from exc
+        if cur.rowcount == 0:
+            raise StationError(f"no active station named {name!r}")
+
+    def stations(self) -> list[StationRecord]:
+        try:
+            rows = self._db.execute(f"SELECT {_STATION_COLS} FROM stations ORDER BY name")
+            return [StationRecord(*r) for r in rows]
+        except psycopg.Error as exc:
+            raise self._fail("cannot read stations", exc) from exc
+
+    def station_by_token(self, token_hash: str) -> StationRecord | None:
+        try:
+            row = self._db.execute(
+                f"SELECT {_STATION_COLS} FROM stations WHERE token_hash = %s "
+                "AND revoked_at IS NULL", (token_hash,)).fetchone()
+        except psycopg.Error as exc:
+            raise self._fail("cannot read stations", exc) from exc
+        return None if row is None else StationRecord(*row)
+
+    # ---------------------------------------------------------------- events
+
+    def save_batch(self, events: Sequence[NewEvent], released: Sequence[tuple[str, int, str]],
+                   contact: Contact | None) -> None:
+        """Append events, mark released ones applied, note the station's contact: one
+        transaction, all or nothing, committed (and synced) before this returns."""
+        db = self._db
+        try:
+            with db.transaction(), db.cursor() as cur:
+                if events:
+                    with cur.copy("COPY events (event_id, station, site, seq, type, item, "
+                                  "occurred_at, received_at, status, applied_seq, applied_at, "
+                                  "body) FROM STDIN") as copy:
+                        for e in events:
+                            copy.write_row(e)
+                if released:
+                    cur.executemany(
+                        "UPDATE events SET status = 'accepted', applied_seq = %s, "
+                        "applied_at = %s WHERE event_id = %s",
+                        [(seq, at, eid) for eid, seq, at in released])
+                if contact is not None:
+                    cur.execute(
+                        "UPDATE stations SET last_contact = %s, sent_at = %s, "
+                        "watermark = COALESCE(%s, watermark), clock_offset_ms = %s, "
+                        "last_batch_events = %s WHERE name = %s",
+                        (contact.last_contact, contact.sent_at, contact.watermark,
+                         contact.clock_offset_ms, contact.events, contact.station))
+        except Exception as exc:
+            # Not only psycopg.Error: a value PostgreSQL cannot take (a seq past BIGINT)
+            # must not leave a transaction open either; the context manager rolled back.
+            raise self._fail("cannot save a batch", exc) from exc
+
+    def log(self) -> Iterator[StoredEvent]:
+        """Applied events in recorded order, then the ones still held (arrival order)."""
+        yield from self.site_log(None)
+
+    def site_log(self, site: str | None) -> Iterator[StoredEvent]:
+        """:meth:`log`, of one site (or of all with None)."""
+        where = "" if site is None else "site = %s AND "
+        args: tuple[str, ...] = () if site is None else (site,)
+        try:
+            with self._db.cursor() as cur:
+                cur.execute(f"SELECT {_EVENT_COLS} FROM events WHERE {where}"
+                            "applied_seq IS NOT NULL ORDER BY applied_seq", args)
+                rows = cur.fetchall()
+                yield from (StoredEvent(*r) for r in rows)
+                cur.execute(f"SELECT {_EVENT_COLS} FROM events WHERE {where}"
+                            "applied_seq IS NULL ORDER BY arrival", args)
+                rows = cur.fetchall()
+                yield from (StoredEvent(*r) for r in rows)
+        except psycopg.Error as exc:
+            raise self._fail("cannot read the event log", exc) from exc
+
+    def events(self, station: str | None, limit: int) -> list[StoredEvent]:
+        """The newest events first, optionally of one station."""
+        try:
+            if station is None:
+                rows = self._db.execute(
+                    f"SELECT {_EVENT_COLS} FROM events ORDER BY arrival DESC LIMIT %s",
+                    (limit,))
+            else:
+                rows = self._db.execute(
+                    f"SELECT {_EVENT_COLS} FROM events WHERE station = %s "
+                    "ORDER BY arrival DESC LIMIT %s", (station, limit))
+            return [StoredEvent(*r) for r in rows]
+        except psycopg.Error as exc:
+            raise self._fail("cannot read events", exc) from exc
+
+    def events_by_id(self, ids: Sequence[str]) -> list[StoredEvent]:
+        """The stored events among ``ids``, in the order asked."""
+        try:
+            rows = self._db.execute(f"SELECT {_EVENT_COLS} FROM events "
+                                    "WHERE event_id = ANY(%s)", (list(ids),)).fetchall()
+        except psycopg.Error as exc:
+            raise self._fail("cannot read events", exc) from exc
+        found = {r[0]: StoredEvent(*r) for r in rows}
+        return [found[i] for i in ids if i in found]
+
+    # ------------------------------------------------------------ site leases
+
+    def next_block(self) -> int:
+        """The start of a fresh block of recorded-order positions (each batch takes one, so
+        positions never collide between processes and grow with time for every site)."""
+        try:
+            row = self._db.execute("SELECT nextval('applied_block')").fetchone()
+        except psycopg.Error as exc:
+            raise self._fail("cannot number a batch", exc) from exc
+        assert row is not None
+        return int(row[0]) * BLOCK
+
+    def join(self, member_id: int) -> None:
+        """Take this process's membership lock (live members are what a fair share counts)."""
+        try:
+            self._db.execute("SELECT pg_advisory_lock(%s, %s)", (_MEMBER_LOCK, member_id))
+        except psycopg.Error as exc:
+            raise self._fail("cannot join the ledger's processes", exc) from exc
+
+    def members(self) -> int:
+        """How many ledger processes hold a session on this database now."""
+        try:
+            row = self._db.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = "
+                "current_database()) AND classid = %s AND objsubid = 2",
+                (_MEMBER_LOCK,)).fetchone()
+        except psycopg.Error as exc:
+            raise self._fail("cannot count the ledger's processes", exc) from exc
+        return max(1, int(row[0]) if row else 1)
+
+    def site_owners(self) -> dict[str, SiteOwner]:
+        """Every site known (from its stations) with its owner, if its lease is held."""
+        try:
+            rows = self._db.execute(
+                "SELECT s.site, s.owner_url, s.owner_id, l.pid IS NOT NULL FROM sites s "
+                "LEFT JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted "
+                "AND l.database = (SELECT oid FROM pg_database WHERE datname = "
+                "current_database()) AND l.classid = %s AND l.objid = s.lock_key "
+                "AND l.objsubid = 2 ORDER BY s.site", (_SITE_LOCK,)).fetchall()
+        except psycopg.Error as exc:
+            raise self._fail("cannot read the site leases", exc) from exc
+        return {r[0]: SiteOwner((r[1], r[2], bool(r[3]))) for r in rows}
+
+    def claim_site(self, site: str, member_id: int, url: str, now: str) -> bool:
+        """Take ``site``'s lease if nobody holds it; True if this session holds it now."""
+        try:
+            self._db.execute("INSERT INTO sites (site) VALUES (%s) ON CONFLICT DO NOTHING",
+                             (site,))
+            row = self._db.execute(
+                "SELECT pg_try_advisory_lock(%s, lock_key) FROM sites WHERE site = %s",
+                (_SITE_LOCK, site)).fetchone()
+            if row is None or not row[0]:
+                return False
+            self._db.execute("UPDATE sites SET owner_id = %s, owner_url = %s, owned_since = %s "
+                             "WHERE site = %s", (member_id, url, now, site))
+        except psycopg.Error as exc:
+            raise self._fail(f"cannot take the lease of site {site!r}", exc) from exc
+        return True
+
+    def release_site(self, site: str) -> None:
+        """Give ``site``'s lease back (a clean shutdown; closing the session does it too)."""
+        try:
+            self._db.execute(
+                "SELECT pg_advisory_unlock(%s, lock_key) FROM sites WHERE site = %s",
+                (_SITE_LOCK, site))
+        except psycopg.Error as exc:
+            raise self._fail(f"cannot release site {site!r}", exc) from exc
+
+    def touch(self) -> None:
+        """Show the server this session is alive (before ``idle_session_timeout``)."""
+        try:
+            self._db.execute("SELECT 1")
+        except psycopg.Error as exc:
+            raise self._fail("lost the database session", exc) from exc
