@@ -4,6 +4,11 @@ A thin layer: it reads the request, enforces the size limit, and hands the work 
 :class:`~ledger.service.LedgerService`, whose single worker thread does everything that
 touches SQLite or the engine, so the event loop never blocks.
 
+With several processes on one PostgreSQL database (DESIGN section 12) a batch for a site that
+another process owns is forwarded to that process, whose answer goes back unchanged; reads of
+incidents, balances and holds gather the other processes' sites from them (each answers for
+its own sites when asked with ``X-Scan-Ledger-Local``).
+
 Reads (``GET /v1/...`` and the dashboard ``/``) are open on the LAN by default, so the demo and
 the dashboard work without setup; with ``read_token`` in the config they need
 ``Authorization: Bearer <read_token>`` (or ``?token=`` for a browser).
@@ -12,10 +17,13 @@ the dashboard work without setup; with ``read_token`` in the config they need
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -61,9 +69,95 @@ def _ingest_json(reply: Reply) -> Response:
                     media_type="application/json")
 
 
+FORWARDED = "x-scan-ledger-forwarded"  # a batch passed on by another process
+LOCAL = "x-scan-ledger-local"  # a read asked by another process: this one's sites only
+_PASSED_BACK = ("retry-after", "www-authenticate")
+
+
+def _merge_key(name: str) -> Callable[[dict[str, Any]], Any]:
+    """How a list read from several processes is put back in one order, and deduplicated."""
+    if name == "incidents":
+        return lambda i: (i["id"],)
+    if name == "balances":
+        return lambda b: (b["site"], b["item"], b["location"] or "")
+    return lambda e: (e["occurred_at"], e["station"], e["seq"], e["event_id"])
+
+
 def create_app(service: LedgerService) -> Starlette:
     """The ASGI application over a started service."""
     config = service.config
+    peers: dict[str, httpx.AsyncClient] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        peers["client"] = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=2.0),
+                                            limits=httpx.Limits(max_keepalive_connections=64))
+        try:
+            yield
+        finally:
+            await peers.pop("client").aclose()
+
+    def client() -> httpx.AsyncClient:
+        c = peers.get("client")
+        if c is None:  # served without lifespan (never by our servers)
+            c = peers["client"] = httpx.AsyncClient(timeout=30.0)
+        return c
+
+    async def forward(request: Request, reply: Reply, token: str | None, body: bytes,
+                      received: int) -> Response:
+        """Pass a batch to the process that owns its site; its answer goes back as is. If
+        that process cannot be reached, it may have died: ask the service again (it takes
+        the site over once the lease is free), a few times, then 503."""
+        for attempt in range(1, 6):
+            if reply.forward is None:
+                return _ingest_json(reply)
+            if request.headers.get(FORWARDED):
+                break  # the sender believes this process owns the site: never a loop
+            try:
+                r = await client().post(
+                    reply.forward.rstrip("/") + "/v1/events", content=body,
+                    headers={"authorization": request.headers.get("authorization", ""),
+                             "content-type": "application/json", FORWARDED: "1"})
+            except httpx.TransportError as exc:
+                log.info("owner %s unreachable (%s); asking again", reply.forward, exc)
+                await asyncio.sleep(0.2 * attempt)
+                reply = await service.call(service.ingest, token, body, received)
+                continue
+            headers = {k: v for k in _PASSED_BACK if (v := r.headers.get(k)) is not None}
+            return Response(r.content, status_code=r.status_code, headers=headers,
+                            media_type=r.headers.get("content-type", "application/json"))
+        return JSONResponse({"error": "the site's owner cannot be reached; retry"},
+                            status_code=503, headers={"Retry-After": "1"})
+
+    async def gather(request: Request, name: str, local: Reply, path: str) -> Response:
+        """``local``'s list with the other processes' sites added (reads over every site):
+        ``path`` is the same read asked of each of them."""
+        if local.status != 200 or request.headers.get(LOCAL):
+            return _json(local)
+        urls = await service.call(service.peers)
+        if not urls:
+            return _json(local)
+        headers = {LOCAL: "1"}
+        if config.read_token is not None:  # the processes share one config
+            headers["authorization"] = f"Bearer {config.read_token}"
+        try:
+            answers = await asyncio.gather(*(client().get(u.rstrip("/") + path,
+                                                          headers=headers) for u in urls))
+        except httpx.HTTPError as exc:
+            return JSONResponse({"error": f"another ledger process did not answer: {exc}"},
+                                status_code=503, headers={"Retry-After": "2"})
+        rows: dict[Any, dict[str, Any]] = {}
+        key = _merge_key(name)
+        for r in answers:
+            if r.status_code != 200:
+                return JSONResponse({"error": f"another ledger process answered "
+                                              f"{r.status_code}"},
+                                    status_code=503, headers={"Retry-After": "2"})
+            for row in r.json()[name]:
+                rows[key(row)] = row
+        for row in local.body[name]:
+            rows[key(row)] = row
+        return _json(Reply(200, {**local.body, name: [rows[k] for k in sorted(rows)]}))
 
     def read_allowed(request: Request) -> bool:
         if config.read_token is None:
@@ -108,28 +202,36 @@ def create_app(service: LedgerService) -> Starlette:
             # The station went away mid-request (it will send the batch again): no answer.
             log.info("client went away while sending a batch (%d bytes read)", size)
             return Response(status_code=400)
+        token, body = _bearer(request), b"".join(chunks)
         try:
-            reply = await service.call(service.ingest, _bearer(request), b"".join(chunks),
-                                       received)
+            reply = await service.call(service.ingest, token, body, received)
+            if reply.forward is not None:
+                return await forward(request, reply, token, body, received)
         except StoreError as exc:
             return await unavailable(exc)
         return _ingest_json(reply)
 
-    async def read(request: Request, fn: Any, *args: Any) -> Response:
+    async def read(request: Request, fn: Any, *args: Any, every_site: str = "") -> Response:
         if not read_allowed(request):
             return denied()
         try:
-            return _json(await service.call(fn, *args))
+            reply = await service.call(fn, *args)
+            if every_site:
+                path = request.url.path + (f"?{request.url.query}" if request.url.query
+                                           else "")
+                return await gather(request, every_site, reply, path)
+            return _json(reply)
         except StoreError as exc:
             return await unavailable(exc)
 
     async def negatives(request: Request) -> Response:
-        return await read(request, service.negatives, request.query_params.get("status"))
+        return await read(request, service.negatives, request.query_params.get("status"),
+                          every_site="incidents")
 
     async def balances(request: Request) -> Response:
         q = request.query_params
         return await read(request, service.balances, q.get("site"), q.get("item"),
-                          q.get("location"), q.get("by"))
+                          q.get("location"), q.get("by"), every_site="balances")
 
     async def events(request: Request) -> Response:
         q = request.query_params
@@ -141,7 +243,7 @@ def create_app(service: LedgerService) -> Starlette:
         return await read(request, service.events, q.get("station"), limit)
 
     async def held(request: Request) -> Response:
-        return await read(request, service.held)
+        return await read(request, service.held, every_site="held")
 
     async def stations(request: Request) -> Response:
         return await read(request, service.stations)
@@ -149,10 +251,18 @@ def create_app(service: LedgerService) -> Starlette:
     async def health(request: Request) -> Response:
         return JSONResponse({"ok": True, "server_time": format_time(now_us())})
 
-    def dashboard_main() -> str:
-        incidents = service.negatives().body["incidents"]
-        held_events = service.held().body["held"]
-        station_rows = service.stations().body["stations"]
+    async def every_site(request: Request, fn: Any, name: str,
+                         path: str) -> list[dict[str, Any]]:
+        r = await gather(request, name, await service.call(fn), path)
+        if r.status_code != 200:
+            raise StoreError(bytes(r.body).decode())
+        rows: list[dict[str, Any]] = orjson.loads(r.body)[name]
+        return rows
+
+    async def dashboard_main(request: Request) -> str:
+        incidents = await every_site(request, service.negatives, "incidents", "/v1/negatives")
+        held_events = await every_site(request, service.held, "held", "/v1/held")
+        station_rows = (await service.call(service.stations)).body["stations"]
         return render_main(incidents, held_events, station_rows, format_time(now_us()))
 
     async def dashboard(request: Request) -> Response:
@@ -163,7 +273,7 @@ def create_app(service: LedgerService) -> Starlette:
         wanted = _whole_number(request.query_params.get("refresh", "5"))
         refresh = 5 if wanted is None else max(1, min(3600, wanted))
         try:
-            main = await service.call(dashboard_main)
+            main = await dashboard_main(request)
         except StoreError as exc:
             return HTMLResponse(f"<p>ledger storage unavailable: {exc}</p>", status_code=503)
         headers = {"Cache-Control": "no-store"}
@@ -181,4 +291,4 @@ def create_app(service: LedgerService) -> Starlette:
         Route("/v1/stations", stations, methods=["GET"]),
         Route("/v1/health", health, methods=["GET"]),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -107,6 +107,7 @@ class LedgerService:
         self.member_id = secrets.randbelow(2**31 - 2) + 1
         self.owned: set[str] | None = None
         self._orphaned: dict[str, float] = {}
+        self._handed: dict[str, float] = {}  # sites handed over, when
         self._broken = False
         self._tender: threading.Thread | None = None
         self._stop = threading.Event()
@@ -261,6 +262,7 @@ class LedgerService:
             for site in give:
                 leases.release_site(site)
                 self.owned.discard(site)
+                self._handed[site] = now
             log.info("handed sites %s over (%d processes share %d sites)", give, members,
                      len(owners))
             self._reload()
@@ -355,7 +357,10 @@ class LedgerService:
             return None
         if self._broken:
             self._recover()
-        if self._take(site):
+        handed = self._handed.get(site)
+        if handed is not None and time.monotonic() - handed < self.ORPHAN_GRACE_S:
+            pass  # just handed over: leave it to the process that joined
+        elif self._take(site):
             return None
         leases = self._leases()
         assert leases is not None
