@@ -149,6 +149,9 @@ class PgStore:
         except psycopg.Error as exc:
             self._db.close()
             raise StoreError(f"{self.shown}: cannot prepare the ledger database: {exc}") from exc
+        except BaseException:
+            self._db.close()
+            raise
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:

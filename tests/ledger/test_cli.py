@@ -23,14 +23,24 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*LEDGER, *args], capture_output=True, text=True, timeout=60)
 
 
+def _stored_text(db: str | Path) -> str:
+    """Everything the database holds about stations, as text."""
+    if isinstance(db, Path):
+        return db.read_bytes().decode("latin-1")
+    import psycopg
+
+    with psycopg.connect(db) as conn:
+        return repr(conn.execute("SELECT * FROM stations").fetchall())
+
+
 def test_station_add_prints_the_token_alone_on_the_last_line_and_stores_a_hash(
-        tmp_path: Path) -> None:
-    db = tmp_path / "l.db"
+        ledger_db: str | Path) -> None:
+    db = ledger_db
     out = run("station", "add", "dock-3", "--site", "WH1", "--db", str(db))
     assert out.returncode == 0, out.stderr
     token = out.stdout.splitlines()[-1]
     assert re.fullmatch(r"[A-Za-z0-9_-]{43}", token)
-    assert token not in db.read_bytes().decode("latin-1")
+    assert "dock-3" in _stored_text(db) and token not in _stored_text(db)
     again = run("station", "add", "dock-3", "--site", "WH1", "--db", str(db))
     assert again.returncode == 1
     assert again.stderr.strip() == ("scan-ledger: station 'dock-3' already exists; revoke it "
@@ -42,8 +52,9 @@ def test_station_add_prints_the_token_alone_on_the_last_line_and_stores_a_hash(
         "scan-ledger: no active station named 'dock-3'")
 
 
-def test_serve_on_port_0_prints_one_parseable_line_and_stops_on_sigterm(tmp_path: Path) -> None:
-    db = tmp_path / "l.db"
+def test_serve_on_port_0_prints_one_parseable_line_and_stops_on_sigterm(
+        ledger_db: str | Path) -> None:
+    db = ledger_db
     token = run("station", "add", "dock-1", "--site", "WH1", "--db", str(db)).stdout.split()[-1]
     proc = subprocess.Popen([*LEDGER, "serve", "--db", str(db), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -115,3 +126,24 @@ def test_every_command_has_help(path: list[str]) -> None:
     for name in path:
         group = group.commands[name]  # type: ignore[attr-defined]
     assert group.help
+
+
+def test_the_database_url_may_come_from_the_environment_and_never_shows_a_password(
+        ledger_db: str | Path) -> None:
+    """SCAN_LEDGER_DB stands for --db (a unit's EnvironmentFile keeps the URL off the command
+    line); a PostgreSQL that refuses the connection is named without the URL's password."""
+    env = {**os.environ, "SCAN_LEDGER_DB": str(ledger_db)}
+    out = subprocess.run([*LEDGER, "station", "add", "dock-9", "--site", "WH1"],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    listed = subprocess.run([*LEDGER, "station", "list", "--json"], capture_output=True,
+                            text=True, timeout=60, env=env)
+    assert '"dock-9"' in listed.stdout
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bad = run("station", "list", "--db", f"postgresql://ledger:s3cret@127.0.0.1:{port}/x")
+    assert bad.returncode == 1
+    assert bad.stderr.startswith(f"scan-ledger: postgresql://ledger:***@127.0.0.1:{port}/x: "
+                                 "cannot connect to the ledger database: "), bad.stderr
+    assert "s3cret" not in bad.stderr
