@@ -77,12 +77,12 @@ _MIGRATIONS: dict[int, str] = {
         occurred_at TEXT NOT NULL,
         received_at TEXT NOT NULL,
         status TEXT NOT NULL CHECK (status IN ('accepted', 'held')),
-        applied_seq BIGINT UNIQUE,
+        applied_seq BIGINT,
         applied_at TEXT,
         body TEXT NOT NULL
     );
     CREATE INDEX events_by_arrival ON events (arrival);
-    CREATE INDEX events_by_site ON events (site, applied_seq);
+    CREATE UNIQUE INDEX events_by_site ON events (site, applied_seq);
     CREATE INDEX events_held ON events (site, arrival) WHERE status = 'held';
     -- a site's lease is the advisory lock (class, lock_key); owner_* say who took it last
     CREATE TABLE sites (
@@ -104,6 +104,23 @@ BLOCK = 1 << 24
 _STATION_COLS = ("name, site, created_at, revoked_at, last_contact, sent_at, watermark, "
                  "clock_offset_ms, last_batch_events")
 _EVENT_COLS = "event_id, station, site, status, applied_seq, applied_at, received_at, body"
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_field(v: object) -> str:
+    if v is None:
+        return "\\N"
+    return str(v).translate(_COPY_ESCAPES)
+
+
+def _copy_text(events: Sequence[NewEvent]) -> str:
+    """Rows in COPY's text format (backslash, tab, newline and CR escaped; ``\\N`` for
+    NULL), built at once: psycopg's pure-Python row writer costs about 35 µs a row, this
+    about 3."""
+    f = _copy_field
+    return "".join("\t".join(map(f, e)) + "\n" for e in events)
 
 
 def is_postgres_url(db: object) -> bool:
@@ -270,8 +287,7 @@ class PgStore:
                     with cur.copy("COPY events (event_id, station, site, seq, type, item, "
                                   "occurred_at, received_at, status, applied_seq, applied_at, "
                                   "body) FROM STDIN") as copy:
-                        for e in events:
-                            copy.write_row(e)
+                        copy.write(_copy_text(events))
                 if released:
                     cur.executemany(
                         "UPDATE events SET status = 'accepted', applied_seq = %s, "

@@ -73,3 +73,21 @@ def test_postgresql_schema_is_versioned_and_migrated_as_sqlite_is(pg_cluster: An
         conn.execute("UPDATE schema_version SET version = 99")
     with pytest.raises(StoreError, match=r"database schema 99 is newer than this ledger"):
         open_store(url)
+
+
+def test_postgresql_store_keeps_every_character_of_an_event(pg_cluster: Any) -> None:
+    """Events go to PostgreSQL through COPY's text format: backslashes, tabs, newlines,
+    carriage returns, NULLs and non-ASCII come back exactly as they went in."""
+    url = pg_cluster.create_database()
+    tricky = 'x\\y\tz\nw\rv \\N é 漢 "q"'
+    ev = NewEvent("e\\1", "dock\t1", "WH1", 2**62, "receipt", tricky, "t0", "t1", "held",
+                  None, None, '{"raw":["a\\\\tb","c\\nd"],"x":"' + tricky + '"}')
+    with open_store(url) as store:
+        store.save_batch([ev], [], None)
+        (got,) = store.events_by_id(["e\\1"])
+        assert (got.event_id, got.station, got.body, got.applied_seq) == (
+            ev.event_id, ev.station, ev.body, None)
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT item, seq FROM events").fetchone() == (tricky, 2**62)
