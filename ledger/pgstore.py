@@ -40,6 +40,7 @@ from ledger.store import Contact, NewEvent, StationRecord, StoredEvent
 
 __all__ = ["PgStore", "SiteOwner", "is_postgres_url", "redact_url"]
 
+import orjson
 import psycopg  # only a postgresql:// --db imports this module
 
 SCHEMA_VERSION = 2
@@ -79,8 +80,10 @@ _MIGRATIONS: dict[int, str] = {
         status TEXT NOT NULL CHECK (status IN ('accepted', 'held')),
         applied_seq BIGINT,
         applied_at TEXT,
-        body TEXT NOT NULL
+        body TEXT NOT NULL,
+        voids TEXT  -- a void's target: any process can say what voided an event
     );
+    CREATE INDEX events_voided ON events (voids) WHERE voids IS NOT NULL;
     CREATE INDEX events_by_arrival ON events (arrival);
     CREATE UNIQUE INDEX events_by_site ON events (site, applied_seq);
     CREATE INDEX events_held ON events (site, arrival) WHERE status = 'held';
@@ -120,7 +123,9 @@ def _copy_text(events: Sequence[NewEvent]) -> str:
     NULL), built at once: psycopg's pure-Python row writer costs about 35 µs a row, this
     about 3."""
     f = _copy_field
-    return "".join("\t".join(map(f, e)) + "\n" for e in events)
+    return "".join("\t".join(map(f, e)) + "\t" + (
+        f(orjson.loads(e.body).get("voids")) if e.type == "void" else "\\N") + "\n"
+        for e in events)
 
 
 def is_postgres_url(db: object) -> bool:
@@ -286,7 +291,7 @@ class PgStore:
                 if events:
                     with cur.copy("COPY events (event_id, station, site, seq, type, item, "
                                   "occurred_at, received_at, status, applied_seq, applied_at, "
-                                  "body) FROM STDIN") as copy:
+                                  "body, voids) FROM STDIN") as copy:
                         copy.write(_copy_text(events))
                 if released:
                     cur.executemany(
@@ -350,6 +355,17 @@ class PgStore:
             raise self._fail("cannot read events", exc) from exc
         found = {r[0]: StoredEvent(*r) for r in rows}
         return [found[i] for i in ids if i in found]
+
+    def voided_by(self, ids: Sequence[str]) -> dict[str, str]:
+        """event id -> the stored void that cancels it (the first, in recorded order), for
+        events of sites another process owns."""
+        try:
+            rows = self._db.execute(
+                "SELECT DISTINCT ON (voids) voids, event_id FROM events "
+                "WHERE voids = ANY(%s) ORDER BY voids, applied_seq", (list(ids),)).fetchall()
+        except psycopg.Error as exc:
+            raise self._fail("cannot read events", exc) from exc
+        return {r[0]: r[1] for r in rows}
 
     # ------------------------------------------------------------ site leases
 

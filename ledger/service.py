@@ -569,18 +569,26 @@ class LedgerService:
             {"site": s, "item": i, "location": None, "on_hand": v[0], "recorded": v[1]}
             for (s, i), v in sorted(totals.items())]})
 
-    def _event_json(self, stored: StoredEvent) -> dict[str, Any]:
+    def _event_json(self, stored: StoredEvent,
+                    elsewhere: dict[str, str] | None = None) -> dict[str, Any]:
         ev: dict[str, Any] = json.loads(stored.body)
         m = self.engine.events.get(stored.event_id)
         ev["received_at"] = stored.received_at
         ev["status"] = stored.status
         ev["applied_at"] = stored.applied_at
-        ev["voided_by"] = None if m is None else m.voided_by
+        ev["voided_by"] = (m.voided_by if m is not None
+                           else None if elsewhere is None else elsewhere.get(stored.event_id))
         return ev
 
     def events(self, station: str | None = None, limit: int = 100) -> Reply:
         stored = self.store.events(station, limit)
-        return Reply(200, {"events": [self._event_json(s) for s in stored]})
+        leases = self._leases()
+        elsewhere = None
+        if leases is not None and self.owned is not None:
+            # events of sites another process owns: what voided them is in the database
+            ids = [s.event_id for s in stored if s.site not in self.owned]
+            elsewhere = leases.voided_by(ids) if ids else {}
+        return Reply(200, {"events": [self._event_json(s, elsewhere) for s in stored]})
 
     def held(self) -> Reply:
         ids = [m.event_id for m in self.engine.held_events()]

@@ -137,13 +137,18 @@ def _post(http: httpx.Client, url: str, token: str, station: str, events: list[A
 
 def _state(http: httpx.Client, url: str) -> dict[str, Any]:
     """Incidents (by depletion; ids are not compared: one process numbers them 1, 2, ...,
-    several by recorded position), balances and holds."""
+    several by recorded position), balances, holds and events with what voided them."""
     incidents = http.get(url + "/v1/negatives").json()["incidents"]
     for i in incidents:
         i.pop("id")
         i.pop("opened_at")  # arrival time: differs between the two runs
         i.pop("resolved_at")
+    events = http.get(url + "/v1/events", params={"limit": 10000}).json()["events"]
+    for e in events:
+        e.pop("received_at")
+        e.pop("applied_at")
     return {
+        "events": events,
         "incidents": sorted(incidents, key=lambda i: i["depletion_event_id"]),
         "balances": http.get(url + "/v1/balances").json()["balances"],
         "held": [e["event_id"] for e in http.get(url + "/v1/held").json()["held"]],
@@ -172,7 +177,9 @@ def test_two_processes_give_what_one_sqlite_ledger_gives(tmp_path: Path, cluster
             assert a.status_code == b.status_code == 200, (a.text, b.text)
             assert a.json()["results"] == b.json()["results"]
         expected = _state(http, one.url)
-        assert expected["incidents"] and expected["held"]  # the history exercises both
+        # the history exercises incidents, holds and voids
+        assert expected["incidents"] and expected["held"]
+        assert any(e["voided_by"] for e in expected["events"])
         for url in urls:
             assert _state(http, url) == expected
         owners = {r[0] for r in _owner_urls(cluster_db).values()}
