@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.errors import ConfigError
-from agent.tomltable import REQUIRED, TomlTable, read_toml
+from scankit.tomltable import REQUIRED, TomlTable, read_toml
 
 __all__ = [
     "MODES",

@@ -31,9 +31,9 @@ from agent.metrics import (
     serve_metrics,
     textfile_task,
 )
-from agent.notify import Notifier, watchdog_task
 from drivers import open_scanner
 from drivers.base import Scanner, ScannerState
+from scankit.notify import Notifier, watchdog_task
 
 if TYPE_CHECKING:
     from agent.sync import SyncLoop

@@ -20,7 +20,15 @@ It prints:
    1M events, measured on the engine (the sizes in turn, best of 10 rounds of 1000 late
    events; a history that has grown by a tenth is built again), with its ratio to the 10k
    cost;
-3. with ``--postgres`` (or ``--only-postgres``): ingest over HTTP into PostgreSQL (a
+3. memory and restart against history (DESIGN section 10): a ledger database holding 300,000
+   and then 3,000,000 events (the same 100 items x 10 locations, 4 stations whose watermarks
+   advance as they post) is served by a real ``scan-ledger serve``; it is stopped with
+   SIGTERM and started again, and the time from the start to its first answer and its
+   resident memory then are measured (median of 3 restarts), with the ratio 3M / 300k.
+   The history is written straight into the store through its bulk path (the engine settles
+   and snapshots it as the service does), not posted over HTTP: posting 3M events would take
+   minutes and measure ingest, which figure 1 does.
+4. with ``--postgres`` (or ``--only-postgres``): ingest over HTTP into PostgreSQL (a
    throwaway cluster, every commit synced) with one and with two ``scan-ledger serve``
    processes, beside one process on SQLite in the same run, the stations spread over
    four sites and each batch sent to either process at random, as a load balancer does;
@@ -57,9 +65,10 @@ import httpx  # noqa: E402
 
 from agent.config import LedgerConfig as AgentLedgerConfig  # noqa: E402
 from ledger.engine import Ledger  # noqa: E402
-from ledger.events import Movement, format_time, now_us  # noqa: E402
+from ledger.events import Movement, canonical_json, format_time, now_us  # noqa: E402
 from ledger.server import tune_gc  # noqa: E402
 from ledger.service import LedgerService  # noqa: E402
+from ledger.store import Contact, NewEvent  # noqa: E402
 
 BASE_US = 1_795_000_000_000_000  # 2026-11-18
 BATCH = AgentLedgerConfig(url="http://ledger").batch_size  # what a station sends at most
@@ -481,6 +490,125 @@ def postgres_figures(n: int, workdir: Path, repeat: int = 3
     return {k: statistics.median(v) for k, v in rates.items()}, takeovers
 
 
+
+
+HISTORY_STATIONS = 4
+HISTORY_CHUNK = 5_000  # events per station batch while building a history
+
+
+def build_history(db: Path, n: int, seed: int = 5) -> int:
+    """Write ``n`` events of in-order history (100 items x 10 locations, 100 ms apart, from
+    4 stations in turn, each chunk's watermark its last event) into a fresh ledger database:
+    through the engine and the store's bulk path (one transaction per chunk), settling and
+    snapshotting as the service does while ingesting. Returns the events it holds in memory
+    at the end."""
+    rnd = random.Random(seed)
+    names = [f"dock-{k + 1}" for k in range(HISTORY_STATIONS)]
+    with LedgerService(db) as svc:
+        def build() -> int:
+            for name in names:
+                svc.add_station(name, "WH1")
+            engine = svc.engine
+            seqs = dict.fromkeys(names, 0)
+            i = 0
+            chunk = 0
+            while i < n:
+                name = names[chunk % len(names)]
+                chunk += 1
+                rows = []
+                received = format_time(now_us())
+                for _ in range(min(HISTORY_CHUNK, n - i)):
+                    t = BASE_US + i * 100_000
+                    i += 1
+                    seqs[name] += 1
+                    ev = _history_event(rnd, name, seqs[name], t)
+                    body = canonical_json(ev)
+                    m = Movement(ev["event_id"], name, "WH1", "handheld", seqs[name],
+                                 ev["type"], ev["item"], ev["qty"], ev["from_location"],
+                                 ev["to_location"], ev["occurred_at"], t, None, b"", body)
+                    out = engine.submit(m, now_us())
+                    rows.append(NewEvent(m.event_id, name, "WH1", m.seq, m.type, m.item,
+                                         m.occurred_at, received, out.status, out.applied_seq,
+                                         received if out.applied_seq else None, body))
+                    m.body = None
+                mark = rows[-1].occurred_at
+                contact = Contact(name, received, received, mark, 0.0, len(rows))
+                horizons = svc._advance_horizon("WH1", name, mark)
+                svc._since_snapshot += len(rows)
+                svc.store.save_batch(rows, [], contact, horizons=horizons,
+                                     checkpoint=svc._maybe_checkpoint())
+            engine.take_changes()
+            return len(engine.events)
+
+        return svc.run(build)
+
+
+def _history_event(rnd: random.Random, station: str, seq: int, t: int) -> dict[str, Any]:
+    item = f"{rnd.randrange(100):014d}"
+    a, b = f"A-{rnd.randrange(10):02d}", f"B-{rnd.randrange(10):02d}"
+    r = rnd.random()
+    if r < 0.6:
+        kind, frm, to, qty = "receipt", None, a, rnd.randint(1, 5)
+    elif r < 0.9:
+        kind, frm, to, qty = "pick", a, None, rnd.randint(1, 3)
+    else:
+        kind, frm, to, qty = "move", a, b, 1
+    return {"event_id": _uuid7(t, rnd), "station": station, "site": "WH1",
+            "scanner": "handheld", "seq": seq, "type": kind, "item": item, "lot": None,
+            "serial": None, "qty": qty, "from_location": frm, "to_location": to,
+            "occurred_at": format_time(t), "reference": None, "operator": None,
+            "voids": None, "clock": {"synced": True, "offset_ms": 0.0, "basis": "ntp"},
+            "raw": []}
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def restart_once(db: Path) -> tuple[float, int]:
+    """Start ``scan-ledger serve`` on ``db`` and time it to its first answer (GET
+    /v1/negatives?limit=1, which needs the engine loaded); return that and its resident
+    memory then; stop it with SIGTERM."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "ledger", "serve", "--db", str(db),
+                             "--port", "0", "--log-level", "warning"],
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[-1]
+        r = httpx.get(f"{url}/v1/negatives", params={"limit": 1}, timeout=120)
+        assert r.status_code == 200, r.text
+        elapsed = time.perf_counter() - t0
+        return elapsed, _rss_bytes(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(120)
+
+
+def history_figures(sizes: list[int], workdir: Path, restarts: int = 3
+                    ) -> list[tuple[int, int, float, int, int]]:
+    """For each size: (size, events in memory, median restart s, median RSS bytes after
+    the restart, database bytes). Each database is built, served once (the first start
+    after building), then restarted ``restarts`` times."""
+    out = []
+    for size in sizes:
+        db = workdir / f"history-{size}.db"
+        try:
+            in_memory = build_history(db, size)
+            restart_once(db)  # the first start after the build
+            runs = [restart_once(db) for _ in range(restarts)]
+            out.append((size, in_memory, statistics.median(r[0] for r in runs),
+                        int(statistics.median(r[1] for r in runs)), db.stat().st_size))
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
@@ -507,6 +635,7 @@ def main() -> None:
     n_direct = 20_000 if args.quick else 100_000
     n_http = 10_000 if args.quick else 50_000
     sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
+    history = [30_000, 300_000] if args.quick else [300_000, 3_000_000]
 
     print(f"machine: nproc={os.cpu_count()} arch={platform.machine()} "
           f"python={platform.python_version()}")
@@ -530,6 +659,17 @@ def main() -> None:
               f"ratio vs 10k {cost / costs[0]:4.2f}")
     if costs[-1] / costs[0] > 2:
         print("  WARNING: late-event cost grew more than 2x")
+
+    print("restart of `scan-ledger serve` (SIGTERM, start, first answer) against history, "
+          "median of 3:")
+    with tempfile.TemporaryDirectory() as tmp:
+        figures_h = history_figures(history, Path(tmp))
+    for size, in_memory, restart, rss, dbsize in figures_h:
+        print(f"  history {size:>9,}: restart {restart:5.2f} s   RSS {rss / 2**20:6.1f} MiB   "
+              f"({in_memory:,} events in memory; database {dbsize / 2**20:,.0f} MiB)")
+    ratio = figures_h[-1][3] / figures_h[0][3]
+    print(f"  memory ratio {history[-1]:,} / {history[0]:,}: {ratio:.2f}x (goal <= 1.25x); "
+          f"restart goal <= 3 s at both")
 
 
 if __name__ == "__main__":

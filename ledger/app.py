@@ -33,11 +33,13 @@ from starlette.routing import Route
 from ledger.dashboard import render_main, render_page
 from ledger.errors import StoreError
 from ledger.events import format_time, now_us
-from ledger.service import LedgerService, Reply
+from ledger.service import DEFAULT_INCIDENTS, LedgerService, Reply, merge_lists
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("ledger.http")
+
+MAX_PAGE = 10_000  # the largest page of GET /v1/events and /v1/negatives (DESIGN section 6)
 
 
 def _bearer(request: Request) -> str | None:
@@ -129,14 +131,16 @@ def create_app(service: LedgerService) -> Starlette:
         return JSONResponse({"error": "the site's owner cannot be reached; retry"},
                             status_code=503, headers={"Retry-After": "1"})
 
-    async def gather(request: Request, name: str, local: Reply, path: str) -> Response:
+    async def gather(request: Request, name: str, local: Reply, path: str,
+                     limit: int | None = None) -> Reply:
         """``local``'s list with the other processes' sites added (reads over every site):
-        ``path`` is the same read asked of each of them."""
+        ``path`` is the same read asked of each of them; a paged list is cut to ``limit``
+        again, with its ``next`` cursor."""
         if local.status != 200 or request.headers.get(LOCAL):
-            return _json(local)
+            return local
         urls = await service.call(service.peers)
         if not urls:
-            return _json(local)
+            return local
         headers = {LOCAL: "1"}
         if config.read_token is not None:  # the processes share one config
             headers["authorization"] = f"Bearer {config.read_token}"
@@ -144,20 +148,15 @@ def create_app(service: LedgerService) -> Starlette:
             answers = await asyncio.gather(*(client().get(u.rstrip("/") + path,
                                                           headers=headers) for u in urls))
         except httpx.HTTPError as exc:
-            return JSONResponse({"error": f"another ledger process did not answer: {exc}"},
-                                status_code=503, headers={"Retry-After": "2"})
-        rows: dict[Any, dict[str, Any]] = {}
-        key = _merge_key(name)
+            return Reply(503, {"error": f"another ledger process did not answer: {exc}"},
+                         {"Retry-After": "2"})
+        bodies = [local.body]
         for r in answers:
             if r.status_code != 200:
-                return JSONResponse({"error": f"another ledger process answered "
-                                              f"{r.status_code}"},
-                                    status_code=503, headers={"Retry-After": "2"})
-            for row in r.json()[name]:
-                rows[key(row)] = row
-        for row in local.body[name]:
-            rows[key(row)] = row
-        return _json(Reply(200, {**local.body, name: [rows[k] for k in sorted(rows)]}))
+                return Reply(503, {"error": f"another ledger process answered "
+                                            f"{r.status_code}"}, {"Retry-After": "2"})
+            bodies.append(r.json())
+        return Reply(200, merge_lists(name, bodies, _merge_key(name), limit))
 
     def read_allowed(request: Request) -> bool:
         if config.read_token is None:
@@ -211,7 +210,8 @@ def create_app(service: LedgerService) -> Starlette:
             return await unavailable(exc)
         return _ingest_json(reply)
 
-    async def read(request: Request, fn: Any, *args: Any, every_site: str = "") -> Response:
+    async def read(request: Request, fn: Any, *args: Any, every_site: str = "",
+                   limit: int | None = None) -> Response:
         if not read_allowed(request):
             return denied()
         try:
@@ -219,14 +219,27 @@ def create_app(service: LedgerService) -> Starlette:
             if every_site:
                 path = request.url.path + (f"?{request.url.query}" if request.url.query
                                            else "")
-                return await gather(request, every_site, reply, path)
+                reply = await gather(request, every_site, reply, path, limit)
             return _json(reply)
         except StoreError as exc:
             return await unavailable(exc)
 
+    def page_limit(raw: str) -> int | None:
+        limit = _whole_number(raw)
+        return limit if limit is not None and 1 <= limit <= MAX_PAGE else None
+
+    def bad_limit(raw: str) -> JSONResponse:
+        return JSONResponse({"error": f"limit: expected 1 to {MAX_PAGE}, got {raw!r}"},
+                            status_code=400)
+
     async def negatives(request: Request) -> Response:
-        return await read(request, service.negatives, request.query_params.get("status"),
-                          every_site="incidents")
+        q = request.query_params
+        raw = q.get("limit", str(DEFAULT_INCIDENTS))
+        limit = page_limit(raw)
+        if limit is None:
+            return bad_limit(raw)
+        return await read(request, service.negatives, q.get("status"), limit, q.get("after"),
+                          every_site="incidents", limit=limit)
 
     async def balances(request: Request) -> Response:
         q = request.query_params
@@ -236,11 +249,10 @@ def create_app(service: LedgerService) -> Starlette:
     async def events(request: Request) -> Response:
         q = request.query_params
         raw = q.get("limit", "100")
-        limit = _whole_number(raw)
-        if limit is None or not 1 <= limit <= 10_000:
-            return JSONResponse({"error": f"limit: expected 1 to 10000, got {raw!r}"},
-                                status_code=400)
-        return await read(request, service.events, q.get("station"), limit)
+        limit = page_limit(raw)
+        if limit is None:
+            return bad_limit(raw)
+        return await read(request, service.events, q.get("station"), limit, q.get("after"))
 
     async def held(request: Request) -> Response:
         return await read(request, service.held, every_site="held")
@@ -251,17 +263,26 @@ def create_app(service: LedgerService) -> Starlette:
     async def health(request: Request) -> Response:
         return JSONResponse({"ok": True, "server_time": format_time(now_us())})
 
-    async def every_site(request: Request, fn: Any, name: str,
-                         path: str) -> list[dict[str, Any]]:
-        r = await gather(request, name, await service.call(fn), path)
-        if r.status_code != 200:
-            raise StoreError(bytes(r.body).decode())
-        rows: list[dict[str, Any]] = orjson.loads(r.body)[name]
-        return rows
+    async def every_site(request: Request, fn: Any, name: str, path: str, *args: Any,
+                         limit: int | None = None) -> dict[str, Any]:
+        r = await gather(request, name, await service.call(fn, *args), path, limit)
+        if r.status != 200:
+            raise StoreError(str(r.body.get("error")))
+        return r.body
 
     async def dashboard_main(request: Request) -> str:
-        incidents = await every_site(request, service.negatives, "incidents", "/v1/negatives")
-        held_events = await every_site(request, service.held, "held", "/v1/held")
+        incidents: list[dict[str, Any]] = []
+        after = None
+        while True:  # every page (DESIGN section 6)
+            query = f"?limit={MAX_PAGE}" + (f"&after={after}" if after else "")
+            page = await every_site(request, service.negatives, "incidents",
+                                    "/v1/negatives" + query, None, MAX_PAGE, after,
+                                    limit=MAX_PAGE)
+            incidents += page["incidents"]
+            after = page["next"]
+            if after is None:
+                break
+        held_events = (await every_site(request, service.held, "held", "/v1/held"))["held"]
         station_rows = (await service.call(service.stations)).body["stations"]
         return render_main(incidents, held_events, station_rows, format_time(now_us()))
 

@@ -339,6 +339,11 @@ class Track:
             _regroup(path[-1])
             self._reset, self._k, self._rel, self._abs = _fix_path(path, t)
 
+    def group(self, t: int) -> list[Leg]:
+        """The legs of the group at time ``t``, in their order (empty if none)."""
+        path = self._path(t)
+        return list(path[-1].legs) if path and path[-1].t == t else []
+
     def _path(self, t: int) -> list[_Node]:
         path = []
         n = self._root
@@ -371,6 +376,53 @@ class Track:
         if self._root is not None and (self._rel < 0 or self._abs < 0):
             _collect(self._root, 0, t, out)
         return out
+
+    def settle(self, horizon: int) -> int:
+        """Fold every group before ``horizon`` into one plain leg just before it (their
+        balance), and drop them; the legs from ``horizon`` on keep their groups. Balances at
+        and after ``horizon - 1`` are unchanged; earlier ones are no longer known. Returns
+        the number of groups dropped. O(groups kept)."""
+        if self._root is None or self._root_min_time() >= horizon:
+            return 0
+        base = self.balance_after(horizon - 1)
+        kept = [(t, legs) for t, legs in self.walk() if t >= horizon]
+        dropped = self.groups - len(kept)
+        self._root = None
+        self._last = -1
+        self._reset, self._k, self._rel, self._abs = False, 0, INF, INF
+        self.groups = 0
+        self.add(Leg(("settled",), reset=False, value=base, depletion=False), horizon - 1)
+        for t, legs in kept:
+            for leg in legs:
+                self.add(leg, t)
+        return dropped
+
+    def _root_min_time(self) -> int:
+        n = self._root
+        assert n is not None
+        while n.left is not None:
+            n = n.left
+        return n.t
+
+    def posts_after(self, t: int) -> Iterator[tuple[int, int]]:
+        """(time, balance right after the group) of every group after time ``t``, in order;
+        O(log n) to the first, then O(1) each."""
+        bal = self.balance_after(t)
+        stack: list[_Node] = []
+        n = self._root
+        while stack or n is not None:
+            while n is not None:
+                if n.t > t:
+                    stack.append(n)
+                    n = n.left
+                else:
+                    n = n.right
+            if not stack:
+                return
+            n = stack.pop()
+            bal = n.g_k if n.g_reset else bal + n.g_k
+            yield n.t, bal
+            n = n.right
 
     def walk(self) -> Iterator[tuple[int, list[Leg]]]:
         """Every group (time, legs) in occurrence order; O(n), for tests and diagnostics."""

@@ -132,6 +132,44 @@ def station_revoke(name: str, db: str) -> None:
     click.echo(f"station {name} revoked")
 
 
+_URL = click.option("--url", required=True, help="The running ledger, e.g. http://127.0.0.1:8080.")
+_READ_TOKEN = click.option("--token", envvar="SCAN_LEDGER_READ_TOKEN",
+                           help="The read token, if the ledger has one (or "
+                                "$SCAN_LEDGER_READ_TOKEN).")
+_PAGE = click.option("--page-size", default=1000, show_default=True,
+                     type=click.IntRange(1, 10_000), help="Items asked for per request.")
+
+
+@cli.command("events")
+@_URL
+@click.option("--station", help="Only this station's events.")
+@_READ_TOKEN
+@_PAGE
+def events_cmd(url: str, station: str | None, token: str | None, page_size: int) -> None:
+    """Print every event the ledger holds, newest first, one JSON object a line (read
+    page after page, however long the history)."""
+    from ledger.client import read_all
+
+    params = {"station": station} if station else {}
+    for ev in read_all(url, "/v1/events", "events", params, token=token, page=page_size):
+        click.echo(json.dumps(ev, sort_keys=True))
+
+
+@cli.command("negatives")
+@_URL
+@click.option("--status", type=click.Choice(["open", "resolved"]), help="Only these.")
+@_READ_TOKEN
+@_PAGE
+def negatives_cmd(url: str, status: str | None, token: str | None, page_size: int) -> None:
+    """Print every incident (negative), in the order they opened, one JSON object a line."""
+    from ledger.client import read_all
+
+    params = {"status": status} if status else {}
+    for inc in read_all(url, "/v1/negatives", "incidents", params, token=token,
+                        page=page_size):
+        click.echo(json.dumps(inc, sort_keys=True))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``scan-ledger`` console script."""
     try:

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.tomltable import ID as _ID
-from agent.tomltable import TomlTable, read_toml
 from ledger.errors import ConfigError
+from scankit.tomltable import ID as _ID
+from scankit.tomltable import TomlTable, read_toml
 
 __all__ = ["LedgerConfig", "SitePolicy", "load_config", "parse_config"]
 

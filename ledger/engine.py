@@ -19,6 +19,7 @@ to be persisted or announced comes back in :class:`Outcome` and :attr:`Ledger.ch
 
 from __future__ import annotations
 
+import pickle
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,7 +28,13 @@ from typing import Any, Literal
 from ledger.balances import Leg, Track
 from ledger.events import DEPLETIONS, Movement, format_time
 
-__all__ = ["CLASSES", "Change", "Incident", "Ledger", "Outcome", "legs_of"]
+__all__ = ["BEFORE_HORIZON", "CLASSES", "Change", "Incident", "Ledger", "Outcome", "Settlement",
+           "legs_of"]
+
+#: the warning on an event that arrived older than its site's horizon (DESIGN section 10)
+BEFORE_HORIZON = "before_horizon"
+#: what :meth:`Ledger.snapshot` writes; a snapshot of another format is not read
+SNAPSHOT_FORMAT = 1
 
 Class = Literal["ordering", "location", "item"]
 CLASSES: tuple[Class, ...] = ("ordering", "location", "item")
@@ -95,6 +102,18 @@ class Outcome:
     warnings: list[str] = field(default_factory=list)
     applied_seq: int | None = None  # position in recorded order, when applied now
     released: list[tuple[Movement, int]] = field(default_factory=list)  # (event, applied_seq)
+    voided_settled: str | None = None  # a settled event this void reversed
+
+
+@dataclass(slots=True)
+class Settlement:
+    """What :meth:`Ledger.settle` took out of memory and the store must keep: incidents that
+    can no longer change, and settled events whose effect cannot be told from the event alone
+    (voided ones, counts)."""
+
+    incidents: list[tuple[Incident, bool]] = field(default_factory=list)  # (it, suspected dup)
+    events: list[Movement] = field(default_factory=list)
+    dropped: int = 0  # events taken out of memory
 
 
 def legs_of(m: Movement) -> list[tuple[str, bool, int, bool]]:
@@ -136,7 +155,16 @@ class Ledger:
         self.locations: dict[Key2, list[str]] = {}
         self.recorded: dict[Key3, int] = {}
         self.counts: dict[Key3, list[tuple[int, str]]] = {}
-        self.incidents: list[Incident] = []
+        self.incidents: dict[int, Incident] = {}
+        self.next_incident = 1
+        # Several processes, one engine per site (ledger.pgstore): an incident is numbered by
+        # its depletion's position in recorded order, unique across sites and processes.
+        self.ids_by_position = False
+        # DESIGN section 10, per site: the horizon (nothing older can arrive by the protocol;
+        # what does is applied at it), and the time before which memory holds no history
+        # (at or before the horizon: every answer is the same wherever it lies).
+        self.horizon: dict[str, int] = {}
+        self.settled: dict[str, int] = {}
         # Incidents in occurrence order per (site, item) and per (site, item, location):
         # (depletion key, incident id), with the depletion times alongside for bisection.
         self._by_item: dict[Key2, _IncidentIndex] = {}
@@ -149,11 +177,17 @@ class Ledger:
 
     # ---------------------------------------------------------------- ingest
 
-    def submit(self, m: Movement, now: int, *, replay: bool = False) -> Outcome:
+    def submit(self, m: Movement, now: int, *, replay: bool = False,
+               settled_target: Movement | None = None) -> Outcome:
         """Take one event in recorded order. ``now`` is its arrival time (µs).
 
-        With ``replay`` the event is re-applied from the log at start: no hold decision
-        (the log already knows it), no automatic release.
+        An event older than its site's horizon takes effect at the horizon (``m.t`` moves
+        there, with the warning ``before_horizon``). For a void whose target is no longer in
+        memory, ``settled_target`` is that target as the store has it.
+
+        With ``replay`` the event is re-applied from the log at start: ``m.t`` and
+        ``m.before_horizon`` are already what the log says; no hold decision (the log
+        already knows it), no automatic release.
         """
         old = self.events.get(m.event_id)
         if old is not None:
@@ -163,6 +197,8 @@ class Ledger:
                                        "(same id, different content)")
         if m.type == "void":
             target = self.events.get(m.voids or "")
+            if target is None and settled_target is not None:
+                target = settled_target
             if target is not None:
                 if target.type == "void":
                     return Outcome("rejected", f"voids: {target.event_id} is itself a void; "
@@ -172,36 +208,75 @@ class Ledger:
                                                f"{target.site!r}, not {m.site!r}")
             self.events[m.event_id] = m
             out = Outcome("accepted", applied_seq=self._next_seq())
-            self._void(m, now, out.warnings)
+            self._void(m, now, out, target, replay=replay)
             if target is not None and target.item is not None and not replay:
                 self._release(target.site, target.item, now, out)
             return out
 
+        warnings = []
+        if not replay:
+            horizon = self.horizon.get(m.site)
+            if horizon is not None and m.t < horizon:
+                m.t = horizon
+                m.before_horizon = True
+        if m.before_horizon:
+            warnings.append(BEFORE_HORIZON)
         self.events[m.event_id] = m
         if self._pending_voids:
             void = self._pending_voids.pop(m.event_id, None)
             if void is not None and void.site == m.site:
                 m.voided_by = void.event_id
-                return Outcome("accepted", applied_seq=self._next_seq(),
-                               warnings=[f"already voided by {void.event_id}"])
+                warnings.append(f"already voided by {void.event_id}")
+                return Outcome("accepted", applied_seq=self._next_seq(), warnings=warnings)
         assert m.item is not None
         depletion = m.type in DEPLETIONS
         if depletion:
             self._index_dup(m, add=True)
-        if (depletion and not replay and not self.allow_negative(m.site)
-                and not self._covered(m)):
-            loc = m.from_location or ""
-            have = self._track((m.site, m.item, loc)).balance_after(m.t)
-            m.held = True
-            insort(self.held.setdefault((m.site, m.item), []), m, key=_key_of)
-            return Outcome("held", f"held: {loc} has {have} at {m.occurred_at}, {m.qty} to "
-                                   f"take; site {m.site} does not allow negative stock")
+        if depletion and not replay and not self.allow_negative(m.site):
+            at = self._release_time(m)
+            if at is None:
+                loc = m.from_location or ""
+                tr = self.tracks.get((m.site, m.item, loc))
+                have = 0 if tr is None else tr.balance_after(m.t)
+                m.held = True
+                insort(self.held.setdefault((m.site, m.item), []), m, key=_key_of)
+                return Outcome("held", f"held: {loc} has {have} at {m.occurred_at}, {m.qty} "
+                                       f"to take; site {m.site} does not allow negative stock",
+                               warnings)
+            if at != m.t:
+                self._index_dup(m, add=False)
+                m.t = at
+                self._index_dup(m, add=True)
+                warnings.append(f"takes effect at {format_time(at)}, when the stock that "
+                                "covers it was there")
         self.applied_seq += 1
-        out = Outcome("accepted", applied_seq=self.applied_seq)
+        out = Outcome("accepted", applied_seq=self.applied_seq, warnings=warnings)
         self._apply(m, now, out.warnings)
         if not replay and self.held:
             self._release(m.site, m.item, now, out)
         return out
+
+    def replay_release(self, event_id: str, t: int, now: int, applied_seq: int) -> bool:
+        """At start: the log says held event ``event_id`` was released, taking effect at
+        ``t``, as the ``applied_seq``-th in recorded order. False if it is not held here."""
+        m = self.events.get(event_id)
+        if m is None or not m.held:
+            return False
+        self.held[(m.site, m.item or "")].remove(m)
+        m.held = False
+        self._index_dup(m, add=False)
+        m.t = t
+        self._index_dup(m, add=True)
+        self.applied_seq = applied_seq
+        self._apply(m, now, [])
+        return True
+
+    def set_horizon(self, site: str, horizon: int) -> bool:
+        """Move the site's horizon forward to ``horizon`` (never back); True if it moved."""
+        if horizon <= self.horizon.get(site, -1):
+            return False
+        self.horizon[site] = horizon
+        return True
 
     def restore_held(self, m: Movement) -> None:
         """At start: put back an event the log says is still held."""
@@ -222,6 +297,87 @@ class Ledger:
             self._release(site, item, now, out)
         return out
 
+    # ------------------------------------------------------------ settling
+
+    def settle(self, site: str, upto: int) -> Settlement:
+        """Forget the site's history before ``upto`` (at most its horizon): each location
+        keeps its balance there; what can still change stays (open incidents and their
+        depletions, held depletions, voids waiting for their target). What the store must
+        keep comes back. Memory then holds only the history from ``upto`` on. O(memory)."""
+        out = Settlement()
+        upto = min(upto, self.horizon.get(site, -1))
+        if upto <= self.settled.get(site, -1):
+            return out
+        self.settled[site] = upto
+        # Incidents behind it that are resolved can no longer change: to the store.
+        gone: set[int] = set()
+        for inc in list(self.incidents.values()):
+            m = inc.movement
+            if m.site == site and m.t < upto and inc.status == "resolved":
+                out.incidents.append((inc, self.suspected_duplicate(m)))
+                del self.incidents[inc.id]
+                gone.add(inc.id)
+        if gone:
+            _drop_incidents(self._by_item, site, gone)
+            _drop_incidents(self._by_loc, site, gone)
+        # Counts need their effect worked out while their history is still here.
+        for m in self.events.values():
+            if (m.site == site and m.t < upto and m.type == "count" and m.applied
+                    and not m.held):
+                m.reversal = tuple(
+                    (loc, self._count_effect(m, leg), d)
+                    for leg, (loc, d) in zip(m.legs, m.rec_deltas, strict=True))
+        events = self.events
+        for eid in [eid for eid, m in events.items() if m.site == site and m.t < upto]:
+            m = events[eid]
+            if m.held or (m.incident is not None and m.incident.id in self.incidents):
+                continue
+            if m.voided_by is not None or m.reversal is not None:
+                out.events.append(m)
+            del events[eid]
+            out.dropped += 1
+        for key, tr in self.tracks.items():
+            if key[0] == site:
+                tr.settle(upto)
+        for key, counts in self.counts.items():
+            if key[0] == site and counts and counts[0][0] < upto:
+                del counts[:bisect_left(counts, (upto, ""))]
+        # A depletion just after upto may still repeat one just before it.
+        w = max(1, self.duplicate_window_us)
+        oldest = (upto - w) // w - 1
+        for k in [k for k in self._dups if k[0][0] == site and k[1] < oldest]:
+            del self._dups[k]
+        return out
+
+    def snapshot(self) -> bytes:
+        """Everything in memory, for :meth:`restore` (with the policy left out)."""
+        return pickle.dumps((SNAPSHOT_FORMAT, _layout(), self),
+                            protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def restore(cls, data: bytes, allow_negative: Callable[[str], bool] = lambda site: True,
+                duplicate_window_us: int = 10_000_000) -> Ledger | None:
+        """The ledger a :meth:`snapshot` holds, or None if another version of the ledger
+        wrote it (its objects are not laid out as these: the caller replays the log).
+
+        Only for snapshots this ledger wrote into its own store: unpickling runs code."""
+        fmt, layout, engine = pickle.loads(data)
+        if fmt != SNAPSHOT_FORMAT or layout != _layout() or not isinstance(engine, Ledger):
+            return None
+        engine.allow_negative = allow_negative
+        engine.duplicate_window_us = duplicate_window_us
+        return engine
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("allow_negative", None)
+        state["changes"] = []
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.allow_negative = lambda site: True
+
     def _next_seq(self) -> int:
         self.applied_seq += 1
         return self.applied_seq
@@ -241,9 +397,12 @@ class Ledger:
         if add:
             self._dups.setdefault(k, []).append(m.key)
         else:
-            self._dups[k].remove(m.key)
+            keys = self._dups.get(k)
+            if keys is not None and m.key in keys:  # (settling drops old buckets)
+                keys.remove(m.key)
 
     def _apply(self, m: Movement, now: int, warnings: list[str]) -> None:
+        m.applied_seq = self.applied_seq  # (every caller has just numbered it)
         site, item, t = m.site, m.item or "", m.t
         tracks = self.tracks
         recorded = self.recorded
@@ -329,9 +488,10 @@ class Ledger:
         if found:
             warnings.append(f"made {len(found)} depletion(s) at {key[2]} negative")
 
-    def _void(self, v: Movement, now: int, warnings: list[str]) -> None:
+    def _void(self, v: Movement, now: int, out: Outcome, target: Movement | None, *,
+              replay: bool) -> None:
+        warnings = out.warnings
         target_id = v.voids or ""
-        target = self.events.get(target_id)
         if target is None:
             if target_id in self._pending_voids:
                 warnings.append(f"{target_id} is already to be voided by "
@@ -343,7 +503,22 @@ class Ledger:
         if target.voided_by is not None:
             warnings.append(f"{target_id} already voided by {target.voided_by}")
             return
+        if replay:
+            settled = v.before_horizon
+        else:
+            horizon = self.horizon.get(v.site)
+            settled = (self.events.get(target_id) is not target
+                       or (horizon is not None and target.t < horizon and not target.held))
+            if settled:
+                v.before_horizon = True
+                v.t = horizon if horizon is not None else v.t
         target.voided_by = v.event_id
+        if settled:
+            warnings.append(BEFORE_HORIZON)
+            if self.events.get(target_id) is not target:
+                out.voided_settled = target_id
+            self._reverse(v, target, now, warnings)
+            return
         if target.held:
             target.held = False
             held = self.held[(target.site, target.item or "")]
@@ -375,17 +550,69 @@ class Ledger:
                          None if count_at is not None
                          else -sum(d for _loc, d in target.rec_deltas))
 
-    def _covered(self, m: Movement) -> bool:
-        """Would applying depletion m keep every balance at its location >= 0 from m on?"""
-        key = (m.site, m.item or "", m.from_location or "")
-        tr = self._track(key)
-        probe = Leg((False, m.station, m.seq, m.event_id, 0), reset=False, value=-m.qty,
-                    depletion=True, owner=m)
-        tr.add(probe, m.t)
-        try:
-            return not tr.find_negative(m.t)
-        finally:
-            tr.remove(probe, m.t)
+    def _reverse(self, v: Movement, target: Movement, now: int, warnings: list[str]) -> None:
+        """Void ``target``, which lies before the horizon, at the horizon (``v.t``): its
+        history stays as it is, and v posts the reverse of its effect from then on."""
+        if not target.applied and target.reversal is None and target.legs:
+            return  # already out of the balances
+        site, item, t = v.site, target.item or "", v.t
+        if target.reversal is not None:
+            effect = [(loc, occ, rec) for loc, occ, rec in target.reversal]
+        elif target.type == "count":
+            effect = [(loc, self._count_effect(target, leg), d)
+                      for leg, (loc, d) in zip(target.legs, target.rec_deltas, strict=True)]
+        else:
+            effect = [(loc, value, value) for loc, _r, value, _d in legs_of(target)]
+        legs = []
+        deltas = []
+        for i, (loc, occ, rec) in enumerate(effect):
+            key = (site, item, loc)
+            leg = Leg((False, v.station, v.seq, v.event_id, i), False, -occ, False, v)
+            tr = self.tracks.get(key)
+            if tr is None:
+                tr = self._track(key)
+            tr.add(leg, t)
+            legs.append(leg)
+            self.recorded[key] = self.recorded.get(key, 0) - rec
+            deltas.append((loc, -rec))
+        v.legs = tuple(legs)
+        v.rec_deltas = tuple(deltas)
+        v.applied = True
+        target.applied = False
+        if target.incident is not None and target.incident.id in self.incidents:
+            self._evaluate(target.incident, now, v, born=False)
+        for (loc, occ, _rec) in effect:
+            if occ > 0:
+                self._open_new_negatives((site, item, loc), t, now, v, warnings)
+        self._reevaluate(site, item, t, now, v)
+
+    def _count_effect(self, count: Movement, leg: Leg) -> int:
+        """What count ``count`` (still in memory) did to its location's occurrence-order
+        balance: its value less the balance it found."""
+        tr = self.tracks[(count.site, count.item or "", count.to_location or "")]
+        bal = tr.balance_after(count.t - 1)
+        for other in tr.group(count.t):
+            if other is leg:
+                return leg.value - bal
+            bal = other.value if other.reset else bal + other.value
+        return 0
+
+    def _release_time(self, m: Movement) -> int | None:
+        """When depletion m can take effect without any balance at its location going
+        below zero from then on: its own time, or else the time of the event after which
+        the stock was there for good (DESIGN section 8); None while the location's on-hand
+        does not cover it."""
+        tr = self.tracks.get((m.site, m.item or "", m.from_location or ""))
+        need = m.qty
+        if tr is None or tr.balance < need:
+            return None
+        at: int | None = None if tr.balance_after(m.t) < need else m.t
+        for t, post in tr.posts_after(m.t):
+            if post < need:
+                at = None
+            elif at is None:
+                at = t
+        return at
 
     def _release(self, site: str, item: str, now: int, out: Outcome) -> None:
         """Release the item's held depletions that are covered now, in occurrence order
@@ -397,9 +624,14 @@ class Ledger:
         while held:
             released = False
             for m in list(held):
-                if self._covered(m):
+                at = self._release_time(m)
+                if at is not None:
                     held.remove(m)
                     m.held = False
+                    if at != m.t:
+                        self._index_dup(m, add=False)
+                        m.t = at
+                        self._index_dup(m, add=True)
                     seq = self._next_seq()
                     self._apply(m, now, [])
                     out.released.append((m, seq))
@@ -419,8 +651,13 @@ class Ledger:
         warnings.append(f"negative balance at {loc}: {shown}{order} (class {inc.cls})")
 
     def _open(self, m: Movement, now: int, trigger: Movement) -> Incident:
-        inc = Incident(len(self.incidents) + 1, m, now)
-        self.incidents.append(inc)
+        if self.ids_by_position:
+            assert m.applied_seq is not None
+            inc = Incident(m.applied_seq, m, now)
+        else:
+            inc = Incident(self.next_incident, m, now)
+            self.next_incident += 1
+        self.incidents[inc.id] = inc
         m.incident = inc
         leg = m.legs[0]
         leg.watched = False
@@ -463,7 +700,7 @@ class Ledger:
                 delta = None
         incidents = self.incidents
         for _key, inc_id in todo:
-            inc = incidents[inc_id - 1]
+            inc = incidents[inc_id]
             dep = inc.movement
             if dep.voided_by is not None:
                 if inc.status == "open":
@@ -526,7 +763,12 @@ class Ledger:
             inc.resolved_by = m.voided_by  # whatever resolved it before, the void does now
         else:
             if known is None:
-                cls, inc.balance, inc.total = self._classify(m)
+                if m.t < self.settled.get(m.site, -1):
+                    # behind the settled history: its balances can no longer change, only
+                    # a count or a void can still resolve it (DESIGN section 10)
+                    cls = inc.cls
+                else:
+                    cls, inc.balance, inc.total = self._classify(m)
             else:
                 cls = known
             inc.cls = cls
@@ -580,7 +822,7 @@ class Ledger:
                    for b in (bucket - 1, bucket) for k in self._dups.get((dup, b), ()))
 
     def iter_incidents(self, status: str | None = None) -> Iterator[Incident]:
-        for inc in self.incidents:
+        for inc in self.incidents.values():
             if status is None or inc.status == status:
                 yield inc
 
@@ -609,6 +851,22 @@ class Ledger:
 
     def live(self) -> Iterable[Movement]:
         return (m for m in self.events.values() if m.applied)
+
+
+def _layout() -> tuple[Any, ...]:
+    """What a snapshot's objects must look like to be read back: every attribute of the
+    classes it holds (a ledger that adds or renames one cannot read an older snapshot)."""
+    from ledger.balances import _Node
+
+    return (tuple(sorted(Ledger().__dict__)), Incident.__slots__, Movement.__slots__,
+            Leg.__slots__, Track.__slots__, _Node.__slots__, _IncidentIndex.__slots__)
+
+
+def _drop_incidents(index: dict[Any, _IncidentIndex], site: str, ids: set[int]) -> None:
+    for key in [k for k in index if k[0] == site]:
+        index[key].drop(ids)
+        if not index[key].entries:
+            del index[key]
 
 
 def _key_of(m: Movement) -> tuple[int, str, int, str]:
@@ -640,6 +898,12 @@ class _IncidentIndex:
         if not times or times[-1] < t:
             return []
         return self.entries[bisect_left(times, t):]
+
+    def drop(self, ids: set[int]) -> None:
+        """Take out the entries of these incidents."""
+        keep = [(e, t) for e, t in zip(self.entries, self.times, strict=True) if e[1] not in ids]
+        self.entries = [e for e, _t in keep]
+        self.times = [t for _e, t in keep]
 
     def before_time(self, t: int) -> list[tuple[tuple[int, str, int, str], int]]:
         """The entries before time t (a copy)."""

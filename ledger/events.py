@@ -63,9 +63,10 @@ class Movement:
     fills in the mutable part (status, voids, incident, recorded-order deltas).
     """
 
-    __slots__ = ("applied", "applied_seq", "body", "digest", "event_id", "from_location", "held",
-                 "incident", "item", "legs", "occurred_at", "qty", "rec_deltas", "scanner", "seq",
-                 "site", "station", "t", "to_location", "type", "voided_by", "voids")
+    __slots__ = ("applied", "applied_seq", "before_horizon", "body", "digest", "event_id",
+                 "from_location", "held", "incident", "item", "legs", "occurred_at", "orig_t",
+                 "qty", "rec_deltas", "reversal", "scanner", "seq", "site", "station", "t",
+                 "to_location", "type", "voided_by", "voids")
 
     def __init__(self, event_id: str, station: str, site: str, scanner: str, seq: int,
                  type: str, item: str | None, qty: int, from_location: str | None,
@@ -84,17 +85,30 @@ class Movement:
         self.from_location = from_location
         self.to_location = to_location
         self.occurred_at = occurred_at
-        self.t = t
+        self.t = t  # when it takes effect: occurred_at, unless the ledger moved it later
+        self.orig_t = t  # occurred_at
         self.voids = voids
         self.digest = digest
         self.body = body  # canonical JSON as posted; dropped once stored
         self.applied = False  # its legs are in the balances (not held, not voided)
-        self.applied_seq: int | None = None  # its position in recorded order (set by the service)
+        self.applied_seq: int | None = None  # its position in recorded order, once applied
         self.held = False
         self.voided_by: str | None = None
         self.incident: Any = None
         self.legs: tuple[Any, ...] = ()
         self.rec_deltas: tuple[tuple[str, int], ...] = ()  # (location, delta) in recorded order
+        # Arrived older than its site's horizon (or, for a void, its target was settled):
+        # applied at the horizon (DESIGN section 10).
+        self.before_horizon = False
+        # A settled event's effect, as far as it cannot be told from the event itself:
+        # (location, occurrence-order delta, recorded-order delta) per leg of a count.
+        self.reversal: tuple[tuple[str, int, int], ...] | None = None
+
+    @property
+    def effective_at(self) -> str | None:
+        """When it takes effect, if not at ``occurred_at`` (a released hold, an event that
+        arrived before the horizon)."""
+        return None if self.t == self.orig_t else format_time(self.t)
 
     @property
     def key(self) -> tuple[int, str, int, str]:

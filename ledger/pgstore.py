@@ -32,18 +32,27 @@ owner after it took the lock; trusted only while the lock is held).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ledger.errors import StationError, StoreError
-from ledger.store import Contact, NewEvent, StationRecord, StoredEvent
+from ledger.store import (
+    Checkpoint,
+    Contact,
+    NewEvent,
+    Release,
+    SettledIncident,
+    Snapshot,
+    StationRecord,
+    StoredEvent,
+)
 
 __all__ = ["PgStore", "SiteOwner", "is_postgres_url", "redact_url"]
 
 import orjson
 import psycopg  # only a postgresql:// --db imports this module
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # The advisory-lock key space: (class, key) pairs; classes picked so that they do not collide
 # with anything else a DBA is likely to lock in the same database.
@@ -101,12 +110,38 @@ _MIGRATIONS: dict[int, str] = {
     2: """
     -- (SQLite's version 2 dropped an index this schema never had)
     """,
+    # History, horizon and restart (DESIGN section 10), as SQLite's version 3; a snapshot
+    # is of one site's engine (each site is loaded by the process that owns it).
+    3: """
+    ALTER TABLE events ADD COLUMN effective_at TEXT;
+    ALTER TABLE events ADD COLUMN warnings TEXT;
+    ALTER TABLE events ADD COLUMN voided_by TEXT;
+    ALTER TABLE events ADD COLUMN reversal TEXT;
+    CREATE TABLE horizons (
+        site TEXT PRIMARY KEY,
+        horizon TEXT NOT NULL
+    );
+    CREATE TABLE settled_incidents (
+        id BIGINT PRIMARY KEY,
+        site TEXT NOT NULL,
+        status TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE TABLE snapshots (
+        site TEXT PRIMARY KEY,
+        applied_seq BIGINT NOT NULL,
+        last_rowid BIGINT NOT NULL,
+        taken_at TEXT NOT NULL,
+        state BYTEA NOT NULL
+    );
+    """,
 }
 BLOCK = 1 << 24
 
 _STATION_COLS = ("name, site, created_at, revoked_at, last_contact, sent_at, watermark, "
                  "clock_offset_ms, last_batch_events")
-_EVENT_COLS = "event_id, station, site, status, applied_seq, applied_at, received_at, body"
+_EVENT_COLS = ("event_id, station, site, status, applied_seq, applied_at, received_at, body, "
+               "effective_at, warnings, voided_by, reversal, arrival")
 
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -281,23 +316,38 @@ class PgStore:
 
     # ---------------------------------------------------------------- events
 
-    def save_batch(self, events: Sequence[NewEvent], released: Sequence[tuple[str, int, str]],
-                   contact: Contact | None) -> None:
-        """Append events, mark released ones applied, note the station's contact: one
-        transaction, all or nothing, committed (and synced) before this returns."""
+    def save_batch(self, events: Sequence[NewEvent], released: Sequence[Release],
+                   contact: Contact | None, *, voided: Sequence[tuple[str, str]] = (),
+                   horizons: Mapping[str, str] | None = None,
+                   checkpoint: Checkpoint | None = None) -> None:
+        """Append events, mark released ones applied, note the station's contact, the
+        settled events a void reversed (target, void), the sites' horizons and a site's
+        checkpoint: one transaction, all or nothing, committed (and synced) before this
+        returns."""
         db = self._db
         try:
             with db.transaction(), db.cursor() as cur:
                 if events:
                     with cur.copy("COPY events (event_id, station, site, seq, type, item, "
                                   "occurred_at, received_at, status, applied_seq, applied_at, "
-                                  "body, voids) FROM STDIN") as copy:
+                                  "body, effective_at, warnings, voids) FROM STDIN") as copy:
                         copy.write(_copy_text(events))
                 if released:
                     cur.executemany(
                         "UPDATE events SET status = 'accepted', applied_seq = %s, "
-                        "applied_at = %s WHERE event_id = %s",
-                        [(seq, at, eid) for eid, seq, at in released])
+                        "applied_at = %s, effective_at = %s WHERE event_id = %s",
+                        [(r.applied_seq, r.applied_at, r.effective_at, r.event_id)
+                         for r in released])
+                if voided:
+                    cur.executemany("UPDATE events SET voided_by = %s WHERE event_id = %s",
+                                    [(void, target) for target, void in voided])
+                if horizons:
+                    cur.executemany(
+                        "INSERT INTO horizons (site, horizon) VALUES (%s, %s) "
+                        "ON CONFLICT (site) DO UPDATE SET horizon = excluded.horizon",
+                        list(horizons.items()))
+                if checkpoint is not None:
+                    self._write_checkpoint(cur, checkpoint)
                 if contact is not None:
                     cur.execute(
                         "UPDATE stations SET last_contact = %s, sent_at = %s, "
@@ -310,38 +360,68 @@ class PgStore:
             # must not leave a transaction open either; the context manager rolled back.
             raise self._fail("cannot save a batch", exc) from exc
 
-    def log(self) -> Iterator[StoredEvent]:
-        """Applied events in recorded order, then the ones still held (arrival order)."""
-        yield from self.site_log(None)
+    @staticmethod
+    def _write_checkpoint(cur: psycopg.Cursor[Any], cp: Checkpoint) -> None:
+        if cp.incidents:
+            cur.executemany(
+                "INSERT INTO settled_incidents (id, site, status, body) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET site = excluded.site, "
+                "status = excluded.status, body = excluded.body",
+                [(i.id, i.site, i.status, i.body) for i in cp.incidents])
+        if cp.events:
+            cur.executemany(
+                "UPDATE events SET voided_by = COALESCE(%s, voided_by), "
+                "reversal = COALESCE(%s, reversal) WHERE event_id = %s",
+                [(void, rev, eid) for eid, void, rev in cp.events])
+        # Every row of the site this snapshot stands for is in this transaction's view
+        # (the site has one writer), so the highest arrival seen covers them.
+        cur.execute(
+            "INSERT INTO snapshots (site, applied_seq, last_rowid, taken_at, state) "
+            "VALUES (%s, %s, (SELECT COALESCE(MAX(arrival), 0) FROM events), %s, %s) "
+            "ON CONFLICT (site) DO UPDATE SET applied_seq = excluded.applied_seq, "
+            "last_rowid = excluded.last_rowid, taken_at = excluded.taken_at, "
+            "state = excluded.state",
+            (cp.site or "", cp.applied_seq, cp.taken_at, cp.state))
 
-    def site_log(self, site: str | None) -> Iterator[StoredEvent]:
-        """:meth:`log`, of one site (or of all with None)."""
+    def log(self, after: Snapshot | None = None) -> Iterator[StoredEvent]:
+        """Applied events in recorded order, then the ones still held (arrival order)."""
+        yield from self.site_log(None, after)
+
+    def site_log(self, site: str | None, after: Snapshot | None = None
+                 ) -> Iterator[StoredEvent]:
+        """:meth:`log` of one site (or of all with None); with ``after``, only what the
+        site's snapshot does not hold."""
+        seq, rowid = (-1, 0) if after is None else (after.applied_seq, after.last_rowid)
         where = "" if site is None else "site = %s AND "
-        args: tuple[str, ...] = () if site is None else (site,)
+        args: tuple[Any, ...] = () if site is None else (site,)
         try:
             with self._db.cursor() as cur:
                 cur.execute(f"SELECT {_EVENT_COLS} FROM events WHERE {where}"
-                            "applied_seq IS NOT NULL ORDER BY applied_seq", args)
+                            "applied_seq > %s ORDER BY applied_seq", (*args, seq))
                 rows = cur.fetchall()
                 yield from (StoredEvent(*r) for r in rows)
                 cur.execute(f"SELECT {_EVENT_COLS} FROM events WHERE {where}"
-                            "applied_seq IS NULL ORDER BY arrival", args)
+                            "applied_seq IS NULL AND arrival > %s ORDER BY arrival",
+                            (*args, rowid))
                 rows = cur.fetchall()
                 yield from (StoredEvent(*r) for r in rows)
         except psycopg.Error as exc:
             raise self._fail("cannot read the event log", exc) from exc
 
-    def events(self, station: str | None, limit: int) -> list[StoredEvent]:
-        """The newest events first, optionally of one station."""
+    def events(self, station: str | None, limit: int,
+               before: int | None = None) -> list[StoredEvent]:
+        """The newest events first, optionally of one station; with ``before``, those that
+        arrived before the event at that position (the next page)."""
+        start = (1 << 62) if before is None else before
         try:
             if station is None:
                 rows = self._db.execute(
-                    f"SELECT {_EVENT_COLS} FROM events ORDER BY arrival DESC LIMIT %s",
-                    (limit,))
+                    f"SELECT {_EVENT_COLS} FROM events WHERE arrival < %s "
+                    "ORDER BY arrival DESC LIMIT %s", (start, limit))
             else:
                 rows = self._db.execute(
-                    f"SELECT {_EVENT_COLS} FROM events WHERE station = %s "
-                    "ORDER BY arrival DESC LIMIT %s", (station, limit))
+                    f"SELECT {_EVENT_COLS} FROM events WHERE station = %s AND arrival < %s "
+                    "ORDER BY arrival DESC LIMIT %s", (station, start, limit))
             return [StoredEvent(*r) for r in rows]
         except psycopg.Error as exc:
             raise self._fail("cannot read events", exc) from exc
@@ -355,6 +435,43 @@ class PgStore:
             raise self._fail("cannot read events", exc) from exc
         found = {r[0]: StoredEvent(*r) for r in rows}
         return [found[i] for i in ids if i in found]
+
+    def horizons(self) -> dict[str, str]:
+        try:
+            return {r[0]: r[1] for r in self._db.execute(
+                "SELECT site, horizon FROM horizons").fetchall()}
+        except psycopg.Error as exc:
+            raise self._fail("cannot read horizons", exc) from exc
+
+    def snapshot(self) -> Snapshot | None:
+        """The snapshot of the whole ledger: none here, each site has its own
+        (:meth:`site_snapshot`), loaded by the process that takes the site."""
+        return None
+
+    def site_snapshot(self, site: str) -> Snapshot | None:
+        try:
+            row = self._db.execute("SELECT applied_seq, last_rowid, taken_at, state "
+                                   "FROM snapshots WHERE site = %s", (site,)).fetchone()
+        except psycopg.Error as exc:
+            raise self._fail(f"cannot read the snapshot of site {site!r}", exc) from exc
+        return None if row is None else Snapshot(int(row[0]), int(row[1]), row[2],
+                                                 bytes(row[3]))
+
+    def settled_incidents(self, after: int, limit: int,
+                          status: str | None) -> list[SettledIncident]:
+        """Settled incidents with an id above ``after``, in id order."""
+        try:
+            if status is None:
+                rows = self._db.execute(
+                    "SELECT id, site, status, body FROM settled_incidents WHERE id > %s "
+                    "ORDER BY id LIMIT %s", (after, limit))
+            else:
+                rows = self._db.execute(
+                    "SELECT id, site, status, body FROM settled_incidents WHERE id > %s "
+                    "AND status = %s ORDER BY id LIMIT %s", (after, status, limit))
+            return [SettledIncident(*r) for r in rows]
+        except psycopg.Error as exc:
+            raise self._fail("cannot read incidents", exc) from exc
 
     def voided_by(self, ids: Sequence[str]) -> dict[str, str]:
         """event id -> the stored void that cancels it (the first, in recorded order), for

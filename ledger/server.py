@@ -25,11 +25,11 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from agent.notify import Notifier
 from ledger.app import create_app
 from ledger.config import LedgerConfig, load_config
 from ledger.errors import ServerError
 from ledger.service import LedgerService
+from scankit.notify import Notifier
 
 __all__ = ["LedgerServer", "advertised", "bind", "serve", "tune_gc"]
 

@@ -20,7 +20,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ledger.alerts import WebhookNotifier
 from ledger.config import LedgerConfig
-from ledger.engine import Change, Ledger
+from ledger.engine import BEFORE_HORIZON, Change, Incident, Ledger, Settlement
 from ledger.errors import LedgerError, StationError, StoreError
 from ledger.events import (
     Movement,
@@ -39,15 +39,31 @@ from ledger.events import (
     parse_time,
     validate_event,
 )
-from ledger.store import Contact, NewEvent, StationRecord, Store, StoredEvent, open_store
+from ledger.store import (
+    Checkpoint,
+    Contact,
+    NewEvent,
+    Release,
+    SettledIncident,
+    StationRecord,
+    Store,
+    StoredEvent,
+    open_store,
+)
 
 if TYPE_CHECKING:
     from ledger.pgstore import PgStore
 
-__all__ = ["LedgerService", "Reply", "hash_token", "new_token", "valid_station_name"]
+__all__ = ["LedgerService", "Reply", "hash_token", "merge_lists", "new_token",
+           "valid_station_name"]
 
 log = logging.getLogger("ledger")
 T = TypeVar("T")
+
+#: the least number of events in memory before settling (and between snapshots)
+SETTLE_MIN = 20_000
+#: a page of GET /v1/negatives when the client gives no limit
+DEFAULT_INCIDENTS = 1000
 
 
 def new_token() -> str:
@@ -78,6 +94,40 @@ def _error(status: int, message: str, **headers: str) -> Reply:
     return Reply(status, {"error": message}, headers or None)
 
 
+def merge_lists(name: str, bodies: Sequence[dict[str, Any]], key: Callable[[Any], Any],
+                limit: int | None = None) -> dict[str, Any]:
+    """One answer from the same read asked of several processes (each answering for the
+    sites it owns): the rows of list ``name`` in ``key`` order, each once; a paged list
+    (``limit``) is cut to a page again, ``next`` naming the last incident kept.
+
+    >>> merge_lists("incidents", [{"incidents": [{"id": 1}, {"id": 7}], "next": None},
+    ...                           {"incidents": [{"id": 3}, {"id": 7}], "next": "p3"}],
+    ...             lambda i: i["id"], limit=2)
+    {'incidents': [{'id': 1}, {'id': 3}], 'next': 'p3'}
+    """
+    rows: dict[Any, dict[str, Any]] = {}
+    for body in bodies:
+        for row in body[name]:
+            rows[key(row)] = row
+    merged = [rows[k] for k in sorted(rows)]
+    out = {**bodies[0], name: merged}
+    if limit is not None and "next" in bodies[0]:
+        more = len(merged) > limit or any(b.get("next") for b in bodies)
+        out[name] = merged = merged[:limit]
+        out["next"] = _make_cursor(merged[-1]["id"]) if more and merged else None
+    return out
+
+
+@dataclass(slots=True)
+class _Part:
+    """One site's engine and settling counters (several processes: one per site owned)."""
+
+    engine: Ledger
+    settle_at: int = SETTLE_MIN
+    snapshot_every: int = SETTLE_MIN
+    since_snapshot: int = 0
+
+
 class LedgerService:
     """Owns the store and the engine; every method runs on the worker thread.
 
@@ -99,22 +149,35 @@ class LedgerService:
         self._store_factory = store_factory
         self._executor: ThreadPoolExecutor | None = None
         self._store: Store | None = None
-        self.engine = self._new_engine()
-        self.notifier: WebhookNotifier | None = None
-        self._closed = False
-        # On PostgreSQL: the sites this process owns (None: every site, one process).
+        # On PostgreSQL, several processes (DESIGN section 12): the sites this process owns,
+        # each with its own engine (None: one process, one engine for every site). The
+        # service works on one site's part at a time: _use(site) makes it current.
         self.advertise_url = advertise_url
         self.member_id = secrets.randbelow(2**31 - 2) + 1
         self.owned: set[str] | None = None
+        self._parts: dict[str, _Part] = {}
+        self._current: str | None = None
         self._orphaned: dict[str, float] = {}
         self._handed: dict[str, float] = {}  # sites handed over, when
         self._broken = False
         self._tender: threading.Thread | None = None
         self._stop = threading.Event()
+        self.engine = self._new_engine()
+        self.notifier: WebhookNotifier | None = None
+        self._closed = False
+        # Settling (DESIGN section 10): memory is settled when it holds at least
+        # ``_settle_at`` events (twice what the last settling kept, and at least
+        # SETTLE_MIN), and a snapshot follows at the latest every ``_snapshot_every`` events
+        # applied, so a crash replays at most that many at start.
+        self._settle_at = SETTLE_MIN
+        self._snapshot_every = SETTLE_MIN
+        self._since_snapshot = 0
 
     def _new_engine(self) -> Ledger:
-        return Ledger(self.config.allow_negative,
-                      duplicate_window_us=int(self.config.duplicate_window_s * 1_000_000))
+        engine = Ledger(self.config.allow_negative,
+                        duplicate_window_us=int(self.config.duplicate_window_s * 1_000_000))
+        engine.ids_by_position = self.owned is not None
+        return engine
 
     # ------------------------------------------------------------ lifecycle
 
@@ -148,6 +211,11 @@ class LedgerService:
             self.notifier.close()
         if self._executor is not None:
             if self._store is not None:
+                try:
+                    self._executor.submit(self._checkpoint_at_stop).result()
+                except LedgerError:
+                    log.exception("no snapshot at stop; the next start replays the log "
+                                  "since the last one")
                 self._executor.submit(self._store.close).result()
             self._executor.shutdown(wait=True)
 
@@ -187,46 +255,145 @@ class LedgerService:
         store = self._store
         return store if hasattr(store, "claim_site") else None  # type: ignore[return-value]
 
-    @staticmethod
-    def _replay(engine: Ledger, log_: Any) -> int:
-        """Feed stored events (applied ones in recorded order, then held) to ``engine``."""
-        n = 0
-        for stored in log_:
-            m = validate_event(parse_json(stored.body), stored.station, stored.site)
-            if not isinstance(m, Movement):
-                log.error("event %s in the log no longer validates (%s); skipped",
-                          stored.event_id, m)
-                continue
-            if stored.applied_seq is None:
-                engine.restore_held(m)
-            else:
-                engine.applied_seq = stored.applied_seq - 1
-                engine.submit(m, parse_time(stored.applied_at), replay=True)
-                m.applied_seq = stored.applied_seq
-            m.body = None
-            n += 1
-        return n
-
     def _rebuild(self) -> None:
-        """Replay the event log into a fresh engine (at start, or after a failed write)."""
-        engine = self._new_engine()
-        n = self._replay(engine, self.store.log())
+        """Load the snapshot and replay the log after it (at start, or after a failed
+        write); without a usable snapshot, replay the whole log, then settle and take one."""
+        store = self.store
+        snap = store.snapshot()
+        engine: Ledger | None = None
+        if snap is not None:
+            try:
+                engine = Ledger.restore(snap.state, self.config.allow_negative,
+                                        self._window_us())
+            except Exception:  # a snapshot that cannot be read is not fatal: the log is
+                log.exception("the snapshot of %s cannot be read; replaying the whole log",
+                              snap.taken_at)
+            if engine is None:
+                snap = None
+        if engine is None:
+            engine = self._new_engine()
+        gc.disable()  # building many long-lived objects: no collection can free any
+        try:
+            n = self._replay(engine, store.log(snap))
+        finally:
+            gc.enable()
         engine.take_changes()
         self.engine = engine
-        # The rebuilt history lives as long as the process: keep the cyclic GC from
-        # rescanning it on every full collection.
-        gc.collect()
-        gc.freeze()
+        for site, horizon in store.horizons().items():
+            engine.set_horizon(site, parse_time(horizon))
+        horizons: dict[str, str] = {}
+        for site in {s.site for s in store.stations()}:
+            horizons.update(self._advance_horizon(site))
         now = now_us()
         out = engine.release_all(now)
-        if out.released:
-            at = format_time(now)
-            self.store.save_batch([], [(m.event_id, seq, at) for m, seq in out.released], None)
+        at = format_time(now)
+        released = [Release(m.event_id, seq, at, m.effective_at) for m, seq in out.released]
+        self._since_snapshot = n
+        checkpoint = self._maybe_checkpoint(force=snap is None or n > 0)
+        if released or checkpoint is not None or horizons:
+            store.save_batch([], released, None, horizons=horizons, checkpoint=checkpoint)
+        # What is in memory lives long: keep the cyclic GC from rescanning it on every
+        # full collection.
+        gc.collect()
+        gc.freeze()
         self._announce(engine.take_changes())
-        log.info("ledger rebuilt from %d events (%d incidents, %d held)", n,
-                 len(engine.incidents), len(engine.held_events()))
+        log.info("ledger loaded: %s, %d events replayed after it (%d in memory, %d incidents, "
+                 "%d held)", "a snapshot" if snap is not None else "no snapshot", n,
+                 len(engine.events), len(engine.incidents), len(engine.held_events()))
+
+    def _window_us(self) -> int:
+        return int(self.config.duplicate_window_s * 1_000_000)
+
+    def _replay(self, engine: Ledger, log_: Any) -> int:
+        """Apply stored events as the log says they went; returns how many."""
+        n = 0
+        for stored in log_:
+            m = self._movement(stored)
+            if m is None:
+                continue
+            n += 1
+            if stored.applied_seq is None:
+                engine.restore_held(m)
+                continue
+            now = parse_time(stored.applied_at)
+            if engine.replay_release(m.event_id, m.t, now, stored.applied_seq):
+                continue
+            target = None
+            if m.type == "void" and m.voids not in engine.events:
+                target = self._settled_target(m.voids, m.event_id)
+            engine.applied_seq = stored.applied_seq - 1
+            engine.submit(m, now, replay=True, settled_target=target)
+        return n
+
+    def _movement(self, stored: StoredEvent) -> Movement | None:
+        """A stored event as the engine takes it: at the time it took effect, with its
+        before_horizon flag."""
+        m = validate_event(parse_json(stored.body), stored.station, stored.site)
+        if not isinstance(m, Movement):
+            log.error("event %s in the log no longer validates (%s); skipped",
+                      stored.event_id, m)
+            return None
+        m.body = None
+        if stored.effective_at is not None:
+            m.t = parse_time(stored.effective_at)
+        if stored.warnings is not None and BEFORE_HORIZON in json.loads(stored.warnings):
+            m.before_horizon = True
+        return m
+
+    def _settled_target(self, target_id: str | None, void_id: str) -> Movement | None:
+        """The target of a void that is no longer in memory, as the store has it (None if
+        the store has none). Its ``voided_by`` is the store's, unless that is this void
+        itself (a replay)."""
+        if target_id is None:
+            return None
+        rows = self.store.events_by_id([target_id])
+        if not rows:
+            return None
+        return self._settled(rows[0], void_id)
+
+    def _settled(self, row: StoredEvent, void_id: str) -> Movement | None:
+        m = self._movement(row)
+        if m is None:
+            return None
+        m.voided_by = row.voided_by if row.voided_by != void_id else None
+        if row.reversal is not None:
+            m.reversal = tuple((loc, occ, rec) for loc, occ, rec in json.loads(row.reversal))
+        return m
 
     # ------------------------------------------------- sites and their leases
+
+    def _use(self, site: str) -> Ledger:
+        """Several processes: make ``site``'s part (engine, settling counters) the current
+        one, and return its engine. One process: the one engine."""
+        if self.owned is None or self._current == site:
+            return self.engine
+        cur = self._parts.get(self._current or "")
+        if cur is not None:
+            cur.engine, cur.settle_at = self.engine, self._settle_at
+            cur.snapshot_every, cur.since_snapshot = self._snapshot_every, self._since_snapshot
+        part = self._parts[site]
+        self.engine, self._settle_at = part.engine, part.settle_at
+        self._snapshot_every, self._since_snapshot = part.snapshot_every, part.since_snapshot
+        self._current = site
+        return self.engine
+
+    def _each_site(self) -> Iterator[str | None]:
+        """Every engine in turn, made current: each site owned (several processes), or the
+        one engine (None)."""
+        if self.owned is None:
+            yield None
+            return
+        for site in sorted(self._parts):
+            self._use(site)
+            yield site
+
+    def _engine_of(self, site: str) -> Ledger | None:
+        if self.owned is None:
+            return self.engine
+        if site == self._current:
+            return self.engine
+        part = self._parts.get(site)
+        return None if part is None else part.engine
 
     def _join(self) -> None:
         """Join the processes sharing the PostgreSQL database; take a fair share of sites."""
@@ -234,6 +401,8 @@ class LedgerService:
         assert leases is not None
         leases.join(self.member_id)
         self.owned = set()
+        self._parts = {}
+        self._current = None
         self.engine = self._new_engine()
         self._orphaned = {}
         self._tend()
@@ -260,16 +429,21 @@ class LedgerService:
         if excess > 0 and members > 1:
             give = sorted(self.owned)[-excess:]
             for site in give:
+                self._use(site)
+                if self._since_snapshot:  # the next owner loads from here
+                    self.store.save_batch([], [], None,
+                                          checkpoint=self._maybe_checkpoint(force=True))
                 leases.release_site(site)
                 self.owned.discard(site)
+                del self._parts[site]
+                self._current = None
                 self._handed[site] = now
             log.info("handed sites %s over (%d processes share %d sites)", give, members,
                      len(owners))
-            self._reload()
 
     def _take(self, site: str) -> bool:
-        """Take ``site``'s lease if it is free, and load the site; True if this process owns
-        it now."""
+        """Take ``site``'s lease if it is free, and load the site as a start loads the
+        ledger (its snapshot, then the log after it); True if this process owns it now."""
         leases = self._leases()
         assert leases is not None and self.owned is not None
         if site in self.owned:
@@ -277,41 +451,51 @@ class LedgerService:
         if not leases.claim_site(site, self.member_id, self.advertise_url or "",
                                  format_time(now_us())):
             return False
+        started = time.monotonic()
+        snap = leases.site_snapshot(site)
+        engine: Ledger | None = None
+        if snap is not None:
+            try:
+                engine = Ledger.restore(snap.state, self.config.allow_negative,
+                                        self._window_us())
+            except Exception:  # not fatal: the log is the truth
+                log.exception("the snapshot of site %s cannot be read; replaying its log",
+                              site)
+            if engine is None:
+                snap = None
+        if engine is None:
+            engine = self._new_engine()
+        n = self._replay(engine, leases.site_log(site, snap))
+        engine.take_changes()
         self.owned.add(site)
         self._orphaned.pop(site, None)
-        started = time.monotonic()
-        n = self._replay(self.engine, leases.site_log(site))
-        self.engine.take_changes()
-        self._release_covered(leases)
-        log.info("took over site %s: %d events loaded in %.2f s", site, n,
-                 time.monotonic() - started)
-        return True
-
-    def _release_covered(self, leases: PgStore) -> None:
-        engine = self.engine
+        self._parts[site] = _Part(engine)
+        self._use(site)
+        horizon = leases.horizons().get(site)
+        if horizon is not None:
+            engine.set_horizon(site, parse_time(horizon))
+        horizons = self._advance_horizon(site)
         engine.applied_seq = leases.next_block()
         now = now_us()
         out = engine.release_all(now)
-        if out.released:
-            at = format_time(now)
-            for m, seq in out.released:
-                m.applied_seq = seq
-            leases.save_batch([], [(m.event_id, seq, at) for m, seq in out.released], None)
+        at = format_time(now)
+        released = [Release(m.event_id, seq, at, m.effective_at) for m, seq in out.released]
+        self._since_snapshot = n
+        checkpoint = self._maybe_checkpoint(force=snap is None or n > 0)
+        if released or checkpoint is not None or horizons:
+            leases.save_batch([], released, None, horizons=horizons, checkpoint=checkpoint)
         self._announce(engine.take_changes())
-
-    def _reload(self) -> None:
-        """A fresh engine over the sites this process owns (after handing some over)."""
-        leases = self._leases()
-        assert leases is not None and self.owned is not None
-        self.engine = self._new_engine()
-        for site in sorted(self.owned):
-            self._replay(self.engine, leases.site_log(site))
-        self.engine.take_changes()
+        log.info("took site %s: %s, %d events replayed after it, in %.2f s", site,
+                 "a snapshot" if snap is not None else "no snapshot", n,
+                 time.monotonic() - started)
+        return True
 
     def _recover(self) -> None:
         """After a failed write on PostgreSQL: a new session (the old one's leases are gone,
         and another process may have written since), then take sites again."""
         self.owned = set()
+        self._parts = {}
+        self._current = None
         self.engine = self._new_engine()
         with contextlib.suppress(LedgerError):
             self.store.close()
@@ -351,8 +535,8 @@ class LedgerService:
         return sorted(u for u in urls if u != self.advertise_url)
 
     def owner_of(self, site: str) -> str | None:
-        """Where ``site`` is served: None here, else the owning process's base URL (or "" if
-        nobody can be reached right now)."""
+        """Where ``site`` is served: None here (taking it if nobody owns it), else the
+        owning process's base URL, or "" if nobody can take it right now."""
         if self.owned is None or site in self.owned:
             return None
         if self._broken:
@@ -366,6 +550,43 @@ class LedgerService:
         assert leases is not None
         owner = leases.site_owners().get(site)
         return owner.url if owner is not None and owner.held and owner.url else ""
+
+    # ------------------------------------------------------------- settling
+
+    def _maybe_checkpoint(self, *, force: bool = False) -> Checkpoint | None:
+        """Settle every site up to its horizon when memory has grown enough, and take a
+        snapshot when settling did or enough events were applied since the last one."""
+        engine = self.engine
+        settled: list[Settlement] = []
+        if force or len(engine.events) >= self._settle_at:
+            settled = [engine.settle(site, horizon) for site, horizon in engine.horizon.items()]
+            self._settle_at = max(SETTLE_MIN, 2 * len(engine.events))
+            self._snapshot_every = max(SETTLE_MIN, len(engine.events))
+        if not (force or settled or self._since_snapshot >= self._snapshot_every):
+            return None
+        self._since_snapshot = 0
+        incidents = [SettledIncident(inc.id, inc.movement.site, inc.status,
+                                     json.dumps(self._settled_json(inc, dup)))
+                     for st in settled for inc, dup in st.incidents]
+        events = [(m.event_id, m.voided_by,
+                   None if m.reversal is None else json.dumps(m.reversal))
+                  for st in settled for m in st.events]
+        return Checkpoint(engine.applied_seq, format_time(now_us()), engine.snapshot(),
+                          incidents, events, site=self._current)
+
+    @staticmethod
+    def _settled_json(inc: Incident, suspected_duplicate: bool) -> dict[str, Any]:
+        out = inc.to_json(confirmed=True, suspected_duplicate=suspected_duplicate)
+        del out["confirmed"]
+        return out
+
+    def _checkpoint_at_stop(self) -> None:
+        """At a clean stop: a snapshot of what was applied since the last one, so the next
+        start replays nothing (of each site owned, with several processes)."""
+        for _site in self._each_site():
+            if self._since_snapshot == 0:
+                continue
+            self.store.save_batch([], [], None, checkpoint=self._maybe_checkpoint(force=True))
 
     # -------------------------------------------------------------- stations
 
@@ -415,30 +636,6 @@ class LedgerService:
         if len(events) > self.config.max_batch_events:
             return _error(413, f"{len(events)} events in one batch; at most "
                                f"{self.config.max_batch_events}")
-        leases = self._leases()
-        known: dict[str, StoredEvent] = {}
-        if leases is not None:
-            try:
-                owner = self.owner_of(station.site)
-                if owner is not None:
-                    if not owner:
-                        return _error(503, f"site {station.site} is changing hands; retry",
-                                      **{"Retry-After": "1"})
-                    return Reply(307, {"error": f"site {station.site} is served by {owner}"},
-                                 forward=owner)
-                # An event_id this process has not seen may belong to another site.
-                engine_events = self.engine.events
-                ids = [ev["event_id"] for ev in events if isinstance(ev, dict)
-                       and isinstance(ev.get("event_id"), str)
-                       and ev["event_id"] not in engine_events]
-                if ids:
-                    known = {e.event_id: e for e in leases.events_by_id(ids)}
-                self.engine.applied_seq = leases.next_block()
-            except StoreError:
-                log.exception("the ledger database failed before a batch of %s", station.name)
-                self._broken = True
-                return _error(503, "the ledger database is unavailable; retry",
-                              **{"Retry-After": "2"})
         sent_at = batch.get("sent_at")
         watermark = batch.get("watermark")
         if (watermark is not None and station.watermark is not None
@@ -448,14 +645,39 @@ class LedgerService:
             watermark = None
         offset = None if sent_at is None else (received - parse_time(sent_at)) / 1000.0
 
+        leases = self._leases()
+        if leases is not None:
+            try:
+                owner = self.owner_of(station.site)
+                if owner is not None:
+                    if not owner:
+                        return _error(503, f"site {station.site} is changing hands; retry",
+                                      **{"Retry-After": "1"})
+                    return Reply(307, {"error": f"site {station.site} is served by {owner}"},
+                                 forward=owner)
+                self._use(station.site).applied_seq = leases.next_block()
+            except StoreError:
+                log.exception("the ledger database failed before a batch of %s", station.name)
+                self._broken = True
+                return _error(503, "the ledger database is unavailable; retry",
+                              **{"Retry-After": "2"})
         engine = self.engine
         received_at = format_time(received)
         results: list[dict[str, Any]] = []
         rows: list[NewEvent] = []
-        released: list[tuple[str, int, str]] = []
+        released: list[Release] = []
+        voided: list[tuple[str, str]] = []
         fresh: list[Movement] = []
         validate, submit = validate_event, engine.submit
         name, site = station.name, station.site
+        # Ids the engine no longer holds (settled history) are looked up in the store's
+        # index: a duplicate is known however old, a void finds its settled target.
+        in_memory = engine.events
+        wanted = [x for ev in events if isinstance(ev, dict)
+                  for x in (ev.get("event_id"), ev.get("voids"))
+                  if isinstance(x, str) and x not in in_memory]
+        stored = {r.event_id: r for r in self.store.events_by_id(wanted)} if wanted else {}
+        targets: dict[str, Movement | None] = {}
         for ev in events:
             m = validate(ev, name, site)
             if not isinstance(m, Movement):
@@ -463,33 +685,48 @@ class LedgerService:
                 results.append({"event_id": eid if isinstance(eid, str) else None,
                                 "status": "rejected", "reason": m, "warnings": []})
                 continue
-            if known and m.event_id in known:
-                same = digest_of(known[m.event_id].body) == m.digest
-                results.append({
-                    "event_id": m.event_id, "status": "duplicate" if same else "rejected",
-                    "reason": "already received with the same content" if same else
-                    "event_id: already used by a different event (same id, different content)",
-                    "warnings": []})
+            known = stored.get(m.event_id)
+            if known is not None and m.event_id not in in_memory:
+                if digest_of(known.body) == m.digest:
+                    results.append({"event_id": m.event_id, "status": "duplicate",
+                                    "reason": "already received with the same content",
+                                    "warnings": []})
+                else:
+                    results.append({"event_id": m.event_id, "status": "rejected",
+                                    "reason": "event_id: already used by a different event "
+                                              "(same id, different content)", "warnings": []})
                 continue
-            out = submit(m, received)
+            target = None
+            if m.type == "void" and m.voids in stored and m.voids not in in_memory:
+                if m.voids not in targets:
+                    targets[m.voids] = self._settled(stored[m.voids], m.event_id)
+                target = targets[m.voids]
+            out = submit(m, received, settled_target=target)
             status = out.status
-            if out.applied_seq is not None:
-                m.applied_seq = out.applied_seq
             results.append({"event_id": m.event_id, "status": status, "reason": out.reason,
                             "warnings": out.warnings})
             if status == "accepted" or status == "held":
                 assert m.body is not None
                 rows.append(NewEvent(m.event_id, m.station, m.site, m.seq, m.type, m.item,
                                      m.occurred_at, received_at, status, out.applied_seq,
-                                     received_at if out.applied_seq else None, m.body))
+                                     received_at if out.applied_seq else None, m.body,
+                                     m.effective_at,
+                                     json.dumps(out.warnings) if out.warnings else None))
                 fresh.append(m)
+            if out.voided_settled is not None:
+                voided.append((out.voided_settled, m.event_id))
             if out.released:
-                for r, seq in out.released:
-                    r.applied_seq = seq
-                released.extend((r.event_id, seq, received_at) for r, seq in out.released)
+                released.extend(Release(r.event_id, seq, received_at, r.effective_at)
+                                for r, seq in out.released)
         contact = Contact(station.name, received_at, sent_at, watermark, offset, len(events))
+        for m in fresh:
+            m.body = None  # (rows hold it) not in memory, nor in the snapshot
+        horizons = self._advance_horizon(site, name, watermark)
+        self._since_snapshot += len(rows) + len(released)
         try:
-            self.store.save_batch(rows, released, contact)
+            checkpoint = self._maybe_checkpoint()
+            self.store.save_batch(rows, released, contact, voided=voided, horizons=horizons,
+                                  checkpoint=checkpoint)
         except StoreError:
             log.exception("could not save a batch of %s; rebuilding from the log",
                           station.name)
@@ -499,11 +736,31 @@ class LedgerService:
                 self._rebuild()
             return _error(503, "the ledger could not save this batch; retry", **{
                 "Retry-After": "2"})
-        for m in fresh:
-            m.body = None
         self._announce(engine.take_changes())
         return Reply(200, {"server_time": format_time(now_us()), "received_at": received_at,
                            "results": results})
+
+    def _advance_horizon(self, site: str, station: str | None = None,
+                         watermark: str | None = None) -> dict[str, str]:
+        """The site's horizon after this batch (DESIGN section 10): the earliest watermark
+        of its stations that are not revoked, one that never posted counting from its
+        registration; only ever forward. Returns what to store if it moved.
+
+        A site none of whose stations has sent a watermark yet has no horizon: its first
+        events may well be older than the registrations (a dock that captured before it was
+        registered, a history imported at once), and there is nothing to settle yet."""
+        low: int | None = None
+        posted = False
+        for s in self.store.stations():
+            if s.site != site or s.revoked_at is not None:
+                continue
+            mark = watermark if s.name == station and watermark is not None else s.watermark
+            posted = posted or mark is not None
+            t = parse_time(mark if mark is not None else s.created_at)
+            low = t if low is None else min(low, t)
+        if posted and low is not None and self.engine.set_horizon(site, low):
+            return {site: format_time(low)}
+        return {}
 
     def _announce(self, changes: list[Change]) -> None:
         if self.notifier is None or not changes:
@@ -532,28 +789,43 @@ class LedgerService:
 
     def _incident_json(self, m: Movement, inc: Any, confirmed: dict[str, int]) -> dict[str, Any]:
         wm = confirmed.get(m.site)
+        engine = self._engine_of(m.site)
         out: dict[str, Any] = inc.to_json(
             confirmed=wm is not None and wm > m.t,
-            suspected_duplicate=self.engine.suspected_duplicate(m))
-        if self.owned is not None:
-            # Several processes: an incident is known by its depletion's position in
-            # recorded order, the same in whichever process loads the site.
-            out["id"] = m.applied_seq
+            suspected_duplicate=engine is not None and engine.suspected_duplicate(m))
         return out
 
-    def negatives(self, status: str | None = None) -> Reply:
+    def negatives(self, status: str | None = None, limit: int = DEFAULT_INCIDENTS,
+                  after: str | None = None) -> Reply:
+        """``GET /v1/negatives``: incidents in id order, ``limit`` at a time; ``next`` is
+        the cursor of the following page (None on the last). Settled incidents come from
+        the store, the others from memory."""
         if status not in (None, "open", "resolved"):
             return _error(400, f"status: must be open or resolved, got {status!r}")
+        start = _cursor(after)
+        if start is None:
+            return _error(400, f"after: not a cursor this ledger gave: {after!r}")
         confirmed = self._confirmation()
-        incidents = [self._incident_json(inc.movement, inc, confirmed)
-                     for inc in self.engine.iter_incidents(status)]
-        if self.owned is not None:
-            incidents.sort(key=lambda i: i["id"])
-        return Reply(200, {"incidents": incidents})
+        page: list[tuple[int, dict[str, Any]]] = []
+        for row in self.store.settled_incidents(start, limit + 1, status):
+            body = json.loads(row.body)
+            wm = confirmed.get(row.site)
+            body["confirmed"] = wm is not None and wm > parse_time(body["occurred_at"])
+            page.append((row.id, body))
+        mine = sorted((inc for _site in self._each_site()
+                       for inc in self.engine.iter_incidents(status) if inc.id > start),
+                      key=lambda inc: inc.id)[:limit + 1]
+        page += [(inc.id, self._incident_json(inc.movement, inc, confirmed)) for inc in mine]
+        page.sort(key=lambda p: p[0])
+        more = len(page) > limit
+        page = page[:limit]
+        return Reply(200, {"incidents": [body for _id, body in page],
+                           "next": _make_cursor(page[-1][0]) if more else None})
 
     def balances(self, site: str | None = None, item: str | None = None,
                  location: str | None = None, by: str | None = None) -> Reply:
-        rows = self.engine.balances(site, item, location)
+        rows = sorted(row for _site in self._each_site()
+                      for row in self.engine.balances(site, item, location))
         if by is None or by == "location":
             return Reply(200, {"balances": [
                 {"site": s, "item": i, "location": loc, "on_hand": bal, "recorded": rec}
@@ -572,31 +844,64 @@ class LedgerService:
     def _event_json(self, stored: StoredEvent,
                     elsewhere: dict[str, str] | None = None) -> dict[str, Any]:
         ev: dict[str, Any] = json.loads(stored.body)
-        m = self.engine.events.get(stored.event_id)
+        engine = self._engine_of(stored.site)
+        m = None if engine is None else engine.events.get(stored.event_id)
         ev["received_at"] = stored.received_at
         ev["status"] = stored.status
         ev["applied_at"] = stored.applied_at
-        ev["voided_by"] = (m.voided_by if m is not None
-                           else None if elsewhere is None else elsewhere.get(stored.event_id))
+        ev["effective_at"] = stored.effective_at if m is None else m.effective_at
+        ev["warnings"] = [] if stored.warnings is None else json.loads(stored.warnings)
+        ev["voided_by"] = stored.voided_by if m is None else m.voided_by
+        if m is None and elsewhere:  # a site another process owns: the store says
+            ev["voided_by"] = ev["voided_by"] or elsewhere.get(stored.event_id)
         return ev
 
-    def events(self, station: str | None = None, limit: int = 100) -> Reply:
-        stored = self.store.events(station, limit)
+    def events(self, station: str | None = None, limit: int = 100,
+               after: str | None = None) -> Reply:
+        """``GET /v1/events``: the newest first, ``limit`` at a time, settled or not;
+        ``next`` is the cursor of the following (older) page, None on the last."""
+        before = None
+        if after:
+            before = _cursor(after)
+            if before is None:
+                return _error(400, f"after: not a cursor this ledger gave: {after!r}")
+        stored = self.store.events(station, limit + 1, before)
+        more = len(stored) > limit
+        stored = stored[:limit]
         leases = self._leases()
         elsewhere = None
         if leases is not None and self.owned is not None:
-            # events of sites another process owns: what voided them is in the database
             ids = [s.event_id for s in stored if s.site not in self.owned]
             elsewhere = leases.voided_by(ids) if ids else {}
-        return Reply(200, {"events": [self._event_json(s, elsewhere) for s in stored]})
+        return Reply(200, {"events": [self._event_json(s, elsewhere) for s in stored],
+                           "next": _make_cursor(stored[-1].rowid) if more else None})
 
     def held(self) -> Reply:
-        ids = [m.event_id for m in self.engine.held_events()]
-        return Reply(200, {"held": [self._event_json(s) for s in self.store.events_by_id(ids)]})
+        """``GET /v1/held``: held depletions in occurrence order (the order of release)."""
+        held = sorted((m for _site in self._each_site() for m in self.engine.held_events()),
+                      key=lambda m: m.key)
+        rows = {s.event_id: s for s in self.store.events_by_id([m.event_id for m in held])}
+        return Reply(200, {"held": [self._event_json(rows[m.event_id]) for m in held
+                                    if m.event_id in rows]})
 
     def stations(self) -> Reply:
         now = now_us()
         return Reply(200, {"stations": [_station_json(s, now) for s in self.store.stations()]})
+
+
+def _make_cursor(position: int) -> str:
+    """An opaque page cursor: clients hand it back as it is."""
+    return f"p{position}"
+
+
+def _cursor(raw: str | None) -> int | None:
+    """The position a cursor names (0 for none), or None if it is not one of ours."""
+    if raw is None or raw == "":
+        return 0
+    digits = raw[1:]
+    if raw[:1] != "p" or not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+        return None
+    return int(digits)
 
 
 def _station_json(s: StationRecord, now: int) -> dict[str, Any]:

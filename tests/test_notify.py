@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.notify import Notifier, watchdog_task
+from scankit.notify import Notifier, watchdog_task
 
 
 class FakeSystemd:
@@ -113,7 +113,7 @@ def test_socket_errors_are_logged_once_and_never_raised(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     n = Notifier(str(tmp_path / "no-such-socket"))
-    with caplog.at_level(logging.DEBUG, logger="agent.notify"):
+    with caplog.at_level(logging.DEBUG, logger="scankit.notify"):
         assert n.ready() is False
         assert n.watchdog() is False
         assert n.status("still fine") is False

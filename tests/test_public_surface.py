@@ -15,13 +15,14 @@ from click.testing import CliRunner
 import agent
 import drivers
 import ledger
+import scankit
 from agent.cli import main as agent_cli
 from ledger.cli import cli as ledger_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
 MODULES = sorted(
-    m.name for pkg in (agent, drivers, ledger)
+    m.name for pkg in (agent, drivers, ledger, scankit)
     for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")
     if not m.name.endswith("__main__")
 )
@@ -58,3 +59,15 @@ def test_every_command_has_help_and_docs(prog: str, group: click.Group,
     assert "Usage:" in result.output
     words = r"\s+".join(map(re.escape, (prog, *command)))
     assert re.search(words, DOCS), f"`{prog} {' '.join(command)}` is not in README.md or docs/"
+
+
+def test_the_ledger_imports_nothing_from_the_agent() -> None:
+    """The ledger runs on a server without the dock's code: no ``agent`` or ``drivers``
+    import anywhere in ``ledger/`` (what both sides share lives in ``scankit``)."""
+    offenders = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in sorted((ROOT / "ledger").rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.match(r"\s*(from|import)\s+(agent|drivers)\b", line)
+    ]
+    assert not offenders, offenders

@@ -4,7 +4,7 @@ throwaway PostgreSQL cluster (started once per session by :mod:`tests.pgcluster`
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +92,19 @@ def pg_cluster() -> Iterator[PgCluster]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def ledger_db(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
-    """Where the test's ledger keeps its data: a SQLite file, or a new PostgreSQL database."""
+def new_db(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str | Path]:
+    """A new, empty ledger database on each call: a SQLite file of that name in the test's
+    directory, or a new database of the throwaway PostgreSQL cluster."""
     if request.param == "sqlite":
-        return tmp_path / "ledger.db"
+        return lambda name: tmp_path / name
     cluster: PgCluster = request.getfixturevalue("pg_cluster")
-    return cluster.create_database()
+    return lambda name: cluster.create_database()
+
+
+@pytest.fixture
+def ledger_db(new_db: Callable[[str], str | Path]) -> str | Path:
+    """Where the test's ledger keeps its data: a SQLite file, or a new PostgreSQL database."""
+    return new_db("ledger.db")
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -147,3 +149,32 @@ def test_the_database_url_may_come_from_the_environment_and_never_shows_a_passwo
     assert bad.stderr.startswith(f"scan-ledger: postgresql://ledger:***@127.0.0.1:{port}/x: "
                                  "cannot connect to the ledger database: "), bad.stderr
     assert "s3cret" not in bad.stderr
+
+
+def test_events_and_negatives_read_every_page(ledger: Any) -> None:
+    """`scan-ledger events` and `negatives` follow the `next` cursor to the last page: with a
+    page of 2, all five events and all three incidents come out, in the API's order."""
+    from click.testing import CliRunner
+
+    from tests.ledger.factory import receipt
+
+    dock = ledger.dock()
+    evs = [pick(1, "A-01", 1), pick(1, "A-02", 2), receipt(4, "A-03", 3), pick(1, "A-04", 4),
+           receipt(1, "A-05", 5)]
+    dock.post(*evs, watermark=None)
+    url = ledger.server.url
+    out = CliRunner().invoke(cli, ["events", "--url", url, "--page-size", "2"])
+    assert out.exit_code == 0, out.output
+    got = [json.loads(line)["event_id"] for line in out.output.splitlines()]
+    assert got == [e["event_id"] for e in reversed(evs)]
+    out = CliRunner().invoke(cli, ["negatives", "--url", url, "--page-size", "2",
+                                   "--status", "open"])
+    assert out.exit_code == 0, out.output
+    ids = [json.loads(line)["depletion_event_id"] for line in out.output.splitlines()]
+    assert ids == [evs[0]["event_id"], evs[1]["event_id"], evs[3]["event_id"]]
+
+
+def test_events_names_the_ledger_it_cannot_reach() -> None:
+    out = run("events", "--url", "http://127.0.0.1:9")
+    assert out.returncode == 1
+    assert out.stderr.startswith("scan-ledger: http://127.0.0.1:9/v1/events: ")

@@ -287,21 +287,44 @@ def test_held_depletions_are_released_in_occurrence_order(make_ledger: Any) -> N
     assert ledger.on_hand("A-01") == 1
 
 
-def test_a_covered_held_depletion_goes_even_if_an_earlier_one_cannot(
-        make_ledger: Any) -> None:
-    """"As soon as the location's balance covers it": stock received at 10:05 covers the
-    10:10 pick, not the 10:00 one; the later one must not wait for the earlier for ever."""
+def test_a_held_depletion_goes_when_stock_that_came_later_covers_it(make_ledger: Any) -> None:
+    """DESIGN section 8: a pick held at 10:00 is released by a receipt of 10:05 (the goods
+    were physically there when it was scanned late, or the receipt was), taking effect at
+    10:05 and keeping its occurred_at; the 10:10 pick goes at its own time. Before, the
+    10:00 pick waited for ever for stock that was already on hand."""
     ledger = make_ledger("[sites.WH1]\nallow_negative = false\n")
     dock = ledger.dock()
     early, late = pick(5, "A-01", 0), pick(2, "A-01", 10)
     assert [r["status"] for r in dock.post(early, late)] == ["held", "held"]
     dock.post(receipt(10, "A-01", 5))
-    (still,) = ledger.get("/v1/held")["held"]
-    assert still["event_id"] == early["event_id"]
-    assert ledger.on_hand("A-01") == 8
-    dock.post(receipt(5, "A-01", -1))  # what the 10:00 pick took arrives, late
     assert ledger.get("/v1/held")["held"] == []
-    assert ledger.on_hand("A-01") == 8
+    assert ledger.on_hand("A-01") == 3
+    assert ledger.incidents() == []
+    events = {e["event_id"]: e for e in ledger.get("/v1/events")["events"]}
+    assert events[early["event_id"]]["occurred_at"] == early["occurred_at"]
+    assert events[early["event_id"]]["effective_at"] == "2026-11-22T10:05:00.000000Z"
+    assert events[late["event_id"]]["effective_at"] is None
+
+
+def test_a_held_depletion_is_not_released_into_a_later_negative(make_ledger: Any) -> None:
+    """Stock that was there at the pick's time but taken by a later pick does not release
+    it at its own time: it takes effect after the event from which the stock is there for
+    good, so a site that forbids negatives never shows one."""
+    ledger = make_ledger("[sites.WH1]\nallow_negative = false\n")
+    dock = ledger.dock()
+    dock.post(receipt(3, "A-01", 0), pick(3, "A-01", 20))
+    (held,) = dock.post(pick(2, "A-01", 10))  # 10:10 has 3, but 10:20 would go to -2
+    assert held["status"] == "held"
+    dock.post(receipt(1, "A-01", 25))  # on hand 1: not enough
+    assert len(ledger.get("/v1/held")["held"]) == 1
+    dock.post(receipt(1, "A-01", 30))  # on hand 2, from 10:30 on
+    assert ledger.get("/v1/held")["held"] == []
+    assert ledger.on_hand("A-01") == 0
+    assert ledger.incidents() == []
+    (ev,) = [e for e in ledger.get("/v1/events")["events"]
+             if e["event_id"] == held["event_id"]]
+    assert ev["effective_at"] == "2026-11-22T10:30:00.000000Z"
+    assert ev["occurred_at"] == "2026-11-22T10:10:00.000000Z"
 
 
 def test_other_sites_still_allow_negative(make_ledger: Any) -> None:

@@ -3,7 +3,8 @@
 For random event sets (receipts, picks, moves, counts, voids; few items, locations and times,
 so ties and late events are common) posted in random arrival orders, the final occurrence-order
 balances and the classes of negatives must not depend on the arrival order, and must match a
-recomputation from scratch (ledger.reference). The incident set and recorded-order balances do
+recomputation from scratch (tests/ledger/reference.py). The incident set and recorded-order
+balances do
 depend on arrival order by definition; they must match the reference for that order.
 """
 
@@ -18,8 +19,8 @@ from hypothesis import strategies as st
 from ledger.balances import Leg, Track
 from ledger.engine import Ledger
 from ledger.events import Movement, validate_event
-from ledger.reference import expected_state
 from tests.ledger.factory import event
+from tests.ledger.reference import expected_state
 
 ITEMS = ("A", "B")
 LOCS = ("L1", "L2", "L3")
@@ -84,7 +85,7 @@ def check_against_reference(raw: list[dict[str, Any]]) -> Ledger:
     assert on_hand == {k: v for k, v in exp.on_hand.items() if v}
     recorded = {(s, i, loc): rec for s, i, loc, _bal, rec in ledger.balances() if rec}
     assert recorded == {k: v for k, v in exp.recorded.items() if v}
-    got = {inc.movement.event_id: inc for inc in ledger.incidents}
+    got = {inc.movement.event_id: inc for inc in ledger.incidents.values()}
     assert set(got) == exp.incidents
     for eid, inc in got.items():
         assert inc.status == exp.statuses[eid], (eid, inc.status, exp.statuses[eid])
@@ -103,9 +104,9 @@ def test_engine_matches_brute_force_in_any_arrival_order(raw: list[dict[str, Any
     late = check_against_reference(shuffled)
     assert ([r[:4] for r in in_order.balances() if r[3]]
             == [r[:4] for r in late.balances() if r[3]])
-    classes_a = {i.movement.event_id: i.cls for i in in_order.incidents
+    classes_a = {i.movement.event_id: i.cls for i in in_order.incidents.values()
                  if i.movement.voided_by is None}
-    classes_b = {i.movement.event_id: i.cls for i in late.incidents
+    classes_b = {i.movement.event_id: i.cls for i in late.incidents.values()
                  if i.movement.voided_by is None}
     for eid in classes_a.keys() & classes_b.keys():
         assert classes_a[eid] == classes_b[eid]

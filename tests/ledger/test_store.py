@@ -36,7 +36,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_events(tmp_path: Path) -
         store.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         indexes = {r[0] for r in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'")}
         assert "events_by_station" not in indexes

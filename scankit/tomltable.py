@@ -3,13 +3,15 @@
 Shared by the dock config (:mod:`agent.config`) and the ledger's (:mod:`ledger.config`);
 each passes its own ``ConfigError`` class, which takes ``(file, key, problem)``.
 
->>> from agent.errors import ConfigError
+>>> class ConfigError(ValueError):
+...     def __init__(self, file: str, key: str, problem: str) -> None:
+...         super().__init__(f"{file}: {key}: {problem}")
 >>> t = TomlTable("dock.toml", {"baudrat": 9600}, "scanners[0]", ConfigError)
 >>> t.integer("baudrate", 9600)
 9600
 >>> t.finish()
 Traceback (most recent call last):
-agent.errors.ConfigError: dock.toml: scanners[0].baudrat: unknown key (did you mean 'baudrate'?)
+ConfigError: dock.toml: scanners[0].baudrat: unknown key (did you mean 'baudrate'?)
 """
 
 from __future__ import annotations
