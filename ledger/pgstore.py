@@ -156,10 +156,14 @@ def _copy_field(v: object) -> str:
 def _copy_text(events: Sequence[NewEvent]) -> str:
     """Rows in COPY's text format (backslash, tab, newline and CR escaped; ``\\N`` for
     NULL), built at once: psycopg's pure-Python row writer costs about 35 µs a row, this
-    about 3."""
-    f = _copy_field
-    return "".join("\t".join(map(f, e)) + "\t" + (
-        f(orjson.loads(e.body).get("voids")) if e.type == "void" else "\\N") + "\n"
+    a tenth of it. The last column is a void's target, from its body."""
+    f, esc, null = _copy_field, _COPY_ESCAPES, "\\N"
+    return "".join(
+        f"{e.event_id.translate(esc)}\t{e.station.translate(esc)}\t{e.site.translate(esc)}"
+        f"\t{e.seq}\t{e.type.translate(esc)}\t{f(e.item)}\t{e.occurred_at.translate(esc)}"
+        f"\t{e.received_at.translate(esc)}\t{e.status}\t{f(e.applied_seq)}\t{f(e.applied_at)}"
+        f"\t{e.body.translate(esc)}\t{f(e.effective_at)}\t{f(e.warnings)}\t"
+        f"{f(orjson.loads(e.body).get('voids')) if e.type == 'void' else null}\n"
         for e in events)
 
 
