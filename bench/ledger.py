@@ -635,7 +635,7 @@ def main() -> None:
     n_direct = 20_000 if args.quick else 100_000
     n_http = 10_000 if args.quick else 50_000
     sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
-    history = [30_000, 300_000] if args.quick else [300_000, 3_000_000]
+    history = [20_000, 60_000] if args.quick else [300_000, 3_000_000]
 
     print(f"machine: nproc={os.cpu_count()} arch={platform.machine()} "
           f"python={platform.python_version()}")

@@ -178,7 +178,7 @@ def ledger_section(quick: bool) -> tuple[list[Row], str]:
         return _ledger_subprocess(quick)
     n_direct, n_http = (5_000, 2_000) if quick else (100_000, 50_000)
     sizes = [10_000, 30_000] if quick else [10_000, 100_000, 1_000_000]
-    histories = [30_000, 300_000] if quick else [300_000, 3_000_000]
+    histories = [20_000, 60_000] if quick else [300_000, 3_000_000]
     thresholds = gc.get_threshold()  # the ledger tunes the collector as its server does
     try:
         with tempfile.TemporaryDirectory(prefix="ledger-", dir=WORK) as tmp:

@@ -69,6 +69,16 @@ class Leg:
         self.owner = owner
 
 
+    # Snapshots (pickle) hold many of these: a tuple of the fields is a third of the size
+    # of the default slot dictionary and much quicker to read back.
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.order, self.reset, self.value, self.depletion, self.watched, self.owner)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        (self.order, self.reset, self.value, self.depletion, self.watched,
+         self.owner) = state
+
+
 def _order(leg: Leg) -> tuple[Any, ...]:
     return leg.order
 
@@ -97,6 +107,16 @@ class _Node:
         self.l_reset = self.r_reset = False
         self.l_k = self.r_k = 0
         self.l_nr = self.l_na = self.r_nr = self.r_na = INF
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.t, self.left, self.right, self.prio, self.legs, self.g_reset, self.g_k,
+                self.g_watch, self.l_reset, self.l_k, self.l_nr, self.l_na, self.r_reset,
+                self.r_k, self.r_nr, self.r_na)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        (self.t, self.left, self.right, self.prio, self.legs, self.g_reset, self.g_k,
+         self.g_watch, self.l_reset, self.l_k, self.l_nr, self.l_na, self.r_reset, self.r_k,
+         self.r_nr, self.r_na) = state
 
 
 def _regroup(n: _Node) -> None:

@@ -261,19 +261,19 @@ class LedgerService:
         store = self.store
         snap = store.snapshot()
         engine: Ledger | None = None
-        if snap is not None:
-            try:
-                engine = Ledger.restore(snap.state, self.config.allow_negative,
-                                        self._window_us())
-            except Exception:  # a snapshot that cannot be read is not fatal: the log is
-                log.exception("the snapshot of %s cannot be read; replaying the whole log",
-                              snap.taken_at)
-            if engine is None:
-                snap = None
-        if engine is None:
-            engine = self._new_engine()
         gc.disable()  # building many long-lived objects: no collection can free any
         try:
+            if snap is not None:
+                try:
+                    engine = Ledger.restore(snap.state, self.config.allow_negative,
+                                            self._window_us())
+                except Exception:  # not fatal: the log is the source of truth
+                    log.exception("the snapshot of %s cannot be read; replaying the whole "
+                                  "log", snap.taken_at)
+                if engine is None:
+                    snap = None
+            if engine is None:
+                engine = self._new_engine()
             n = self._replay(engine, store.log(snap))
         finally:
             gc.enable()
