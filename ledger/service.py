@@ -613,6 +613,23 @@ class LedgerService:
         station = self.store.station_by_token(hash_token(token))
         if station is None:
             return _error(401, "unknown or revoked token", **{"WWW-Authenticate": "Bearer"})
+        leases = self._leases()
+        if leases is not None:
+            # Several processes: the site's owner decides, before anything is parsed here.
+            try:
+                owner = self.owner_of(station.site)
+                if owner is not None:
+                    if not owner:
+                        return _error(503, f"site {station.site} is changing hands; retry",
+                                      **{"Retry-After": "1"})
+                    return Reply(307, {"error": f"site {station.site} is served by {owner}"},
+                                 forward=owner)
+                self._use(station.site).applied_seq = leases.next_block()
+            except StoreError:
+                log.exception("the ledger database failed before a batch of %s", station.name)
+                self._broken = True
+                return _error(503, "the ledger database is unavailable; retry",
+                              **{"Retry-After": "2"})
         try:
             batch = parse_json(body)
         except RecursionError:  # a deeply nested body is a client error, not a crash
@@ -645,22 +662,6 @@ class LedgerService:
             watermark = None
         offset = None if sent_at is None else (received - parse_time(sent_at)) / 1000.0
 
-        leases = self._leases()
-        if leases is not None:
-            try:
-                owner = self.owner_of(station.site)
-                if owner is not None:
-                    if not owner:
-                        return _error(503, f"site {station.site} is changing hands; retry",
-                                      **{"Retry-After": "1"})
-                    return Reply(307, {"error": f"site {station.site} is served by {owner}"},
-                                 forward=owner)
-                self._use(station.site).applied_seq = leases.next_block()
-            except StoreError:
-                log.exception("the ledger database failed before a batch of %s", station.name)
-                self._broken = True
-                return _error(503, "the ledger database is unavailable; retry",
-                              **{"Retry-After": "2"})
         engine = self.engine
         received_at = format_time(received)
         results: list[dict[str, Any]] = []
