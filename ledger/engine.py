@@ -10,8 +10,13 @@ order they reach the ledger (recorded order), together with the time of arrival,
 * incidents (DESIGN section 8): one per depletion that was ever below zero in either order,
   classified ``ordering`` / ``location`` / ``item`` from the occurrence-order balances and
   re-evaluated when anything arrives at or before the depletion's time for that item;
-* held depletions for sites that do not allow negative stock, released in occurrence order as
-  soon as the location's balance covers them.
+* held depletions for sites that do not allow negative stock, released earliest first as
+  soon as the location's on-hand covers them, taking effect when the stock was there;
+* per site, the horizon (DESIGN section 10): an event older than it takes effect at it
+  (``before_horizon``), a void of an event before it reverses that event at it; so nothing
+  before the horizon ever changes, and :meth:`Ledger.settle` can fold that history into one
+  balance per location and drop it from memory, keeping only what can still change.
+  :meth:`Ledger.snapshot` and :meth:`Ledger.restore` carry the memory across a restart.
 
 Nothing here reads a clock, a socket or a database: times come in as arguments, and what has
 to be persisted or announced comes back in :class:`Outcome` and :attr:`Ledger.changes`.
