@@ -92,7 +92,7 @@ def create_app(service: LedgerService) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        peers["client"] = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=2.0),
+        peers["client"] = httpx.AsyncClient(timeout=httpx.Timeout(15.0, connect=2.0),
                                             limits=httpx.Limits(max_keepalive_connections=64))
         try:
             yield

@@ -224,11 +224,14 @@ class PgStore:
             raise StoreError(f"{self.shown}: cannot connect to the ledger database: "
                              f"{str(exc).strip()}") from exc
         try:
-            idle_ms = int(self.idle_session_timeout_s * 1000)
             db.execute("SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; "
                        "SET tcp_keepalives_count = 3; SET tcp_user_timeout = 10000; "
-                       "SET synchronous_commit = on; "
-                       f"SET idle_session_timeout = {idle_ms}")
+                       "SET synchronous_commit = on")
+            # unless the URL (options=-c idle_session_timeout=...) or the role sets another
+            row = db.execute("SHOW idle_session_timeout").fetchone()
+            if row is not None and row[0] == "0":
+                idle_ms = int(self.idle_session_timeout_s * 1000)
+                db.execute(f"SET idle_session_timeout = {idle_ms}")
         except psycopg.Error as exc:
             db.close()
             raise StoreError(f"{self.shown}: cannot configure the session: {exc}") from exc
@@ -556,10 +559,3 @@ class PgStore:
                 (_SITE_LOCK, site))
         except psycopg.Error as exc:
             raise self._fail(f"cannot release site {site!r}", exc) from exc
-
-    def touch(self) -> None:
-        """Show the server this session is alive (before ``idle_session_timeout``)."""
-        try:
-            self._db.execute("SELECT 1")
-        except psycopg.Error as exc:
-            raise self._fail("lost the database session", exc) from exc

@@ -282,3 +282,57 @@ def test_a_process_killed_mid_batch_loses_nothing_and_its_sites_move_within_10_s
         assert s.sent == len(s.acked) == 40 * 20
         assert balances[f"BIN-{s.station}"] == s.sent, "an event lost or counted twice"
         assert set(s.acked) <= set(ids)
+
+
+@pytest.mark.slow
+def test_a_frozen_process_loses_its_sites_and_writes_nothing_when_it_wakes(
+        pg_cluster: PgCluster, processes: list[Process]) -> None:
+    """A process that stops answering without dying (SIGSTOP: its sockets stay open) loses
+    its sessions to idle_session_timeout (3 s here, from the URL), and with them its site
+    leases: the other process serves its sites. Woken up (SIGCONT), it cannot write through
+    its dead session, answers 503, and then forwards to the new owner: every event stored
+    once."""
+    db = pg_cluster.create_database() + "?options=-c%20idle_session_timeout%3D3000"
+    tokens = _stations(db, per_site=1)
+    a, b = Process(db), Process(db)
+    processes += [a, b]
+    _wait_until_shared(db)
+    victims = sorted(s for s, (u, _held) in _owner_urls(db).items() if u == a.url)
+    name = next(n for n, (site, _tok) in tokens.items() if site == victims[0])
+    site, token = tokens[name]
+    posted: list[dict[str, Any]] = []
+
+    def post(url: str, deadline_s: float) -> tuple[httpx.Response, float]:
+        ev = receipt(1, "BIN", len(posted), station=name, site=site, seq=len(posted) + 1)
+        posted.append(ev)
+        t0 = time.monotonic()
+        while True:
+            try:
+                r = _post(http, url, token, name, [ev])
+                if r.status_code == 200:
+                    return r, time.monotonic() - t0
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() - t0 < deadline_s, "not served again"
+            time.sleep(0.2)
+
+    with httpx.Client(timeout=30) as http:
+        post(a.url, 10)
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            _r, waited = post(b.url, 25)
+            assert waited < 20
+            assert _owner_urls(db)[site] == (b.url, True)
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        first = _post(http, a.url, token, name, [posted[-1]])  # the woken one, at once
+        assert first.status_code in (200, 503), first.text
+        if first.status_code == 200:  # (its lease keeper noticed first: forwarded)
+            assert first.json()["results"][0]["status"] == "duplicate"
+        post(a.url, 10)
+        stored = http.get(b.url + "/v1/events", params={"limit": 100}).json()["events"]
+        balance = {r["location"]: r["on_hand"] for r in http.get(
+            b.url + "/v1/balances", params={"site": site}).json()["balances"]}
+    assert sorted(e["event_id"] for e in stored if e["site"] == site) == sorted(
+        e["event_id"] for e in posted)
+    assert balance == {"BIN": len(posted)}
