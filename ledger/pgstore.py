@@ -153,16 +153,25 @@ def _copy_field(v: object) -> str:
     return str(v).translate(_COPY_ESCAPES)
 
 
+def _copy_long(v: str) -> str:
+    """A long field (an event's JSON): serialized JSON holds no raw tab, newline or CR, so
+    doubling its backslashes is all it needs, several times quicker than a translation."""
+    if "\t" in v or "\n" in v or "\r" in v:
+        return v.translate(_COPY_ESCAPES)
+    return v.replace("\\", "\\\\")
+
+
 def _copy_text(events: Sequence[NewEvent]) -> str:
     """Rows in COPY's text format (backslash, tab, newline and CR escaped; ``\\N`` for
     NULL), built at once: psycopg's pure-Python row writer costs about 35 µs a row, this
     a tenth of it. The last column is a void's target, from its body."""
-    f, esc, null = _copy_field, _COPY_ESCAPES, "\\N"
+    f, esc, null, long = _copy_field, _COPY_ESCAPES, "\\N", _copy_long
     return "".join(
         f"{e.event_id.translate(esc)}\t{e.station.translate(esc)}\t{e.site.translate(esc)}"
         f"\t{e.seq}\t{e.type.translate(esc)}\t{f(e.item)}\t{e.occurred_at.translate(esc)}"
         f"\t{e.received_at.translate(esc)}\t{e.status}\t{f(e.applied_seq)}\t{f(e.applied_at)}"
-        f"\t{e.body.translate(esc)}\t{f(e.effective_at)}\t{f(e.warnings)}\t"
+        f"\t{long(e.body)}\t{f(e.effective_at)}"
+        f"\t{null if e.warnings is None else long(e.warnings)}\t"
         f"{f(orjson.loads(e.body).get('voids')) if e.type == 'void' else null}\n"
         for e in events)
 
@@ -435,9 +444,12 @@ class PgStore:
 
     def events_by_id(self, ids: Sequence[str]) -> list[StoredEvent]:
         """The stored events among ``ids``, in the order asked."""
+        # One text parameter split by the server: psycopg's pure-Python array dumper costs
+        # more than the lookup. (An id with a comma was never stored: ids are UUIDs.)
+        wanted = ",".join(i for i in ids if "," not in i)
         try:
-            rows = self._db.execute(f"SELECT {_EVENT_COLS} FROM events "
-                                    "WHERE event_id = ANY(%s)", (list(ids),)).fetchall()
+            rows = self._db.execute(f"SELECT {_EVENT_COLS} FROM events WHERE event_id = "
+                                    "ANY(string_to_array(%s, ','))", (wanted,)).fetchall()
         except psycopg.Error as exc:
             raise self._fail("cannot read events", exc) from exc
         found = {r[0]: StoredEvent(*r) for r in rows}
