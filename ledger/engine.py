@@ -325,18 +325,17 @@ class Ledger:
         if gone:
             _drop_incidents(self._by_item, site, gone)
             _drop_incidents(self._by_loc, site, gone)
-        # Counts need their effect worked out while their history is still here.
-        for m in self.events.values():
-            if (m.site == site and m.t < upto and m.type == "count" and m.applied
-                    and not m.held):
+        events = self.events
+        incidents = self.incidents
+        for eid in [eid for eid, m in events.items() if m.t < upto and m.site == site]:
+            m = events[eid]
+            if m.held or (m.incident is not None and m.incident.id in incidents):
+                continue
+            if m.type == "count" and m.applied:
+                # its effect, for a later void, while its history is still here
                 m.reversal = tuple(
                     (loc, self._count_effect(m, leg), d)
                     for leg, (loc, d) in zip(m.legs, m.rec_deltas, strict=True))
-        events = self.events
-        for eid in [eid for eid, m in events.items() if m.site == site and m.t < upto]:
-            m = events[eid]
-            if m.held or (m.incident is not None and m.incident.id in self.incidents):
-                continue
             if m.voided_by is not None or m.reversal is not None:
                 out.events.append(m)
             del events[eid]

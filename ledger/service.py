@@ -674,9 +674,15 @@ class LedgerService:
         # Ids the engine no longer holds (settled history) are looked up in the store's
         # index: a duplicate is known however old, a void finds its settled target.
         in_memory = engine.events
-        wanted = [x for ev in events if isinstance(ev, dict)
-                  for x in (ev.get("event_id"), ev.get("voids"))
-                  if isinstance(x, str) and x not in in_memory]
+        wanted = []
+        for ev in events:
+            if ev.__class__ is dict:
+                eid = ev.get("event_id")
+                if eid.__class__ is str and eid not in in_memory:
+                    wanted.append(eid)
+                target = ev.get("voids")
+                if target.__class__ is str and target not in in_memory:
+                    wanted.append(target)
         stored = {r.event_id: r for r in self.store.events_by_id(wanted)} if wanted else {}
         targets: dict[str, Movement | None] = {}
         for ev in events:
