@@ -22,11 +22,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["PG_BIN", "PgCluster", "pg_missing"]
+__all__ = ["PASSWORD_ROLE", "PG_BIN", "PgCluster", "pg_missing"]
 
 PG_BIN = next((p for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
                if (p / "initdb").exists()), None)
 _RUN_AS = "nobody"
+PASSWORD_ROLE = "ledger_pw"  # the one role that must authenticate with a password
 
 
 def pg_missing() -> str | None:
@@ -86,6 +87,12 @@ class PgCluster:
                 conf += ["fsync = off", "full_page_writes = off"]
             cluster._run(["sh", "-c", f"cat >> '{cluster.data}/postgresql.conf'"],
                          stdin="\n".join(conf) + "\n")
+            # Trust, except for PASSWORD_ROLE, which must give its password (the tests of
+            # credentials read by libpq: a passfile, the environment).
+            cluster._run(["sh", "-c", f"cat > '{cluster.data}/pg_hba.conf'"],
+                         stdin=f"local all all trust\n"
+                               f"host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n"
+                               "host all all 127.0.0.1/32 trust\n")
             cluster._run(["pg_ctl", "-D", str(cluster.data), "-l", str(root / "server.log"),
                           "-w", "-t", "60", "start"])
         except BaseException:

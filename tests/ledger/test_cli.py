@@ -178,3 +178,35 @@ def test_events_names_the_ledger_it_cannot_reach() -> None:
     out = run("events", "--url", "http://127.0.0.1:9")
     assert out.returncode == 1
     assert out.stderr.startswith("scan-ledger: http://127.0.0.1:9/v1/events: ")
+
+
+def test_a_postgresql_password_comes_from_the_passfile_never_the_command_line(
+        pg_cluster: Any, tmp_path: Path) -> None:
+    """The URL names the role, not its password: libpq finds it in PGPASSFILE (or
+    ~/.pgpass, a service file, PGPASSWORD). Without one, the connection is refused with a
+    message that names the database."""
+    import psycopg
+
+    from tests.pgcluster import PASSWORD_ROLE
+
+    url = pg_cluster.create_database()
+    dbname = url.rsplit("/", 1)[1]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {PASSWORD_ROLE}")
+        conn.execute(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD 'pw-in-a-file'")
+        conn.execute(f'ALTER DATABASE "{dbname}" OWNER TO {PASSWORD_ROLE}')
+    role_url = f"postgresql://{PASSWORD_ROLE}@127.0.0.1:{pg_cluster.port}/{dbname}"
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:{pg_cluster.port}:{dbname}:{PASSWORD_ROLE}:pw-in-a-file\n")
+    passfile.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["HOME"] = str(tmp_path)  # no ~/.pgpass of the one running the tests
+    refused = subprocess.run([*LEDGER, "station", "list", "--db", role_url],
+                             capture_output=True, text=True, timeout=60, env=env)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(f"scan-ledger: {role_url}: cannot connect to the ledger "
+                                     "database: "), refused.stderr
+    out = subprocess.run([*LEDGER, "station", "add", "dock-1", "--site", "WH1", "--db",
+                          role_url], capture_output=True, text=True, timeout=60,
+                         env={**env, "PGPASSFILE": str(passfile)})
+    assert out.returncode == 0, out.stderr
