@@ -47,7 +47,7 @@ from ledger.store import (
     StoredEvent,
 )
 
-__all__ = ["PgStore", "SiteOwner", "is_postgres_url", "redact_url"]
+__all__ = ["PgStore", "SiteOwner", "redact_url"]
 
 import orjson
 import psycopg  # only a postgresql:// --db imports this module
@@ -174,11 +174,6 @@ def _copy_text(events: Sequence[NewEvent]) -> str:
         f"\t{null if e.warnings is None else long(e.warnings)}\t"
         f"{f(orjson.loads(e.body).get('voids')) if e.type == 'void' else null}\n"
         for e in events)
-
-
-def is_postgres_url(db: object) -> bool:
-    """Whether ``--db`` names a PostgreSQL database rather than a SQLite file."""
-    return isinstance(db, str) and re.match(r"postgres(ql)?://", db) is not None
 
 
 def redact_url(url: str) -> str:
