@@ -405,7 +405,7 @@ class Track:
         if self._root is None or self._root_min_time() >= horizon:
             return 0
         base = self.balance_after(horizon - 1)
-        kept = [(t, legs) for t, legs in self.walk() if t >= horizon]
+        kept = list(self._groups_from(horizon))
         dropped = self.groups - len(kept)
         self._root = None
         self._last = -1
@@ -423,6 +423,24 @@ class Track:
         while n.left is not None:
             n = n.left
         return n.t
+
+    def _groups_from(self, t: int) -> Iterator[tuple[int, list[Leg]]]:
+        """(time, legs) of every group at or after time ``t``, in order, without visiting
+        the earlier ones."""
+        stack: list[_Node] = []
+        n = self._root
+        while stack or n is not None:
+            while n is not None:
+                if n.t >= t:
+                    stack.append(n)
+                    n = n.left
+                else:
+                    n = n.right
+            if not stack:
+                return
+            n = stack.pop()
+            yield n.t, n.legs
+            n = n.right
 
     def posts_after(self, t: int) -> Iterator[tuple[int, int]]:
         """(time, balance right after the group) of every group after time ``t``, in order;

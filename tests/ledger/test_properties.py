@@ -4,8 +4,8 @@ For random event sets (receipts, picks, moves, counts, voids; few items, locatio
 so ties and late events are common) posted in random arrival orders, the final occurrence-order
 balances and the classes of negatives must not depend on the arrival order, and must match a
 recomputation from scratch (tests/ledger/reference.py). The incident set and recorded-order
-balances do
-depend on arrival order by definition; they must match the reference for that order.
+balances do depend on arrival order by definition; they must match the reference for that
+order.
 """
 
 from __future__ import annotations
@@ -255,3 +255,32 @@ def test_late_groups_keep_the_tree_shallow_in_any_arrival_order() -> None:
                rnd.randrange(40_000_000) + 1)
     assert tr.groups >= 12_000
     assert tr.depth() <= 3 * 14
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=st.lists(st.tuples(st.integers(0, 30), st.sampled_from(["add", "reset"]),
+                              st.integers(-5, 5)), min_size=1, max_size=60),
+       horizon=st.integers(0, 32), later=st.lists(st.tuples(st.integers(0, 40),
+                                                            st.integers(-5, 5)), max_size=10))
+def test_a_settled_track_answers_as_before_from_its_horizon_on(
+        ops: list[tuple[int, str, int]], horizon: int, later: list[tuple[int, int]]) -> None:
+    """Settling folds the groups before the horizon into one leg: every balance and every
+    negative search from the horizon on is what the whole history gives, also after more
+    legs arrive at or after the horizon."""
+    full, settled = Track(), Track()
+    for i, (t, op, value) in enumerate(ops):
+        v = abs(value) if op == "reset" else value
+        for tr in (full, settled):
+            tr.add(Leg((i,), reset=op == "reset", value=v, depletion=op == "add" and v < 0), t)
+    settled.settle(horizon)
+    assert all(t >= horizon - 1 for t, _legs in settled.walk())
+    for j, (t, value) in enumerate(later):
+        for tr in (full, settled):
+            tr.add(Leg((1000 + j,), reset=False, value=value, depletion=value < 0),
+                   max(t, horizon))
+    assert settled.balance == full.balance
+    for probe in range(horizon - 1, 42):
+        assert settled.balance_after(probe) == full.balance_after(probe)
+        if probe >= horizon:
+            assert ({leg.order for leg in settled.find_negative(probe)}
+                    == {leg.order for leg in full.find_negative(probe)})
