@@ -256,13 +256,23 @@ class LedgerService:
         return self._store
 
     def _open(self) -> None:
-        self._store = self._store_factory(self.db_path)
-        self._store.set_connector_routes(
-            [(c.name, site) for c in self.config.connectors for site in c.sites])
+        self._store = self._open_store()
         if self._leases() is not None:
             self._join()
         else:
             self._rebuild()
+
+    def _open_store(self) -> Store:
+        """The store, told which connector forwards which site (it fills their outbox in
+        each batch's transaction)."""
+        store = self._store_factory(self.db_path)
+        try:
+            store.set_connector_routes(
+                [(c.name, site) for c in self.config.connectors for site in c.sites])
+        except BaseException:
+            store.close()
+            raise
+        return store
 
     def _leases(self) -> PgStore | None:
         """The store as a holder of site leases (PostgreSQL), or None (SQLite)."""
@@ -514,7 +524,7 @@ class LedgerService:
         with contextlib.suppress(LedgerError):
             self.store.close()
         try:
-            self._store = self._store_factory(self.db_path)
+            self._store = self._open_store()
             self._broken = False
             self._join()
         except StoreError:

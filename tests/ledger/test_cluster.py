@@ -336,3 +336,76 @@ def test_a_frozen_process_loses_its_sites_and_writes_nothing_when_it_wakes(
     assert sorted(e["event_id"] for e in stored if e["site"] == site) == sorted(
         e["event_id"] for e in posted)
     assert balance == {"BIN": len(posted)}
+
+
+def test_the_managers_page_and_connectors_span_every_process(
+        tmp_path: Path, cluster_db: str, processes: list[Process]) -> None:
+    """With two processes, each one's manager's page, CSV, incident pages and notes cover
+    the sites the other owns; a connector runs in exactly one process, whose status both
+    report, and its outbox holds each event of its sites once."""
+    from tests.ledger.erp_standins import ErpNext, serve
+    from tests.ledger.test_connector_standins import write_config
+
+    erp = ErpNext()
+    tokens = _stations(cluster_db)
+    manager = new_token()
+    with open_store(cluster_db) as store:
+        store.add_manager("anna", hash_token(manager), "2026-11-22T09:00:00.000000Z")
+    with serve(erp) as erp_url, httpx.Client(timeout=30) as http:
+        cfg = write_config(tmp_path, "erpnext", erp_url,
+                           f'api_key = "{erp.API_KEY}"\napi_secret = "{erp.API_SECRET}"\n',
+                           CONFIG)
+        processes += [Process(cluster_db, cfg), Process(cluster_db, cfg)]
+        _wait_until_shared(cluster_db)
+        urls = [p.url for p in processes]
+        rnd = random.Random(11)
+        wh1 = 0
+        for st, events in _history(sorted(tokens), rnd, 60):
+            r = _post(http, rnd.choice(urls), tokens[st][1], st, events)
+            assert r.status_code == 200, r.text
+            wh1 += sum(1 for res, ev in zip(r.json()["results"], events, strict=True)
+                       if ev["site"] == "WH1" and res["status"] == "accepted")
+        owners = _owner_urls(cluster_db)
+        incidents = http.get(urls[0] + "/v1/negatives", params={"limit": 10000}).json()[
+            "incidents"]
+        assert {i["site"] for i in incidents} == set(SITES), "incidents of every site"
+        for url in urls:
+            assert http.get(url + "/v1/negatives",
+                            params={"limit": 10000}).json()["incidents"] == incidents
+            csv = http.get(url + "/v1/negatives.csv").text
+            assert len(csv.strip().splitlines()) == len(incidents) + 1
+            page = http.get(url + "/", params={"status": "open"}).text
+            for i in incidents:
+                if i["status"] == "open":
+                    assert f'href="/incidents/{i["id"]}' in page, (url, i["id"])
+            one_site = http.get(url + "/v1/negatives.csv", params={"site": "WH3"}).text
+            assert len(one_site.strip().splitlines()) == 1 + sum(
+                1 for i in incidents if i["site"] == "WH3")
+        # an incident of a site the asked process does not own: its page, JSON and notes
+        inc = next(i for i in incidents if owners[i["site"]][0] != urls[0])
+        story = http.get(urls[0] + f"/v1/negatives/{inc['id']}").json()
+        assert story["incident"]["depletion_event_id"] == inc["depletion_event_id"]
+        assert http.get(urls[0] + f"/incidents/{inc['id']}").status_code == 200
+        r = http.post(urls[0] + f"/v1/negatives/{inc['id']}/notes", json={"text": "seen"},
+                      headers={"Authorization": f"Bearer {manager}"})
+        assert r.status_code == 201, r.text
+        for url in urls:
+            (shown,) = [i for i in http.get(url + "/v1/negatives", params={
+                "limit": 10000}).json()["incidents"] if i["id"] == inc["id"]]
+            assert [n["text"] for n in shown["notes"]] == ["seen"]
+        assert http.get(urls[0] + "/v1/negatives/1").status_code == 404
+        # the connector: one process runs it, both report it, each event once in its outbox
+        deadline = time.monotonic() + 20
+        while True:
+            answers = [http.get(u + "/v1/connectors").json()["connectors"] for u in urls]
+            local = [http.get(u + "/v1/connectors", headers={"x-scan-ledger-local": "1"}
+                              ).json()["connectors"] for u in urls]
+            (c,) = answers[0]
+            if c["pending"] == 0 and c["forwarded"] + c["unmapped"] == wh1:
+                break
+            assert time.monotonic() < deadline, answers
+            time.sleep(0.2)
+        assert [[x["name"] for x in a] for a in answers] == [["erp"], ["erp"]]
+        assert all(a[0]["running"] for a in answers)
+        assert sorted(x[0]["running"] for x in local) == [False, True]
+        assert wh1 > 0

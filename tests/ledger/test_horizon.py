@@ -433,7 +433,7 @@ def test_a_crash_between_snapshots_loses_nothing(new_db: Any, monkeypatch: Any) 
 
     def state(svc: LedgerService) -> Any:
         def read() -> Any:
-            incs = svc.negatives(None, 10_000).body["incidents"]
+            incs = svc.negatives(None, limit=10_000).body["incidents"]
             # (on PostgreSQL an id is a position in recorded order, whose numbering a
             # restart moves on: the order of the ids is what must be the same)
             return (sorted((rank, i["depletion_event_id"], i["class"], i["status"],

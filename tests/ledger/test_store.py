@@ -91,3 +91,106 @@ def test_postgresql_store_keeps_every_character_of_an_event(pg_cluster: Any) -> 
 
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT item, seq FROM events").fetchone() == (tricky, 2**62)
+
+
+def test_postgresql_store_keeps_item_names_managers_and_notes_that_never_change(
+        pg_cluster: Any) -> None:
+    """The manager's page on PostgreSQL: item names added and updated, managers added,
+    refused twice and revoked, notes kept in order and refused any edit or delete by the
+    database itself."""
+    import psycopg
+
+    from ledger.errors import ManagerError
+
+    url = pg_cluster.create_database()
+    at = "2026-11-18T10:00:00.000000Z"
+    with open_store(url) as store:
+        assert store.put_items([("I1", "Mug"), ("I2", "Kettle")], at) == (2, 0)
+        assert store.put_items([("I1", "Mug 0.3 l"), ("I2", "Kettle"), ("I3", "Pot")],
+                               at) == (1, 1)
+        assert store.item_names(["I1", "I3", "nope", "I1"]) == {"I1": "Mug 0.3 l", "I3": "Pot"}
+        assert store.item_names([]) == {}
+        store.add_manager("anna", "hash-a", at)
+        with pytest.raises(ManagerError, match="already exists"):
+            store.add_manager("anna", "hash-b", at)
+        manager = store.manager_by_token("hash-a")
+        assert manager is not None and manager.name == "anna"
+        n1 = store.add_note(7, "e7", "anna", "first", at)
+        n2 = store.add_note(7, "e7", "anna", "second", at)
+        store.add_note(9, "e9", "anna", "other", at)
+        assert n1.id < n2.id
+        assert [n.text for n in store.notes([7])[7]] == ["first", "second"]
+        assert sorted(store.notes()) == [7, 9] and store.notes([]) == {}
+        store.revoke_manager("anna", at)
+        assert store.manager_by_token("hash-a") is None
+        with pytest.raises(ManagerError, match="no active manager"):
+            store.revoke_manager("anna", at)
+    with psycopg.connect(url, autocommit=True) as conn:
+        for sql in ("UPDATE notes SET text = 'changed'", "DELETE FROM notes",
+                    "TRUNCATE notes"):
+            with pytest.raises(psycopg.errors.RaiseException, match="never"):
+                conn.execute(sql)
+        assert conn.execute("SELECT count(*) FROM notes").fetchone() == (3,)
+
+
+def test_postgresql_outbox_is_filled_in_the_batch_transaction(pg_cluster: Any) -> None:
+    """Connector routes and the outbox on PostgreSQL: a new route takes the site's history,
+    each accepted or released event of a routed site gets its row in the batch's own
+    transaction (a batch that fails leaves none), marks and counts read back."""
+    from ledger.errors import StoreError
+    from ledger.store import Release
+
+    url = pg_cluster.create_database()
+    with open_store(url) as store:
+        store.save_batch([_event(1, "dock-1")], [], None)  # before any route
+        store.set_connector_routes([("erp", "WH1")])
+        assert [e.event_id for e in store.outbox_open("erp", "pending", 10)] == ["e1"]
+        held = NewEvent("h1", "dock-1", "WH1", 5, "receipt", "I", "t", "t", "held", None,
+                        None, "{}")
+        store.save_batch([_event(2, "dock-1"), held], [], None)
+        store.save_batch([], [Release("h1", 40, "t", None)], None)
+        other = NewEvent("x1", "dock-9", "WH2", 1, "receipt", "I", "t", "t", "accepted", 50,
+                         "t", "{}")
+        store.save_batch([other], [], None)  # WH2 has no connector
+        assert [e.event_id for e in store.outbox_open("erp", "pending", 10)] == [
+            "e1", "e2", "h1"]
+        with pytest.raises(StoreError):  # the same event again: the whole batch fails
+            store.save_batch([_event(3, "dock-1"), _event(2, "dock-1")], [], None)
+        assert len(store.outbox_open("erp", "pending", 10)) == 3
+        store.outbox_mark("erp", 1, "forwarded", None, "doc-1", "t", item="I",
+                          occurred_us=1000)
+        store.outbox_mark("erp", 2, "unmapped", "no such bin", None, "t")
+        assert store.outbox_counts() == {"erp": {"forwarded": 1, "unmapped": 1, "pending": 1}}
+        entry = store.outbox_entry("erp", "e1")
+        assert entry is not None and (entry.state, entry.result) == ("forwarded", "doc-1")
+        assert [e.event_id for e in store.outbox_item_history("erp", "WH1", "I")] == ["e1"]
+        assert store.outbox_item_history("erp", "WH1", "I", since_us=2000) == []
+        assert store.claim_connector("erp")
+        with open_store(url) as second:  # another process: the connector is taken
+            assert not second.claim_connector("erp")
+    with open_store(url) as third:  # the first one's session ended: free again
+        assert third.claim_connector("erp")
+
+
+def test_postgresql_read_only_open_creates_nothing(pg_cluster: Any) -> None:
+    """``create=False`` on a database without the ledger's tables is an error naming it,
+    and the database stays empty."""
+    import psycopg
+
+    from ledger import pgstore
+    from ledger.errors import StoreError
+
+    url = pg_cluster.create_database()
+    with pytest.raises(StoreError, match="no ledger database there") as err:
+        open_store(url, create=False)
+    assert pgstore.redact_url(url) in str(err.value)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+                            ).fetchone() == (0,)
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    with pytest.raises(StoreError, match="not a ledger database"):
+        open_store(url, create=False)
+    url2 = pg_cluster.create_database()
+    open_store(url2).close()
+    with open_store(url2, create=False) as store:
+        assert store.stations() == []
