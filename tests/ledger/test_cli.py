@@ -71,6 +71,23 @@ def test_commands_on_an_existing_ledger_never_create_one(tmp_path: Path,
     assert list(tmp_path.iterdir()) == [], "no file, no -wal, no -shm"
 
 
+def test_commands_on_an_empty_postgresql_database_never_create_a_ledger(
+        pg_cluster: Any) -> None:
+    """The same for a ``postgresql://`` URL: an error naming the database, no table made."""
+    import psycopg
+
+    url = pg_cluster.create_database()
+    for command in (["station", "list"], ["station", "revoke", "dock-3"]):
+        out = run(*command, "--db", url)
+        assert out.returncode == 1 and out.stdout == ""
+        assert out.stderr.strip() == (
+            f"scan-ledger: {url}: no ledger database there (nothing was created; "
+            "'scan-ledger serve' or 'scan-ledger station add' makes one)")
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+                            ).fetchone() == (0,)
+
+
 def test_station_list_on_a_file_that_is_no_ledger_says_so(tmp_path: Path) -> None:
     other = tmp_path / "journal.db"
     other.write_bytes(b"")
