@@ -273,6 +273,8 @@ class PgStore:
     """The PostgreSQL store. Use one instance from one thread at a time (the service's
     worker); its one connection also holds this process's site leases."""
 
+    shared = True  # several processes
+
     # site -> the connectors that forward it (none until set_connector_routes)
     _routes: Mapping[str, tuple[str, ...]] = MappingProxyType({})
 

@@ -301,6 +301,9 @@ class OutboxEntry:
 class Store(Protocol):
     """What the ledger needs from a database."""
 
+    # whether several ledger processes may write the database at once (PostgreSQL)
+    shared: bool
+
     def add_station(self, name: str, site: str, token_hash: str, now: str) -> None: ...
     def revoke_station(self, name: str, now: str) -> None: ...
     def stations(self) -> list[StationRecord]: ...
@@ -350,6 +353,8 @@ _EVENT_COLS = ("event_id, station, site, status, applied_seq, applied_at, receiv
 
 class SqliteStore:
     """The SQLite store (WAL). Use one instance from one thread at a time."""
+
+    shared = False  # one process
 
     def __init__(self, path: str | Path, *, create: bool = True) -> None:
         self.path = str(path)

@@ -55,7 +55,7 @@ Run = Callable[..., Any]
 
 BATCH = 100
 BACKOFF_BASE_S = 0.5
-LEASE_WAIT_S = 1.0  # how often a process that does not run a connector looks again
+LEASE_WAIT_S = 1.0  # several processes: how often to look at the lease and the outbox
 
 
 def make_adapter(config: ConnectorConfig) -> Adapter:
@@ -106,6 +106,7 @@ class Forwarder:
         # Several processes on one PostgreSQL database: only the one holding the connector's
         # lease forwards it (claim_connector); the others wait, ready to take it over.
         self.running = False
+        self._shared = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -180,10 +181,14 @@ class Forwarder:
                 continue
             if not more:
                 wait = max(0.05, next_unmapped - time.monotonic())
+                if self._shared:  # other processes fill the outbox too: no wake from them
+                    wait = min(wait, LEASE_WAIT_S)
                 self._wake.wait(min(wait, self.config.unmapped_retry_s))
 
     def _claim(self) -> bool:
-        return self._store().claim_connector(self.config.name)
+        store = self._store()
+        self._shared = store.shared
+        return store.claim_connector(self.config.name)
 
     def _error(self, message: str, delay: float) -> None:
         with self._lock:
