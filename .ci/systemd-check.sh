@@ -222,6 +222,10 @@ cp systemd/ledger.example.toml "$LSTAGE/etc/scan-ledger/ledger.toml"
 printf '#!/bin/sh\nexit 0\n' >"$LSTAGE/opt/scan-agent/venv/bin/scan-ledger"
 chmod 755 "$LSTAGE/opt/scan-agent/venv/bin/scan-ledger"
 verify_unit "$LSTAGE" "$LUNIT"
+# the template for several processes on PostgreSQL, as one instance of it
+cp systemd/scan-ledger@.service "$LSTAGE/usr/local/lib/systemd/system/"
+cp systemd/ledger-postgresql.example.env "$LSTAGE/etc/scan-ledger/postgresql.env"
+verify_unit "$LSTAGE" scan-ledger@8081.service
 check "systemd-sysusers --dry-run systemd/sysusers.d/scan-ledger.conf" \
     sysusers_dry_run ledger "$HERE/systemd/sysusers.d/scan-ledger.conf"
 load_ledger_config() {

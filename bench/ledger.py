@@ -28,6 +28,12 @@ It prints:
    The history is written straight into the store through its bulk path (the engine settles
    and snapshots it as the service does), not posted over HTTP: posting 3M events would take
    minutes and measure ingest, which figure 1 does.
+4. with ``--postgres`` (or ``--only-postgres``): ingest over HTTP into PostgreSQL (a
+   throwaway cluster, every commit synced) with one and with two ``scan-ledger serve``
+   processes, beside one process on SQLite in the same run, the stations spread over
+   four sites and each batch sent to either process at random, as a load balancer does;
+   and the takeover: how long after one of two processes is killed (SIGKILL) the stations
+   of its sites are acknowledged again.
 """
 
 from __future__ import annotations
@@ -297,6 +303,195 @@ def late_event_costs(sizes: list[int], late: int, rounds: int = 10,
     return best
 
 
+PG_SITES = 4  # the PostgreSQL figures' stations are spread over this many sites
+
+
+def _site_bodies(n: int, stations: int) -> list[tuple[str, str, list[bytes]]]:
+    """(station, site, bodies): in-order events split between ``stations`` stations spread
+    over PG_SITES sites, batch by batch in turn."""
+    events = make_events(n, 0.0)
+    out = []
+    for k in range(stations):
+        name, site = f"dock-{k + 1}", f"WH{k % PG_SITES + 1}"
+        mine = [{**ev, "station": name, "site": site}
+                for b, i in enumerate(range(0, len(events), BATCH)) if b % stations == k
+                for ev in events[i:i + BATCH]]
+        out.append((name, site, bodies(mine, name)))
+    return out
+
+
+def _serve(db: str | Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, "-m", "ledger", "serve", "--db", str(db),
+                             "--port", "0", "--log-level", "warning"], stdout=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("scan-ledger listening on "):
+        proc.wait(30)
+        raise RuntimeError(f"scan-ledger serve --db {db} did not start")
+    return proc, line.split()[-1]
+
+
+def _stop(procs: list[subprocess.Popen[str]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _add_stations(db: str | Path, work: list[tuple[str, str, list[bytes]]]) -> list[str]:
+    from ledger.service import hash_token, new_token
+    from ledger.store import open_store
+
+    tokens = []
+    with open_store(db) as store:
+        for name, site, _ in work:
+            token = new_token()
+            store.add_station(name, site, hash_token(token), format_time(now_us()))
+            tokens.append(token)
+    return tokens
+
+
+def _wait_shared(db: str, processes: int) -> None:
+    """Until ``processes`` processes own sites (a process that joins is handed its share)."""
+    from ledger.store import open_store
+
+    deadline = time.monotonic() + 30
+    with open_store(db) as store:
+        while len({o.url for o in store.site_owners().values()  # type: ignore[attr-defined]
+                   if o.held}) < processes:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the sites were not shared between the processes")
+            time.sleep(0.1)
+
+
+def ingest_http_sites(n: int, db: str | Path, processes: int, stations: int = STATIONS * 2
+                      ) -> float:
+    """Events/s over HTTP into ``processes`` ``scan-ledger serve`` processes on ``db`` (a
+    SQLite file for one process, or a PostgreSQL URL), ``stations`` stations over PG_SITES
+    sites posting at once, each batch to one of the processes at random."""
+    work = _site_bodies(n, stations)
+    tokens = _add_stations(db, work)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        urls = []
+        for _ in range(processes):
+            proc, url = _serve(db)
+            procs.append(proc)
+            urls.append(url)
+        if processes > 1:
+            _wait_shared(str(db), processes)
+
+        def post_all(k: int) -> None:
+            rnd = random.Random(k)
+            headers = {"Authorization": f"Bearer {tokens[k]}",
+                       "Content-Type": "application/json"}
+            with httpx.Client(timeout=120) as http:
+                for body in work[k][2]:
+                    r = http.post(rnd.choice(urls) + "/v1/events", content=body,
+                                  headers=headers)
+                    assert r.status_code == 200, r.text
+
+        with ThreadPoolExecutor(max_workers=stations) as pool:
+            t0 = time.perf_counter()
+            for f in [pool.submit(post_all, k) for k in range(stations)]:
+                f.result()
+            return n / (time.perf_counter() - t0)
+    finally:
+        _stop(procs)
+
+
+def takeover_time(db: str, stations: int = STATIONS * 2) -> float:
+    """Seconds from SIGKILL of one of two processes until every station of the sites it
+    owned has a batch acknowledged again (stations post small batches continuously, to any
+    live process, retrying 50 ms after a failure)."""
+    from ledger.store import open_store
+
+    work = _site_bodies(stations * BATCH, stations)
+    tokens = _add_stations(db, work)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        urls = []
+        for _ in range(2):
+            proc, url = _serve(db)
+            procs.append(proc)
+            urls.append(url)
+        _wait_shared(db, 2)
+        live = list(urls)
+        acked: dict[int, list[float]] = {k: [] for k in range(stations)}
+        stop = False
+
+        def post_all(k: int) -> None:
+            rnd = random.Random(k)
+            events = json.loads(work[k][2][0])["events"]
+            headers = {"Authorization": f"Bearer {tokens[k]}"}
+            seq = 0
+            with httpx.Client(timeout=10) as http:
+                while not stop:
+                    chunk = events[seq % len(events): seq % len(events) + 20]
+                    seq += 20
+                    body = {"station": work[k][0], "sent_at": format_time(now_us()),
+                            "watermark": None, "events": chunk}
+                    while not stop:
+                        try:
+                            r = http.post(rnd.choice(live) + "/v1/events", json=body,
+                                          headers=headers)
+                            if r.status_code == 200:
+                                acked[k].append(time.monotonic())
+                                break
+                        except httpx.HTTPError:
+                            pass
+                        time.sleep(0.05)
+
+        with ThreadPoolExecutor(max_workers=stations) as pool:
+            running = [pool.submit(post_all, k) for k in range(stations)]
+            time.sleep(1.5)
+            with open_store(db) as store:
+                victims = {s for s, o in store.site_owners().items()  # type: ignore[attr-defined]
+                           if o.url == urls[0]}
+            procs[0].send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            live.remove(urls[0])
+            deadline = killed + 30
+            mine = [k for k in range(stations) if work[k][1] in victims]
+            while time.monotonic() < deadline and not all(
+                    any(t > killed for t in acked[k]) for k in mine):
+                time.sleep(0.01)
+            stop = True
+            for f in running:
+                f.result()
+        return max(min((t for t in acked[k] if t > killed), default=float("inf")) - killed
+                   for k in mine)
+    finally:
+        _stop(procs)
+
+
+def postgres_figures(n: int, workdir: Path, repeat: int = 3
+                     ) -> tuple[dict[str, float], list[float]]:
+    """Median events/s over HTTP: one process on SQLite, one and two on PostgreSQL (runs
+    taking turns, each on a fresh database); and the takeover times of ``repeat`` kills."""
+    from tests.pgcluster import PgCluster
+
+    rates: dict[str, list[float]] = {"sqlite, 1 process": [], "postgresql, 1 process": [],
+                                     "postgresql, 2 processes": []}
+    takeovers = []
+    with PgCluster.running(durable=True) as pg:
+        for _ in range(max(1, repeat)):
+            rates["sqlite, 1 process"].append(_on_fresh_db(
+                lambda db: ingest_http_sites(n, db, 1), workdir))
+            rates["postgresql, 1 process"].append(ingest_http_sites(n, pg.create_database(), 1))
+            rates["postgresql, 2 processes"].append(
+                ingest_http_sites(n, pg.create_database(), 2))
+        for _ in range(max(1, repeat)):
+            takeovers.append(takeover_time(pg.create_database()))
+    return {k: statistics.median(v) for k, v in rates.items()}, takeovers
+
+
+
+
 HISTORY_STATIONS = 4
 HISTORY_CHUNK = 5_000  # events per station batch while building a history
 
@@ -419,7 +614,24 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--repeat", type=int, default=5, metavar="N",
                     help="runs per ingest figure; the median is printed (default 5)")
+    ap.add_argument("--postgres", action="store_true",
+                    help="add the PostgreSQL figures (needs Debian's postgresql)")
+    ap.add_argument("--only-postgres", action="store_true",
+                    help="the PostgreSQL figures alone")
     args = ap.parse_args()
+    if args.postgres or args.only_postgres:
+        n = 10_000 if args.quick else 50_000
+        with tempfile.TemporaryDirectory() as tmp:
+            rates, takeovers = postgres_figures(n, Path(tmp), min(args.repeat, 3))
+        print(f"ingest over HTTP, {n:,} in-order events from {STATIONS * 2} stations over "
+              f"{PG_SITES} sites, each batch to a process at random:")
+        base = rates["sqlite, 1 process"]
+        for label, rate in rates.items():
+            print(f"  {label:<24} {rate:>9,.0f} events/s   ratio vs SQLite {rate / base:.2f}")
+        print("takeover after SIGKILL of one of two processes: "
+              + ", ".join(f"{t:.2f} s" for t in takeovers))
+        if args.only_postgres:
+            return
     n_direct = 20_000 if args.quick else 100_000
     n_http = 10_000 if args.quick else 50_000
     sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]

@@ -37,7 +37,7 @@ from bench import capture as capture_bench  # noqa: E402
 from bench import sync as sync_bench  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / ".work"
-SECTIONS = ("capture", "ack", "sync", "agent", "ledger")
+SECTIONS = ("capture", "ack", "sync", "agent", "ledger", "postgres")
 
 
 @dataclass(frozen=True)
@@ -275,6 +275,35 @@ def ledger_section(quick: bool) -> tuple[list[Row], str]:
     return rows, "\n".join(lines)
 
 
+def postgres_section(quick: bool) -> tuple[list[Row], str]:
+    from bench import ledger as ledger_bench
+
+    n = 10_000 if quick else 50_000
+    repeat = 1 if quick else 3
+    with tempfile.TemporaryDirectory(prefix="ledger-pg-", dir=WORK) as tmp:
+        rates, takeovers = ledger_bench.postgres_figures(n, Path(tmp), repeat)
+    stations = ledger_bench.STATIONS * 2
+    base = rates["sqlite, 1 process"]
+    lines = [f"ingest over HTTP, {n:,} in-order events from {stations} stations over "
+             f"{ledger_bench.PG_SITES} sites, batches of {ledger_bench.BATCH}, each to a "
+             f"process at random; median of {repeat} runs, taking turns:"]
+    rows = []
+    for label, rate in rates.items():
+        lines.append(f"  {label:<24} {rate:>9,.0f} events/s   ratio vs SQLite {rate / base:.2f}")
+        if label.startswith("postgresql"):
+            two = label.endswith("2 processes")
+            rows.append(Row(f"ingest over HTTP into PostgreSQL, {label.split(', ')[1]}",
+                            f"{rate:,.0f} events/s", f"SQLite, 1 process: {base:,.0f} events/s",
+                            f"{rate / base:.2f}", ">= 10,000 events/s" if two else "—",
+                            rate >= 10_000 if two else None))
+    lines.append("takeover after SIGKILL of one of two processes (until every station of its "
+                 "sites is acknowledged again): " + ", ".join(f"{t:.2f} s" for t in takeovers))
+    worst = max(takeovers)
+    rows.append(Row("takeover after SIGKILL, worst of the runs", f"{worst:.2f} s", "—", "—",
+                    "< 10 s", worst < 10))
+    return rows, "\n".join(lines)
+
+
 RUNNERS: dict[str, tuple[str, str, str, Callable[[bool], tuple[list[Row], str]]]] = {
     "capture": ("Capture", "Scan-to-commit latency and durable throughput of the station's "
                 "capture path, against a bare durable SQLite commit issued the way a blocking "
@@ -321,6 +350,17 @@ RUNNERS: dict[str, tuple[str, str, str, Callable[[bool], tuple[list[Row], str]]]
                "a tenth is built again; at 1M the history no longer fits in the CPU's "
                "caches, which is most of what grows besides the O(log n) path.",
                ".venv/bin/python bench/ledger.py", ledger_section),
+    "postgres": ("Ledger on PostgreSQL", "Ingest over HTTP into `scan-ledger serve` on "
+                 "PostgreSQL (a throwaway cluster started by the benchmark, fsync on, every "
+                 "commit synced) with one and with two processes, beside one process on "
+                 "SQLite in the same run, with the stations spread over four sites and each "
+                 "batch sent to one of the processes at random, as a round-robin load "
+                 "balancer does (so about half the batches are forwarded to their site's "
+                 "owner); and the takeover: seconds from SIGKILL of one of two processes, "
+                 "stations posting all the while, until every station of its sites has a "
+                 "batch acknowledged again. Everything, the database server and the stations "
+                 "included, shares the machine's cores.",
+                 ".venv/bin/python bench/ledger.py --only-postgres", postgres_section),
 }
 
 

@@ -22,9 +22,12 @@ from ledger.store import open_store
 
 __all__ = ["cli", "main"]
 
-_DB = click.option("--db", "db", required=True, type=click.Path(dir_okay=False),
-                   help="SQLite database of the ledger (serve and station add create it; "
-                   "other commands need it to exist).")
+_DB = click.option("--db", "db", required=True, envvar="SCAN_LEDGER_DB", metavar="FILE|URL",
+                   help="The ledger's database: a SQLite file, or a "
+                        "postgresql:// URL whose password, if any, libpq reads from "
+                        "~/.pgpass, PGPASSFILE, a service file or PGPASSWORD (serve and "
+                        "station add create the ledger; other commands need it to exist). "
+                        "Default: $SCAN_LEDGER_DB.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,7 +45,12 @@ def cli() -> None:
               help="Ledger TOML config (site policies, limits, webhook, read token).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def serve(db: str, host: str, port: int, config_path: str | None, log_level: str) -> None:
+@click.option("--advertise", metavar="URL",
+              help="With several processes on one PostgreSQL database: the base URL the "
+                   "others use to reach this one (default: the listening address, or this "
+                   "machine's name when listening on every address).")
+def serve(db: str, host: str, port: int, config_path: str | None, log_level: str,
+          advertise: str | None) -> None:
     """Run the ledger HTTP server in the foreground until SIGTERM or SIGINT.
 
     Once listening, prints one line to standard output:
@@ -56,7 +64,7 @@ def serve(db: str, host: str, port: int, config_path: str | None, log_level: str
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format=stamp + "%(levelname)s %(name)s: %(message)s")
     config = load_config(config_path)
-    run_server(db, host=host, port=port, config=config,
+    run_server(db, host=host, port=port, config=config, advertise=advertise,
                log_level="warning" if log_level in ("info", "debug") else log_level)
 
 

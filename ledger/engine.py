@@ -164,6 +164,9 @@ class Ledger:
         self.counts: dict[Key3, list[tuple[int, str]]] = {}
         self.incidents: dict[int, Incident] = {}
         self.next_incident = 1
+        # Several processes, one engine per site (ledger.pgstore): an incident is numbered by
+        # its depletion's position in recorded order, unique across sites and processes.
+        self.ids_by_position = False
         # DESIGN section 10, per site: the horizon (nothing older can arrive by the protocol;
         # what does is applied at it), and the time before which memory holds no history
         # (at or before the horizon: every answer is the same wherever it lies).
@@ -405,6 +408,7 @@ class Ledger:
                 keys.remove(m.key)
 
     def _apply(self, m: Movement, now: int, warnings: list[str]) -> None:
+        m.applied_seq = self.applied_seq  # (every caller has just numbered it)
         site, item, t = m.site, m.item or "", m.t
         tracks = self.tracks
         recorded = self.recorded
@@ -653,8 +657,12 @@ class Ledger:
         warnings.append(f"negative balance at {loc}: {shown}{order} (class {inc.cls})")
 
     def _open(self, m: Movement, now: int, trigger: Movement) -> Incident:
-        inc = Incident(self.next_incident, m, now)
-        self.next_incident += 1
+        if self.ids_by_position:
+            assert m.applied_seq is not None
+            inc = Incident(m.applied_seq, m, now)
+        else:
+            inc = Incident(self.next_incident, m, now)
+            self.next_incident += 1
         self.incidents[inc.id] = inc
         m.incident = inc
         leg = m.legs[0]

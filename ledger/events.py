@@ -63,9 +63,9 @@ class Movement:
     fills in the mutable part (status, voids, incident, recorded-order deltas).
     """
 
-    __slots__ = ("applied", "before_horizon", "body", "digest", "event_id", "from_location",
-                 "held", "incident", "item", "legs", "occurred_at", "orig_t", "qty",
-                 "rec_deltas", "reversal", "scanner", "seq", "site", "station", "t",
+    __slots__ = ("applied", "applied_seq", "before_horizon", "body", "digest", "event_id",
+                 "from_location", "held", "incident", "item", "legs", "occurred_at", "orig_t",
+                 "qty", "rec_deltas", "reversal", "scanner", "seq", "site", "station", "t",
                  "to_location", "type", "voided_by", "voids")
 
     def __init__(self, event_id: str, station: str, site: str, scanner: str, seq: int,
@@ -91,6 +91,7 @@ class Movement:
         self.digest = digest
         self.body = body  # canonical JSON as posted; dropped once stored
         self.applied = False  # its legs are in the balances (not held, not voided)
+        self.applied_seq: int | None = None  # its position in recorded order, once applied
         self.held = False
         self.voided_by: str | None = None
         self.incident: Any = None
@@ -106,18 +107,18 @@ class Movement:
     # Snapshots (pickle) hold many of these: a tuple of the fields is much smaller and
     # quicker to read back than the default slot dictionary.
     def __getstate__(self) -> tuple[Any, ...]:
-        return (self.applied, self.before_horizon, self.body, self.digest, self.event_id,
-                self.from_location, self.held, self.incident, self.item, self.legs,
-                self.occurred_at, self.orig_t, self.qty, self.rec_deltas, self.reversal,
-                self.scanner, self.seq, self.site, self.station, self.t, self.to_location,
-                self.type, self.voided_by, self.voids)
+        return (self.applied, self.applied_seq, self.before_horizon, self.body, self.digest,
+                self.event_id, self.from_location, self.held, self.incident, self.item,
+                self.legs, self.occurred_at, self.orig_t, self.qty, self.rec_deltas,
+                self.reversal, self.scanner, self.seq, self.site, self.station, self.t,
+                self.to_location, self.type, self.voided_by, self.voids)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        (self.applied, self.before_horizon, self.body, self.digest, self.event_id,
-         self.from_location, self.held, self.incident, self.item, self.legs, self.occurred_at,
-         self.orig_t, self.qty, self.rec_deltas, self.reversal, self.scanner, self.seq,
-         self.site, self.station, self.t, self.to_location, self.type, self.voided_by,
-         self.voids) = state
+        (self.applied, self.applied_seq, self.before_horizon, self.body, self.digest,
+         self.event_id, self.from_location, self.held, self.incident, self.item,
+         self.legs, self.occurred_at, self.orig_t, self.qty, self.rec_deltas,
+         self.reversal, self.scanner, self.seq, self.site, self.station, self.t,
+         self.to_location, self.type, self.voided_by, self.voids) = state
 
     @property
     def effective_at(self) -> str | None:

@@ -31,7 +31,7 @@ from ledger.errors import ServerError
 from ledger.notify import notify_systemd
 from ledger.service import LedgerService
 
-__all__ = ["LedgerServer", "bind", "serve", "tune_gc"]
+__all__ = ["LedgerServer", "advertised", "bind", "serve", "tune_gc"]
 
 log = logging.getLogger("ledger")
 
@@ -162,13 +162,22 @@ class _HeadDeadline(HttpToolsProtocol):
 def _uvicorn_config(service: LedgerService, log_level: str) -> uvicorn.Config:
     protocol = type("HeadDeadline", (_HeadDeadline,),
                     {"head_timeout_s": service.config.head_timeout_s})
-    return uvicorn.Config(create_app(service), http=protocol, lifespan="off",
+    return uvicorn.Config(create_app(service), http=protocol, lifespan="on",
                           log_level=log_level, access_log=False, timeout_graceful_shutdown=5,
                           server_header=False)
 
 
+def advertised(host: str, sock: socket.socket) -> str:
+    """How other ledger processes reach this one: the listening URL, or, when listening on
+    every address, this machine's name."""
+    if host in ("0.0.0.0", "::", ""):
+        return f"http://{socket.getfqdn()}:{sock.getsockname()[1]}"
+    return _url(host, sock)
+
+
 def serve(db: str | Path, *, host: str = "127.0.0.1", port: int = 8080,
-          config: LedgerConfig | None = None, log_level: str = "warning") -> None:
+          config: LedgerConfig | None = None, log_level: str = "warning",
+          advertise: str | None = None) -> None:
     """Run the ledger in the foreground until SIGTERM or SIGINT.
 
     Once listening it prints exactly one line, ``scan-ledger listening on http://HOST:PORT``,
@@ -179,7 +188,8 @@ def serve(db: str | Path, *, host: str = "127.0.0.1", port: int = 8080,
     tune_gc()
     sock = bind(host, port)
     url = _url(host, sock)
-    with LedgerService(db, config or LedgerConfig()) as service:
+    with LedgerService(db, config or LedgerConfig(),
+                       advertise_url=advertise or advertised(host, sock)) as service:
 
         def announce() -> None:
             print(f"scan-ledger listening on {url}", flush=True)
@@ -217,7 +227,8 @@ class LedgerServer:
         sock = bind(self.host, self.port)
         self.url = _url(self.host, sock)
         try:
-            self.service = LedgerService(self.db_path, self.config).start()
+            self.service = LedgerService(self.db_path, self.config,
+                                         advertise_url=self.url).start()
         except BaseException:
             sock.close()
             raise

@@ -11,17 +11,20 @@ The HTTP layer (:mod:`ledger.app`) is a thin translation of these methods; the C
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hashlib
 import json
 import logging
 import re
 import secrets
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ledger.alerts import WebhookNotifier
 from ledger.config import LedgerConfig
@@ -53,7 +56,10 @@ from ledger.store import (
     open_store,
 )
 
-__all__ = ["MAX_NOTE", "LedgerService", "Reply", "hash_token", "new_token",
+if TYPE_CHECKING:
+    from ledger.pgstore import PgStore
+
+__all__ = ["MAX_NOTE", "LedgerService", "Reply", "hash_token", "merge_lists", "new_token",
            "valid_station_name"]
 
 log = logging.getLogger("ledger")
@@ -88,10 +94,45 @@ class Reply:
     status: int
     body: dict[str, Any]
     headers: dict[str, str] | None = None
+    forward: str | None = None  # another process owns the site: ask it (its base URL)
 
 
 def _error(status: int, message: str, **headers: str) -> Reply:
     return Reply(status, {"error": message}, headers or None)
+
+
+def merge_lists(name: str, bodies: Sequence[dict[str, Any]], key: Callable[[Any], Any],
+                limit: int | None = None) -> dict[str, Any]:
+    """One answer from the same read asked of several processes (each answering for the
+    sites it owns): the rows of list ``name`` in ``key`` order, each once; a paged list
+    (``limit``) is cut to a page again, ``next`` naming the last incident kept.
+
+    >>> merge_lists("incidents", [{"incidents": [{"id": 1}, {"id": 7}], "next": None},
+    ...                           {"incidents": [{"id": 3}, {"id": 7}], "next": "p3"}],
+    ...             lambda i: i["id"], limit=2)
+    {'incidents': [{'id': 1}, {'id': 3}], 'next': 'p3'}
+    """
+    rows: dict[Any, dict[str, Any]] = {}
+    for body in bodies:
+        for row in body[name]:
+            rows[key(row)] = row
+    merged = [rows[k] for k in sorted(rows)]
+    out = {**bodies[0], name: merged}
+    if limit is not None and "next" in bodies[0]:
+        more = len(merged) > limit or any(b.get("next") for b in bodies)
+        out[name] = merged = merged[:limit]
+        out["next"] = _make_cursor(merged[-1]["id"]) if more and merged else None
+    return out
+
+
+@dataclass(slots=True)
+class _Part:
+    """One site's engine and settling counters (several processes: one per site owned)."""
+
+    engine: Ledger
+    settle_at: int = SETTLE_MIN
+    snapshot_every: int = SETTLE_MIN
+    since_snapshot: int = 0
 
 
 class LedgerService:
@@ -101,13 +142,33 @@ class LedgerService:
     ...     token = svc.run(svc.add_station, "dock-3", "WH1")
     """
 
+    # Several processes on one PostgreSQL database (DESIGN section 12): how often each one
+    # looks at the site leases, and how long a site may stay without an owner before a
+    # process that already has its fair share takes it anyway.
+    TEND_INTERVAL_S = 1.0
+    ORPHAN_GRACE_S = 2.0
+
     def __init__(self, db_path: str | Path, config: LedgerConfig | None = None, *,
-                 store_factory: Callable[[str | Path], Store] = open_store) -> None:
+                 store_factory: Callable[[str | Path], Store] = open_store,
+                 advertise_url: str | None = None) -> None:
         self.db_path = db_path
         self.config = config or LedgerConfig()
         self._store_factory = store_factory
         self._executor: ThreadPoolExecutor | None = None
         self._store: Store | None = None
+        # On PostgreSQL, several processes (DESIGN section 12): the sites this process owns,
+        # each with its own engine (None: one process, one engine for every site). The
+        # service works on one site's part at a time: _use(site) makes it current.
+        self.advertise_url = advertise_url
+        self.member_id = secrets.randbelow(2**31 - 2) + 1
+        self.owned: set[str] | None = None
+        self._parts: dict[str, _Part] = {}
+        self._current: str | None = None
+        self._orphaned: dict[str, float] = {}
+        self._handed: dict[str, float] = {}  # sites handed over, when
+        self._broken = False
+        self._tender: threading.Thread | None = None
+        self._stop = threading.Event()
         self.engine = self._new_engine()
         self.notifier: WebhookNotifier | None = None
         self.forwarders: list[Forwarder] = []
@@ -121,8 +182,10 @@ class LedgerService:
         self._since_snapshot = 0
 
     def _new_engine(self) -> Ledger:
-        return Ledger(self.config.allow_negative,
-                      duplicate_window_us=int(self.config.duplicate_window_s * 1_000_000))
+        engine = Ledger(self.config.allow_negative,
+                        duplicate_window_us=int(self.config.duplicate_window_s * 1_000_000))
+        engine.ids_by_position = self.owned is not None
+        return engine
 
     # ------------------------------------------------------------ lifecycle
 
@@ -134,6 +197,10 @@ class LedgerService:
         except BaseException:
             self.close()
             raise
+        if self.owned is not None:
+            self._tender = threading.Thread(target=self._tend_loop, name="ledger-leases",
+                                            daemon=True)
+            self._tender.start()
         if self.config.webhook_url:
             self.notifier = WebhookNotifier(self.config.webhook_url,
                                             timeout=self.config.webhook_timeout_s,
@@ -149,6 +216,9 @@ class LedgerService:
         self._closed = True
         for f in self.forwarders:  # they use the worker: stop them first
             f.close()
+        self._stop.set()
+        if self._tender is not None:
+            self._tender.join(30)
         if self.notifier is not None:
             self.notifier.close()
         if self._executor is not None:
@@ -186,10 +256,28 @@ class LedgerService:
         return self._store
 
     def _open(self) -> None:
-        self._store = self._store_factory(self.db_path)
-        self._store.set_connector_routes(
-            [(c.name, site) for c in self.config.connectors for site in c.sites])
-        self._rebuild()
+        self._store = self._open_store()
+        if self._leases() is not None:
+            self._join()
+        else:
+            self._rebuild()
+
+    def _open_store(self) -> Store:
+        """The store, told which connector forwards which site (it fills their outbox in
+        each batch's transaction)."""
+        store = self._store_factory(self.db_path)
+        try:
+            store.set_connector_routes(
+                [(c.name, site) for c in self.config.connectors for site in c.sites])
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _leases(self) -> PgStore | None:
+        """The store as a holder of site leases (PostgreSQL), or None (SQLite)."""
+        store = self._store
+        return store if hasattr(store, "claim_site") else None  # type: ignore[return-value]
 
     def _rebuild(self) -> None:
         """Load the snapshot and replay the log after it (at start, or after a failed
@@ -296,6 +384,197 @@ class LedgerService:
             m.reversal = tuple((loc, occ, rec) for loc, occ, rec in json.loads(row.reversal))
         return m
 
+    # ------------------------------------------------- sites and their leases
+
+    def _use(self, site: str) -> Ledger:
+        """Several processes: make ``site``'s part (engine, settling counters) the current
+        one, and return its engine. One process: the one engine."""
+        if self.owned is None or self._current == site:
+            return self.engine
+        cur = self._parts.get(self._current or "")
+        if cur is not None:
+            cur.engine, cur.settle_at = self.engine, self._settle_at
+            cur.snapshot_every, cur.since_snapshot = self._snapshot_every, self._since_snapshot
+        part = self._parts[site]
+        self.engine, self._settle_at = part.engine, part.settle_at
+        self._snapshot_every, self._since_snapshot = part.snapshot_every, part.since_snapshot
+        self._current = site
+        return self.engine
+
+    def _each_site(self) -> Iterator[str | None]:
+        """Every engine in turn, made current: each site owned (several processes), or the
+        one engine (None)."""
+        if self.owned is None:
+            yield None
+            return
+        for site in sorted(self._parts):
+            self._use(site)
+            yield site
+
+    def _engine_of(self, site: str) -> Ledger | None:
+        if self.owned is None:
+            return self.engine
+        if site == self._current:
+            return self.engine
+        part = self._parts.get(site)
+        return None if part is None else part.engine
+
+    def _join(self) -> None:
+        """Join the processes sharing the PostgreSQL database; take a fair share of sites."""
+        leases = self._leases()
+        assert leases is not None
+        leases.join(self.member_id)
+        self.owned = set()
+        self._parts = {}
+        self._current = None
+        self.engine = self._new_engine()
+        self._orphaned = {}
+        self._tend()
+
+    def _tend(self) -> None:
+        """Look at the leases (on the worker thread): take sites nobody owns, up to a fair
+        share at once and any that stayed without an owner for ORPHAN_GRACE_S; hand back
+        sites beyond a fair share when another process has joined."""
+        leases = self._leases()
+        assert leases is not None and self.owned is not None
+        if self._broken:
+            self._recover()
+            return
+        owners = leases.site_owners()
+        members = leases.members()
+        share = -(-len(owners) // members)
+        now = time.monotonic()
+        free = [s for s, o in owners.items() if not o.held]
+        self._orphaned = {s: self._orphaned.get(s, now) for s in free}
+        for site in free:
+            if len(self.owned) < share or now - self._orphaned[site] >= self.ORPHAN_GRACE_S:
+                self._take(site)
+        excess = len(self.owned) - share
+        if excess > 0 and members > 1:
+            give = sorted(self.owned)[-excess:]
+            for site in give:
+                self._use(site)
+                if self._since_snapshot:  # the next owner loads from here
+                    self.store.save_batch([], [], None,
+                                          checkpoint=self._maybe_checkpoint(force=True))
+                leases.release_site(site)
+                self.owned.discard(site)
+                del self._parts[site]
+                self._current = None
+                self._handed[site] = now
+            log.info("handed sites %s over (%d processes share %d sites)", give, members,
+                     len(owners))
+
+    def _take(self, site: str) -> bool:
+        """Take ``site``'s lease if it is free, and load the site as a start loads the
+        ledger (its snapshot, then the log after it); True if this process owns it now."""
+        leases = self._leases()
+        assert leases is not None and self.owned is not None
+        if site in self.owned:
+            return True
+        if not leases.claim_site(site, self.member_id, self.advertise_url or "",
+                                 format_time(now_us())):
+            return False
+        started = time.monotonic()
+        snap = leases.site_snapshot(site)
+        engine: Ledger | None = None
+        if snap is not None:
+            try:
+                engine = Ledger.restore(snap.state, self.config.allow_negative,
+                                        self._window_us())
+            except Exception:  # not fatal: the log is the truth
+                log.exception("the snapshot of site %s cannot be read; replaying its log",
+                              site)
+            if engine is None:
+                snap = None
+        if engine is None:
+            engine = self._new_engine()
+        n = self._replay(engine, leases.site_log(site, snap))
+        engine.take_changes()
+        self.owned.add(site)
+        self._orphaned.pop(site, None)
+        self._parts[site] = _Part(engine)
+        self._use(site)
+        horizon = leases.horizons().get(site)
+        if horizon is not None:
+            engine.set_horizon(site, parse_time(horizon))
+        horizons = self._advance_horizon(site)
+        engine.applied_seq = leases.next_block()
+        now = now_us()
+        out = engine.release_all(now)
+        at = format_time(now)
+        released = [Release(m.event_id, seq, at, m.effective_at) for m, seq in out.released]
+        self._since_snapshot = n
+        checkpoint = self._maybe_checkpoint(force=snap is None or n > 0)
+        if released or checkpoint is not None or horizons:
+            leases.save_batch([], released, None, horizons=horizons, checkpoint=checkpoint)
+        self._announce(engine.take_changes())
+        log.info("took site %s: %s, %d events replayed after it, in %.2f s", site,
+                 "a snapshot" if snap is not None else "no snapshot", n,
+                 time.monotonic() - started)
+        return True
+
+    def _recover(self) -> None:
+        """After a failed write on PostgreSQL: a new session (the old one's leases are gone,
+        and another process may have written since), then take sites again."""
+        self.owned = set()
+        self._parts = {}
+        self._current = None
+        self.engine = self._new_engine()
+        with contextlib.suppress(LedgerError):
+            self.store.close()
+        try:
+            self._store = self._open_store()
+            self._broken = False
+            self._join()
+        except StoreError:
+            self._broken = True
+            log.exception("cannot reconnect to the ledger database; retrying")
+
+    def _tend_loop(self) -> None:
+        while not self._stop.wait(self.TEND_INTERVAL_S):
+            try:
+                self.run(self._tend_safely)
+            except Exception:  # never let the lease keeper die
+                log.exception("looking after the site leases failed")
+
+    def _tend_safely(self) -> None:
+        if self._stop.is_set():
+            return
+        try:
+            self._tend()
+        except StoreError:
+            log.exception("the site leases could not be read; reconnecting")
+            self._broken = True
+            self._recover()
+
+    def peers(self) -> list[str]:
+        """Base URLs of the other processes that own sites now (for reads that span every
+        site); empty for one process."""
+        leases = self._leases()
+        if leases is None or self.owned is None:
+            return []
+        urls = {o.url for s, o in leases.site_owners().items()
+                if o.held and s not in self.owned and o.url}
+        return sorted(u for u in urls if u != self.advertise_url)
+
+    def owner_of(self, site: str) -> str | None:
+        """Where ``site`` is served: None here (taking it if nobody owns it), else the
+        owning process's base URL, or "" if nobody can take it right now."""
+        if self.owned is None or site in self.owned:
+            return None
+        if self._broken:
+            self._recover()
+        handed = self._handed.get(site)
+        if handed is not None and time.monotonic() - handed < self.ORPHAN_GRACE_S:
+            pass  # just handed over: leave it to the process that joined
+        elif self._take(site):
+            return None
+        leases = self._leases()
+        assert leases is not None
+        owner = leases.site_owners().get(site)
+        return owner.url if owner is not None and owner.held and owner.url else ""
+
     # ------------------------------------------------------------- settling
 
     def _maybe_checkpoint(self, *, force: bool = False) -> Checkpoint | None:
@@ -317,7 +596,7 @@ class LedgerService:
                    None if m.reversal is None else json.dumps(m.reversal))
                   for st in settled for m in st.events]
         return Checkpoint(engine.applied_seq, format_time(now_us()), engine.snapshot(),
-                          incidents, events)
+                          incidents, events, site=self._current)
 
     @staticmethod
     def _settled_json(inc: Incident, suspected_duplicate: bool) -> dict[str, Any]:
@@ -327,10 +606,11 @@ class LedgerService:
 
     def _checkpoint_at_stop(self) -> None:
         """At a clean stop: a snapshot of what was applied since the last one, so the next
-        start replays nothing."""
-        if self._since_snapshot == 0:
-            return
-        self.store.save_batch([], [], None, checkpoint=self._maybe_checkpoint(force=True))
+        start replays nothing (of each site owned, with several processes)."""
+        for _site in self._each_site():
+            if self._since_snapshot == 0:
+                continue
+            self.store.save_batch([], [], None, checkpoint=self._maybe_checkpoint(force=True))
 
     # -------------------------------------------------------------- stations
 
@@ -357,6 +637,23 @@ class LedgerService:
         station = self.store.station_by_token(hash_token(token))
         if station is None:
             return _error(401, "unknown or revoked token", **{"WWW-Authenticate": "Bearer"})
+        leases = self._leases()
+        if leases is not None:
+            # Several processes: the site's owner decides, before anything is parsed here.
+            try:
+                owner = self.owner_of(station.site)
+                if owner is not None:
+                    if not owner:
+                        return _error(503, f"site {station.site} is changing hands; retry",
+                                      **{"Retry-After": "1"})
+                    return Reply(307, {"error": f"site {station.site} is served by {owner}"},
+                                 forward=owner)
+                self._use(station.site).applied_seq = leases.next_block()
+            except StoreError:
+                log.exception("the ledger database failed before a batch of %s", station.name)
+                self._broken = True
+                return _error(503, "the ledger database is unavailable; retry",
+                              **{"Retry-After": "2"})
         try:
             batch = parse_json(body)
         except RecursionError:  # a deeply nested body is a client error, not a crash
@@ -464,7 +761,10 @@ class LedgerService:
         except StoreError:
             log.exception("could not save a batch of %s; rebuilding from the log",
                           station.name)
-            self._rebuild()
+            if leases is not None:
+                self._recover()
+            else:
+                self._rebuild()
             return _error(503, "the ledger could not save this batch; retry", **{
                 "Retry-After": "2"})
         self._wake_connectors()
@@ -553,11 +853,24 @@ class LedgerService:
             wm = confirmed.get(m.site)
             j: dict[str, Any] = inc.to_json(
                 confirmed=wm is not None and wm > m.t,
-                suspected_duplicate=self.engine.suspected_duplicate(m),
+                suspected_duplicate=self._suspected_duplicate(m),
                 item_name=names.get(m.item or ""))
             j["notes"] = [_note_json(n) for n in notes.get(inc.id, ())]
             out.append(j)
         return out
+
+    def _suspected_duplicate(self, m: Movement) -> bool:
+        engine = self._engine_of(m.site)
+        return engine is not None and engine.suspected_duplicate(m)
+
+    def _find_incident(self, incident_id: int) -> Incident | None:
+        """The incident in memory (any site this process owns), its site's engine made
+        current; None if no engine here holds it."""
+        for _site in self._each_site():
+            inc = self.engine.incidents.get(incident_id)
+            if inc is not None:
+                return inc
+        return None
 
     def filter_of(self, query: dict[str, str]) -> IncidentFilter:
         """The incident filter of a request's query (raises FilterError, an HTTP 400)."""
@@ -567,7 +880,8 @@ class LedgerService:
 
     def filtered(self, filt: IncidentFilter | None, status: str | None = None) -> list[Incident]:
         """The incidents that pass a filter (all of them for None), oldest first."""
-        incs = self.engine.iter_incidents(status)
+        incs = [inc for _site in self._each_site()
+                for inc in self.engine.iter_incidents(status)]
         if not filt:
             return list(incs)
         zone = self.config.zone
@@ -666,7 +980,7 @@ class LedgerService:
     def incident(self, incident_id: int) -> Reply:
         """``GET /v1/negatives/{id}``: one incident, with its story and the location's balance
         over time in both orders (what the incident page shows)."""
-        inc = self.engine.incidents.get(incident_id)
+        inc = self._find_incident(incident_id)
         if inc is None:
             return self._settled_incident_reply(incident_id)
         (j,) = self.incidents_json([inc])
@@ -740,7 +1054,8 @@ class LedgerService:
         """What the page says of events (type, quantity, bins, station, time), from memory."""
         out = {}
         for eid in ids:
-            m = self.engine.events.get(eid)
+            m = next((e for _site in self._each_site()
+                      if (e := self.engine.events.get(eid)) is not None), None)
             if m is not None:
                 out[eid] = {"event_id": eid, "type": m.type, "qty": m.qty, "station": m.station,
                             "from_location": m.from_location, "to_location": m.to_location,
@@ -777,8 +1092,8 @@ class LedgerService:
                 return _error(403, "a station's token cannot add notes; use a manager's token "
                                    "(scan-ledger manager add)")
             return _error(401, "unknown or revoked token", **{"WWW-Authenticate": "Bearer"})
-        if incident_id not in self.engine.incidents \
-                and self._settled_incident(incident_id) is None:
+        inc = self._find_incident(incident_id)
+        if inc is None and self._settled_incident(incident_id) is None:
             return _error(404, f"no incident {incident_id}")
         try:
             data = json.loads(body)
@@ -795,7 +1110,6 @@ class LedgerService:
         if _NOTE_CONTROL.search(text) or _lone_surrogate(text):
             return _error(400, "text: holds a control character (only tabs and line breaks "
                                "are allowed)")
-        inc = self.engine.incidents.get(incident_id)
         if inc is not None:
             depletion = inc.movement.event_id
         else:
@@ -808,7 +1122,8 @@ class LedgerService:
 
     def balances(self, site: str | None = None, item: str | None = None,
                  location: str | None = None, by: str | None = None) -> Reply:
-        rows = self.engine.balances(site, item, location)
+        rows = sorted(row for _site in self._each_site()
+                      for row in self.engine.balances(site, item, location))
         if by is None or by == "location":
             return Reply(200, {"balances": [
                 {"site": s, "item": i, "location": loc, "on_hand": bal, "recorded": rec}
@@ -824,15 +1139,19 @@ class LedgerService:
             {"site": s, "item": i, "location": None, "on_hand": v[0], "recorded": v[1]}
             for (s, i), v in sorted(totals.items())]})
 
-    def _event_json(self, stored: StoredEvent) -> dict[str, Any]:
+    def _event_json(self, stored: StoredEvent,
+                    elsewhere: dict[str, str] | None = None) -> dict[str, Any]:
         ev: dict[str, Any] = json.loads(stored.body)
-        m = self.engine.events.get(stored.event_id)
+        engine = self._engine_of(stored.site)
+        m = None if engine is None else engine.events.get(stored.event_id)
         ev["received_at"] = stored.received_at
         ev["status"] = stored.status
         ev["applied_at"] = stored.applied_at
         ev["effective_at"] = stored.effective_at if m is None else m.effective_at
         ev["warnings"] = [] if stored.warnings is None else json.loads(stored.warnings)
         ev["voided_by"] = stored.voided_by if m is None else m.voided_by
+        if m is None and elsewhere:  # a site another process owns: the store says
+            ev["voided_by"] = ev["voided_by"] or elsewhere.get(stored.event_id)
         return ev
 
     def events(self, station: str | None = None, limit: int = 100,
@@ -847,12 +1166,21 @@ class LedgerService:
         stored = self.store.events(station, limit + 1, before)
         more = len(stored) > limit
         stored = stored[:limit]
-        return Reply(200, {"events": [self._event_json(s) for s in stored],
+        leases = self._leases()
+        elsewhere = None
+        if leases is not None and self.owned is not None:
+            ids = [s.event_id for s in stored if s.site not in self.owned]
+            elsewhere = leases.voided_by(ids) if ids else {}
+        return Reply(200, {"events": [self._event_json(s, elsewhere) for s in stored],
                            "next": _make_cursor(stored[-1].rowid) if more else None})
 
     def held(self) -> Reply:
-        ids = [m.event_id for m in self.engine.held_events()]
-        return Reply(200, {"held": [self._event_json(s) for s in self.store.events_by_id(ids)]})
+        """``GET /v1/held``: held depletions in occurrence order (the order of release)."""
+        held = sorted((m for _site in self._each_site() for m in self.engine.held_events()),
+                      key=lambda m: m.key)
+        rows = {s.event_id: s for s in self.store.events_by_id([m.event_id for m in held])}
+        return Reply(200, {"held": [self._event_json(rows[m.event_id]) for m in held
+                                    if m.event_id in rows]})
 
     def stations(self) -> Reply:
         now = now_us()

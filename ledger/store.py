@@ -7,8 +7,8 @@ it (DESIGN section 10): each site's horizon, the incidents that are settled (beh
 horizon and resolved: they can no longer change), and one snapshot of the engine's memory,
 written in the same transaction as the batch it follows, with the position in the log it
 stands for. At start the ledger loads the snapshot and replays only the log after it; without
-one (a database from before snapshots) it replays the whole log once. A PostgreSQL store
-would implement the same protocol.
+one (a database from before snapshots) it replays the whole log once. The PostgreSQL store
+(:mod:`ledger.pgstore`) implements the same protocol.
 
 One writer: the service calls a store from a single thread. Other processes (``scan-ledger
 station add`` while the server runs) open their own connection; SQLite's WAL and busy timeout
@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, Self
 
 from ledger.errors import ManagerError, StationError, StoreError
 
@@ -267,6 +267,7 @@ class Checkpoint:
     state: bytes
     incidents: Sequence[SettledIncident] = ()
     events: Sequence[tuple[str, str | None, str | None]] = ()
+    site: str | None = None  # the one site it is of (PostgreSQL, several processes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +300,9 @@ class OutboxEntry:
 
 class Store(Protocol):
     """What the ledger needs from a database."""
+
+    # whether several ledger processes may write the database at once (PostgreSQL)
+    shared: bool
 
     def add_station(self, name: str, site: str, token_hash: str, now: str) -> None: ...
     def revoke_station(self, name: str, now: str) -> None: ...
@@ -336,6 +340,9 @@ class Store(Protocol):
                             since_us: int | None = None) -> list[OutboxEntry]: ...
     def outbox_entry(self, connector: str, event_id: str) -> OutboxEntry | None: ...
     def outbox_counts(self) -> dict[str, dict[str, int]]: ...
+    def claim_connector(self, connector: str) -> bool: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(self, *exc: object) -> None: ...
 
 
 _STATION_COLS = ("name, site, created_at, revoked_at, last_contact, sent_at, watermark, "
@@ -346,6 +353,8 @@ _EVENT_COLS = ("event_id, station, site, status, applied_seq, applied_at, receiv
 
 class SqliteStore:
     """The SQLite store (WAL). Use one instance from one thread at a time."""
+
+    shared = False  # one process
 
     def __init__(self, path: str | Path, *, create: bool = True) -> None:
         self.path = str(path)
@@ -827,6 +836,10 @@ class SqliteStore:
             raise StoreError(f"{self.path}: cannot read the outbox: {exc}") from exc
         return None if row is None else OutboxEntry(*row)
 
+    def claim_connector(self, connector: str) -> bool:
+        """Whether this process forwards ``connector``: always, on SQLite (one process)."""
+        return True
+
     def outbox_counts(self) -> dict[str, dict[str, int]]:
         """connector -> state -> how many entries."""
         out: dict[str, dict[str, int]] = {}
@@ -841,9 +854,15 @@ class SqliteStore:
     # ============================================================ end ERP connectors
 
 
-def open_store(path: str | Path, *, create: bool = True) -> SqliteStore:
-    """Open (creating and migrating) the SQLite ledger database at ``path``.
+def open_store(path: str | Path, *, create: bool = True) -> Store:
+    """Open (creating and migrating) the ledger database: a SQLite file at ``path``, or the
+    PostgreSQL database a ``postgresql://`` URL names (:mod:`ledger.pgstore`).
 
-    With ``create=False`` (commands that only read, or change an existing ledger) a path
+    With ``create=False`` (commands that only read, or change an existing ledger) a database
     that holds no ledger is a :class:`StoreError` naming it, and nothing is created."""
+    if isinstance(path, str) and path.startswith(("postgresql://", "postgres://")):
+        from ledger.pgstore import PgStore
+
+        store: Store = PgStore(path, create=create)
+        return store
     return SqliteStore(path, create=create)

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ["## Machine", "## How to reproduce", "## Summary", "## Capture",
             "## Scan to ACK under sync", "## Sync",
-            "## Agent", "## Ledger"]
+            "## Agent", "## Ledger", "## Ledger on PostgreSQL"]
 
 
 @pytest.mark.slow
@@ -35,5 +35,6 @@ def test_quick_run_reports_every_section(tmp_path: Path) -> None:
         assert words in report
     # every section states its goals with a verdict, whatever the figures were
     summary = report.split("## Summary", 1)[1].split("\n## ", 1)[0]
-    for title in ("Capture", "Scan to ACK under sync", "Sync", "Agent", "Ledger"):
+    for title in ("Capture", "Scan to ACK under sync", "Sync", "Agent", "Ledger",
+                  "Ledger on PostgreSQL"):
         assert f"| {title} |" in summary

@@ -55,6 +55,7 @@ Run = Callable[..., Any]
 
 BATCH = 100
 BACKOFF_BASE_S = 0.5
+LEASE_WAIT_S = 1.0  # several processes: how often to look at the lease and the outbox
 
 
 def make_adapter(config: ConnectorConfig) -> Adapter:
@@ -102,6 +103,10 @@ class Forwarder:
         self._lock = threading.Lock()
         self._status = _Status()
         self._thread: threading.Thread | None = None
+        # Several processes on one PostgreSQL database: only the one holding the connector's
+        # lease forwards it (claim_connector); the others wait, ready to take it over.
+        self.running = False
+        self._shared = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -134,7 +139,8 @@ class Forwarder:
             s = self._status
             retry = (None if s.retry_at is None
                      else max(0.0, round(s.retry_at - time.monotonic(), 1)))
-            return {"last_error": s.last_error, "last_error_at": s.last_error_at,
+            return {"running": self.running, "last_error": s.last_error,
+                    "last_error_at": s.last_error_at,
                     "last_forwarded_at": s.last_forwarded_at, "retry_in_s": retry}
 
     # ----------------------------------------------------------------- loop
@@ -145,6 +151,10 @@ class Forwarder:
         while not self._stop.is_set():
             self._wake.clear()
             try:
+                self.running = self._run(self._claim)
+                if not self.running:  # another process forwards this connector
+                    self._stop.wait(LEASE_WAIT_S)
+                    continue
                 more = self._round("pending") is not None
                 if time.monotonic() >= next_unmapped:
                     self.retry_unmapped()
@@ -171,7 +181,14 @@ class Forwarder:
                 continue
             if not more:
                 wait = max(0.05, next_unmapped - time.monotonic())
+                if self._shared:  # other processes fill the outbox too: no wake from them
+                    wait = min(wait, LEASE_WAIT_S)
                 self._wake.wait(min(wait, self.config.unmapped_retry_s))
+
+    def _claim(self) -> bool:
+        store = self._store()
+        self._shared = store.shared
+        return store.claim_connector(self.config.name)
 
     def _error(self, message: str, delay: float) -> None:
         with self._lock:

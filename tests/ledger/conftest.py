@@ -1,8 +1,10 @@
-"""Fixtures: a real ledger server on 127.0.0.1, port 0, over a real SQLite file."""
+"""Fixtures: a real ledger server on 127.0.0.1, port 0, over a real database: every test that
+takes ``ledger`` or ``make_ledger`` runs twice, on a SQLite file and on a fresh database of a
+throwaway PostgreSQL cluster (started once per session by :mod:`tests.pgcluster`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import pytest
 
 from ledger.server import LedgerServer
 from tests.ledger.factory import batch
+from tests.pgcluster import PgCluster, pg_missing
 
 
 class Dock:
@@ -78,14 +81,42 @@ def write_config(tmp_path: Path, text: str) -> Path:
     return p
 
 
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One throwaway PostgreSQL cluster for the session (each test gets its own database)."""
+    why = pg_missing()
+    if why is not None:
+        pytest.skip(why)
+    with PgCluster.running() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_db(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str | Path]:
+    """A new, empty ledger database on each call: a SQLite file of that name in the test's
+    directory, or a new database of the throwaway PostgreSQL cluster."""
+    if request.param == "sqlite":
+        return lambda name: tmp_path / name
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    return lambda name: cluster.create_database()
+
+
 @pytest.fixture
-def make_ledger(tmp_path: Path) -> Iterator[Any]:
-    """Start a ledger (optionally with config text); all are stopped at the end."""
+def ledger_db(new_db: Callable[[str], str | Path]) -> str | Path:
+    """Where the test's ledger keeps its data: a SQLite file, or a new PostgreSQL database."""
+    return new_db("ledger.db")
+
+
+@pytest.fixture
+def make_ledger(tmp_path: Path, ledger_db: str | Path) -> Iterator[Any]:
+    """Start a ledger (optionally with config text); all are stopped at the end. Every
+    ledger of a test shares the test's database (``db`` is a restart's SQLite file)."""
     started: list[tuple[LedgerServer, Ledger]] = []
 
     def make(config: str | None = None, db: Path | None = None) -> Ledger:
         cfg = write_config(tmp_path, config) if config is not None else None
-        srv = LedgerServer(db or tmp_path / "ledger.db", cfg).start()
+        where = ledger_db if db is None or db == tmp_path / "ledger.db" else db
+        srv = LedgerServer(where, cfg).start()
         led = Ledger(srv)
         started.append((srv, led))
         return led

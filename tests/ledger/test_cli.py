@@ -25,14 +25,24 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*LEDGER, *args], capture_output=True, text=True, timeout=60)
 
 
+def _stored_text(db: str | Path) -> str:
+    """Everything the database holds about stations, as text."""
+    if isinstance(db, Path):
+        return db.read_bytes().decode("latin-1")
+    import psycopg
+
+    with psycopg.connect(db) as conn:
+        return repr(conn.execute("SELECT * FROM stations").fetchall())
+
+
 def test_station_add_prints_the_token_alone_on_the_last_line_and_stores_a_hash(
-        tmp_path: Path) -> None:
-    db = tmp_path / "l.db"
+        ledger_db: str | Path) -> None:
+    db = ledger_db
     out = run("station", "add", "dock-3", "--site", "WH1", "--db", str(db))
     assert out.returncode == 0, out.stderr
     token = out.stdout.splitlines()[-1]
     assert re.fullmatch(r"[A-Za-z0-9_-]{43}", token)
-    assert token not in db.read_bytes().decode("latin-1")
+    assert "dock-3" in _stored_text(db) and token not in _stored_text(db)
     again = run("station", "add", "dock-3", "--site", "WH1", "--db", str(db))
     assert again.returncode == 1
     assert again.stderr.strip() == ("scan-ledger: station 'dock-3' already exists; revoke it "
@@ -61,6 +71,23 @@ def test_commands_on_an_existing_ledger_never_create_one(tmp_path: Path,
     assert list(tmp_path.iterdir()) == [], "no file, no -wal, no -shm"
 
 
+def test_commands_on_an_empty_postgresql_database_never_create_a_ledger(
+        pg_cluster: Any) -> None:
+    """The same for a ``postgresql://`` URL: an error naming the database, no table made."""
+    import psycopg
+
+    url = pg_cluster.create_database()
+    for command in (["station", "list"], ["station", "revoke", "dock-3"]):
+        out = run(*command, "--db", url)
+        assert out.returncode == 1 and out.stdout == ""
+        assert out.stderr.strip() == (
+            f"scan-ledger: {url}: no ledger database there (nothing was created; "
+            "'scan-ledger serve' or 'scan-ledger station add' makes one)")
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+                            ).fetchone() == (0,)
+
+
 def test_station_list_on_a_file_that_is_no_ledger_says_so(tmp_path: Path) -> None:
     other = tmp_path / "journal.db"
     other.write_bytes(b"")
@@ -71,8 +98,9 @@ def test_station_list_on_a_file_that_is_no_ledger_says_so(tmp_path: Path) -> Non
     assert other.read_bytes() == b""
 
 
-def test_serve_on_port_0_prints_one_parseable_line_and_stops_on_sigterm(tmp_path: Path) -> None:
-    db = tmp_path / "l.db"
+def test_serve_on_port_0_prints_one_parseable_line_and_stops_on_sigterm(
+        ledger_db: str | Path) -> None:
+    db = ledger_db
     token = run("station", "add", "dock-1", "--site", "WH1", "--db", str(db)).stdout.split()[-1]
     proc = subprocess.Popen([*LEDGER, "serve", "--db", str(db), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -146,6 +174,27 @@ def test_every_command_has_help(path: list[str]) -> None:
     assert group.help
 
 
+def test_the_database_url_may_come_from_the_environment_and_never_shows_a_password(
+        ledger_db: str | Path) -> None:
+    """SCAN_LEDGER_DB stands for --db (a unit's EnvironmentFile keeps the URL off the command
+    line); a PostgreSQL that refuses the connection is named without the URL's password."""
+    env = {**os.environ, "SCAN_LEDGER_DB": str(ledger_db)}
+    out = subprocess.run([*LEDGER, "station", "add", "dock-9", "--site", "WH1"],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    listed = subprocess.run([*LEDGER, "station", "list", "--json"], capture_output=True,
+                            text=True, timeout=60, env=env)
+    assert '"dock-9"' in listed.stdout
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bad = run("station", "list", "--db", f"postgresql://ledger:s3cret@127.0.0.1:{port}/x")
+    assert bad.returncode == 1
+    assert bad.stderr.startswith(f"scan-ledger: postgresql://ledger:***@127.0.0.1:{port}/x: "
+                                 "cannot connect to the ledger database: "), bad.stderr
+    assert "s3cret" not in bad.stderr
+
+
 def test_events_and_negatives_read_every_page(ledger: Any) -> None:
     """`scan-ledger events` and `negatives` follow the `next` cursor to the last page: with a
     page of 2, all five events and all three incidents come out, in the API's order."""
@@ -211,3 +260,33 @@ def test_serve_leaves_the_time_to_the_journal(tmp_path: Path) -> None:
         assert lines, err.read_text()
         stamped = [ln for ln in lines if ln[:4].isdigit()]
         assert (not stamped) if journal else stamped, lines
+def test_a_postgresql_password_comes_from_the_passfile_never_the_command_line(
+        pg_cluster: Any, tmp_path: Path) -> None:
+    """The URL names the role, not its password: libpq finds it in PGPASSFILE (or
+    ~/.pgpass, a service file, PGPASSWORD). Without one, the connection is refused with a
+    message that names the database."""
+    import psycopg
+
+    from tests.pgcluster import PASSWORD_ROLE
+
+    url = pg_cluster.create_database()
+    dbname = url.rsplit("/", 1)[1]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {PASSWORD_ROLE}")
+        conn.execute(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD 'pw-in-a-file'")
+        conn.execute(f'ALTER DATABASE "{dbname}" OWNER TO {PASSWORD_ROLE}')
+    role_url = f"postgresql://{PASSWORD_ROLE}@127.0.0.1:{pg_cluster.port}/{dbname}"
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:{pg_cluster.port}:{dbname}:{PASSWORD_ROLE}:pw-in-a-file\n")
+    passfile.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["HOME"] = str(tmp_path)  # no ~/.pgpass of the one running the tests
+    refused = subprocess.run([*LEDGER, "station", "list", "--db", role_url],
+                             capture_output=True, text=True, timeout=60, env=env)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(f"scan-ledger: {role_url}: cannot connect to the ledger "
+                                     "database: "), refused.stderr
+    out = subprocess.run([*LEDGER, "station", "add", "dock-1", "--site", "WH1", "--db",
+                          role_url], capture_output=True, text=True, timeout=60,
+                         env={**env, "PGPASSFILE": str(passfile)})
+    assert out.returncode == 0, out.stderr

@@ -63,13 +63,13 @@ def balances(led: Ledger) -> dict[tuple[str, str], int]:
 
 
 @pytest.fixture
-def erpnext(tmp_path: Path) -> Iterator[tuple[ErpNext, Ledger]]:
+def erpnext(tmp_path: Path, ledger_db: str | Path) -> Iterator[tuple[ErpNext, Ledger]]:
     erp = ErpNext()
     with serve(erp) as url:
         cfg = write_config(tmp_path, "erpnext", url,
                            f'api_key = "{erp.API_KEY}"\napi_secret = "{erp.API_SECRET}"\n',
                            'timezone = "Europe/Berlin"\n')
-        with LedgerServer(tmp_path / "ledger.db", cfg) as server:
+        with LedgerServer(ledger_db, cfg) as server:
             led = Ledger(server)
             yield erp, led
             led.close()
@@ -195,12 +195,12 @@ def test_erpnext_bad_key(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def odoo(tmp_path: Path) -> Iterator[tuple[Odoo, Ledger]]:
+def odoo(tmp_path: Path, ledger_db: str | Path) -> Iterator[tuple[Odoo, Ledger]]:
     erp = Odoo()
     with serve(erp) as url:
         cfg = write_config(tmp_path, "odoo", url, f'api_key = "{erp.API_KEY}"\n',
                            f'database = "{erp.DB}"\n')
-        with LedgerServer(tmp_path / "ledger.db", cfg) as server:
+        with LedgerServer(ledger_db, cfg) as server:
             led = Ledger(server)
             yield erp, led
             led.close()
@@ -354,9 +354,10 @@ def test_without_connectors_the_status_is_empty_and_the_page_has_no_section(
         assert 'id="connectors"' not in httpx.get(server.url + "/").text
 
 
-def test_a_connector_added_later_forwards_the_sites_history_first(tmp_path: Path) -> None:
+def test_a_connector_added_later_forwards_the_sites_history_first(
+        tmp_path: Path, ledger_db: str | Path) -> None:
     erp = ErpNext()
-    with LedgerServer(tmp_path / "ledger.db") as server:
+    with LedgerServer(ledger_db) as server:
         led = Ledger(server)
         first = receipt(2, "DOCK-3", 0)
         led.dock().post(first)
@@ -364,7 +365,7 @@ def test_a_connector_added_later_forwards_the_sites_history_first(tmp_path: Path
     with serve(erp) as url:
         cfg = write_config(tmp_path, "erpnext", url,
                            f'api_key = "{erp.API_KEY}"\napi_secret = "{erp.API_SECRET}"\n')
-        with LedgerServer(tmp_path / "ledger.db", cfg) as server:
+        with LedgerServer(ledger_db, cfg) as server:
             wait_for(server.url, lambda c: c["forwarded"] == 1)
     (doc,) = erp.docs["Stock Entry"].values()
     assert doc["custom_scan_event_id"] == first["event_id"]

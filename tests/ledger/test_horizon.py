@@ -248,14 +248,14 @@ def _everything(http: httpx.Client, path: str, key: str, limit: int) -> list[dic
             return out
 
 
-def test_before_horizon_events_and_voids_of_settled_ones(tmp_path: Path,
+def test_before_horizon_events_and_voids_of_settled_ones(ledger_db: Any,
                                                          monkeypatch: Any) -> None:
     """DESIGN section 10 end to end, with settling forced at every batch and a restart: an
     event older than the horizon is accepted at the horizon with the warning, on the stored
     event too; a void of a settled event reverses it at the horizon; duplicates of settled
     events are recognised; an open incident behind the horizon is resolved by a void."""
     monkeypatch.setattr("ledger.service.SETTLE_MIN", 1)
-    db = tmp_path / "ledger.db"
+    db = ledger_db
     with LedgerServer(db) as srv, httpx.Client(base_url=srv.url) as http:
         tok = srv.add_station("dock-1", "WH1")
         first = receipt(5, "L1", 0, station="dock-1")
@@ -291,7 +291,7 @@ def test_before_horizon_events_and_voids_of_settled_ones(tmp_path: Path,
         assert again["status"] == "duplicate"
 
 
-def test_a_station_offline_for_three_days_holds_the_horizon_back(tmp_path: Path,
+def test_a_station_offline_for_three_days_holds_the_horizon_back(ledger_db: Any,
                                                                  monkeypatch: Any) -> None:
     """dock-2 goes offline for three days while dock-1 keeps posting (settling all along):
     the site's horizon stays at dock-2's watermark, so nothing dock-2 sends when it is back
@@ -300,7 +300,7 @@ def test_a_station_offline_for_three_days_holds_the_horizon_back(tmp_path: Path,
     (item), confirmed once every station's watermark is past it."""
     monkeypatch.setattr("ledger.service.SETTLE_MIN", 1)
     day = 24 * 60
-    with LedgerServer(tmp_path / "ledger.db") as srv, httpx.Client(base_url=srv.url) as http:
+    with LedgerServer(ledger_db) as srv, httpx.Client(base_url=srv.url) as http:
         t1, t2 = srv.add_station("dock-1", "WH1"), srv.add_station("dock-2", "WH1")
         _post(http, t2, "dock-2", [], 0)  # dock-2 is in sync at 10:00, then goes offline
         offline = [receipt(4, "L1", 5, station="dock-2"),
@@ -326,8 +326,8 @@ def test_a_station_offline_for_three_days_holds_the_horizon_back(tmp_path: Path,
         assert h == parse_time(at(3 * day))  # dock-1's watermark is now the earliest
 
 
-def test_paging_validates_its_parameters(tmp_path: Path) -> None:
-    with LedgerServer(tmp_path / "ledger.db") as srv, httpx.Client(base_url=srv.url) as http:
+def test_paging_validates_its_parameters(ledger_db: Any) -> None:
+    with LedgerServer(ledger_db) as srv, httpx.Client(base_url=srv.url) as http:
         for path in ("/v1/events", "/v1/negatives"):
             for bad in ("0", "10001", "x"):
                 r = http.get(path, params={"limit": bad})
@@ -413,7 +413,7 @@ def test_a_database_from_before_snapshots_opens_with_the_same_ledger(tmp_path: P
         conn.close()
 
 
-def test_a_crash_between_snapshots_loses_nothing(tmp_path: Path, monkeypatch: Any) -> None:
+def test_a_crash_between_snapshots_loses_nothing(new_db: Any, monkeypatch: Any) -> None:
     """Snapshots are written in the transaction of the batch they follow: a process that dies
     (here: stops without its snapshot at stop) comes back from the last snapshot plus the
     log after it, with the same incidents, balances, holds and horizon as one that never
@@ -434,13 +434,16 @@ def test_a_crash_between_snapshots_loses_nothing(tmp_path: Path, monkeypatch: An
     def state(svc: LedgerService) -> Any:
         def read() -> Any:
             incs = svc.negatives(None, limit=10_000).body["incidents"]
-            return (sorted((i["id"], i["depletion_event_id"], i["class"], i["status"],
-                            i["resolved_by_event_id"]) for i in incs),
+            # (on PostgreSQL an id is a position in recorded order, whose numbering a
+            # restart moves on: the order of the ids is what must be the same)
+            return (sorted((rank, i["depletion_event_id"], i["class"], i["status"],
+                            i["resolved_by_event_id"])
+                           for rank, i in enumerate(sorted(incs, key=lambda i: i["id"]))),
                     svc.balances().body, sorted(e["event_id"] for e in svc.held().body["held"]),
                     dict(svc.engine.horizon))
         return svc.run(read)
 
-    def run(db: Path, crash_every: int | None) -> Any:
+    def run(db: Any, crash_every: int | None) -> Any:
         svc = LedgerService(db, config).start()
         tokens = {f"d-{s}": svc.run(svc.add_station, f"d-{s}", s) for s in ("WH1", "WH2")}
         for n, (st, ev, mark) in enumerate(evs, 1):
@@ -455,7 +458,7 @@ def test_a_crash_between_snapshots_loses_nothing(tmp_path: Path, monkeypatch: An
         svc.close()
         return out
 
-    a, b = run(tmp_path / "a.db", 6), run(tmp_path / "b.db", None)
+    a, b = run(new_db("a.db"), 6), run(new_db("b.db"), None)
     for x, y in zip(a, b, strict=True):
         assert x == y
 
@@ -465,29 +468,39 @@ def _json_bytes(body: dict[str, Any]) -> bytes:
     return json.dumps(body).encode()
 
 
-def test_a_snapshot_that_cannot_be_read_means_one_full_replay(tmp_path: Path,
+def _sql(db: Any, statement: str, *args: Any) -> Any:
+    """Run one statement on either database, return the first row."""
+    if isinstance(db, Path):
+        conn = sqlite3.connect(db)
+        try:
+            row = conn.execute(statement, args).fetchone()
+            conn.commit()
+            return row
+        finally:
+            conn.close()
+    import psycopg
+
+    with psycopg.connect(db, autocommit=True) as pg:
+        cur = pg.execute(statement.replace("?", "%s"), args)
+        return cur.fetchone() if cur.description else None
+
+
+def test_a_snapshot_that_cannot_be_read_means_one_full_replay(ledger_db: Any,
                                                               caplog: Any) -> None:
     """A snapshot another version wrote (or a damaged one) is not fatal: the whole log is
     replayed, with the same answers, and a new snapshot is taken."""
     import logging
 
-    db = tmp_path / "ledger.db"
+    db = ledger_db
     with LedgerServer(db) as srv, httpx.Client(base_url=srv.url) as http:
         tok = srv.add_station("dock-1", "WH1")
         _post(http, tok, "dock-1", [receipt(5, "L1", 0, station="dock-1"),
                                     pick(7, "L1", 1, station="dock-1")], 2)
         before = (http.get("/v1/balances").json(), http.get("/v1/negatives").json())
-    conn = sqlite3.connect(db)
-    conn.execute("UPDATE snapshots SET state = ?", (b"not a snapshot",))
-    conn.commit()
-    conn.close()
-    with (caplog.at_level(logging.ERROR, logger="ledger"), LedgerServer(db) as srv,
-          httpx.Client(base_url=srv.url) as http):
+    _sql(db, "UPDATE snapshots SET state = ?", b"not a snapshot")
+    with (caplog.at_level(logging.ERROR, logger="ledger"),
+          LedgerServer(db) as srv, httpx.Client(base_url=srv.url) as http):
         assert (http.get("/v1/balances").json(), http.get("/v1/negatives").json()) == before
-    assert "cannot be read; replaying the whole log" in caplog.text
-    conn = sqlite3.connect(db)
-    try:
-        (state,) = conn.execute("SELECT state FROM snapshots").fetchone()
-        assert state != b"not a snapshot"
-    finally:
-        conn.close()
+    assert "cannot be read; replaying" in caplog.text
+    (state,) = _sql(db, "SELECT state FROM snapshots")
+    assert bytes(state) != b"not a snapshot"

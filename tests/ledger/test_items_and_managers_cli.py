@@ -103,16 +103,23 @@ def test_manager_add_prints_a_token_once_and_stores_its_hash(
     db = str(ledger.server.db_path)
     assert main(["manager", "add", "anna", "--db", db]) == 0
     token = capsys.readouterr().out.strip().splitlines()[-1]
-    with sqlite3.connect(db) as conn:
-        stored = conn.execute("SELECT token_hash FROM managers").fetchall()
+    if db.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(db) as pg:
+            stored = pg.execute("SELECT token_hash FROM managers").fetchall()
+    else:
+        with sqlite3.connect(db) as conn:
+            stored = conn.execute("SELECT token_hash FROM managers").fetchall()
     assert len(stored) == 1 and token not in stored[0][0]
-    r = httpx.post(ledger.server.url + "/v1/negatives/1/notes", json={"text": "seen"},
+    notes = f"{ledger.server.url}/v1/negatives/{ledger.incidents()[0]['id']}/notes"
+    r = httpx.post(notes, json={"text": "seen"},
                    headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 201 and r.json()["note"]["author"] == "anna"
     assert main(["manager", "add", "anna", "--db", db]) == 1
     assert "already exists" in capsys.readouterr().err
     assert main(["manager", "revoke", "anna", "--db", db]) == 0
-    r = httpx.post(ledger.server.url + "/v1/negatives/1/notes", json={"text": "again"},
+    r = httpx.post(notes, json={"text": "again"},
                    headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 401
     assert [n["text"] for n in ledger.incidents()[0]["notes"]] == ["seen"], "notes stay"

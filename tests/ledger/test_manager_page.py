@@ -50,9 +50,16 @@ def morning(ledger: Any) -> dict[str, Any]:
             "late_receipt": late_receipt, "incidents": by_class}
 
 
-def silence(db: Path, station: str, minutes: int) -> None:
+def silence(db: str | Path, station: str, minutes: int) -> None:
     """Make a station's last contact ``minutes`` old (as if it had stopped posting)."""
     then = (datetime.now(UTC) - timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if str(db).startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(str(db), autocommit=True) as pg:
+            pg.execute("UPDATE stations SET last_contact = %s WHERE name = %s",
+                       (then, station))
+        return
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE stations SET last_contact = ? WHERE name = ?", (then, station))
 
@@ -75,7 +82,7 @@ def test_overview_shows_names_local_times_daily_chart_and_station_flags(
     morning(berlin)
     silent = berlin.dock("nightshift")
     silent.post(receipt(1, "Z-1", 1, station="nightshift", item=KETTLE))
-    silence(Path(berlin.server.db_path), "nightshift", 15)
+    silence(berlin.server.db_path, "nightshift", 15)
     dom = dump_dom(berlin.server.url + "/?refresh=1", tmp_path / "profile")
 
     item_rows = section(dom, "open-item")
@@ -221,10 +228,20 @@ def test_notes_by_a_manager_are_shown_and_others_are_refused(berlin: Any,
             r = berlin.http.request(method, path, json={"text": "changed"},
                                     headers={"Authorization": f"Bearer {token}"})
             assert r.status_code in (404, 405), (method, path)
-    with sqlite3.connect(berlin.server.db_path) as conn:
-        for sql in ("UPDATE notes SET text = 'changed'", "DELETE FROM notes"):
-            with pytest.raises(sqlite3.IntegrityError, match="never"):
-                conn.execute(sql)
+    db = berlin.server.db_path
+    if str(db).startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(str(db), autocommit=True) as pg:
+            for sql in ("UPDATE notes SET text = 'changed'", "DELETE FROM notes",
+                        "TRUNCATE notes"):
+                with pytest.raises(psycopg.errors.RaiseException, match="never"):
+                    pg.execute(sql)
+    else:
+        with sqlite3.connect(db) as conn:
+            for sql in ("UPDATE notes SET text = 'changed'", "DELETE FROM notes"):
+                with pytest.raises(sqlite3.IntegrityError, match="never"):
+                    conn.execute(sql)
     # in the JSON, and on the page with author and time
     (shown,) = [i for i in berlin.incidents() if i["id"] == inc["id"]]
     assert [(n["author"], n["text"]) for n in shown["notes"]] == [
@@ -367,13 +384,13 @@ def test_stations_json_has_flags(berlin: Any) -> None:
     morning(berlin)
     silent = berlin.dock("nightshift")
     silent.post(receipt(1, "Z-1", 1, station="nightshift", item=KETTLE))
-    silence(Path(berlin.server.db_path), "nightshift", 11)
+    silence(berlin.server.db_path, "nightshift", 11)
     flags = {s["name"]: s["flags"] for s in berlin.get("/v1/stations")["stations"]}
     assert flags == {"recv": [], "picker": [], "slow": ["clock_offset"],
                      "nightshift": ["no_contact"]}
     # a site where nobody posts any more flags nobody as silent
     for name in flags:
-        silence(Path(berlin.server.db_path), name, 30)
+        silence(berlin.server.db_path, name, 30)
     flags = {s["name"]: s["flags"] for s in berlin.get("/v1/stations")["stations"]}
     assert flags["nightshift"] == [] and flags["recv"] == []
 

@@ -397,3 +397,23 @@ def post_with_token(ledger: Any, token: str, *events: dict[str, Any]) -> list[di
     assert r.status_code == 200, r.text
     out: list[dict[str, Any]] = r.json()["results"]
     return out
+
+
+def test_an_incident_opened_after_a_restart_for_a_depletion_from_before_it(
+        make_ledger: Any) -> None:
+    """The pick is applied (no negative), the ledger restarts from its snapshot, then a late
+    count below it opens the pick's incident: the restored pick still knows its place in
+    recorded order (with several processes, that place is the incident's id)."""
+    first = make_ledger()
+    dock = first.dock()
+    p = pick(3, "A-01", 5)
+    dock.post(receipt(5, "A-01", 0), p)
+    first.close()
+    first.server.stop()
+    second = make_ledger()
+    (res,) = post_with_token(second, dock.token, count(0, "A-01", 1))
+    assert res["status"] == "accepted"
+    inc = second.incident_of(p)
+    assert (inc["class"], inc["status"], inc["balance"]) == ("item", "open", -3)
+    assert isinstance(inc["id"], int)
+    assert second.incidents() == make_ledger().incidents()  # and a third start agrees

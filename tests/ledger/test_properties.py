@@ -150,8 +150,9 @@ def test_track_matches_a_plain_walk(ops: list[tuple[int, str, int, str]]) -> Non
         assert {id(leg) for leg in tr.find_negative(probe)} == negative
 
 
-def test_over_http_random_arrival_orders_match_the_reference(tmp_path: Any) -> None:
-    """The same property end to end: events posted in random batches to a real server."""
+def test_over_http_random_arrival_orders_match_the_reference(ledger_db: Any) -> None:
+    """The same property end to end: events posted in random batches to a real server (on
+    either database)."""
     import itertools
 
     import httpx
@@ -160,7 +161,7 @@ def test_over_http_random_arrival_orders_match_the_reference(tmp_path: Any) -> N
     from tests.ledger.factory import batch
 
     counter = itertools.count()
-    with LedgerServer(tmp_path / "ledger.db") as srv, httpx.Client(base_url=srv.url) as http:
+    with LedgerServer(ledger_db) as srv, httpx.Client(base_url=srv.url) as http:
         tokens = {s: srv.add_station(s, "WH1") for s in STATIONS}
 
         @settings(max_examples=40, deadline=None,

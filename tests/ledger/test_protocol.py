@@ -53,7 +53,7 @@ def test_a_revoked_token_is_refused_at_once(ledger: Any, tmp_path: Path) -> None
     dock = ledger.dock()
     assert dock.post_raw(batch([])).status_code == 200
     out = subprocess.run([sys.executable, "-m", "ledger", "station", "revoke", "dock-1",
-                          "--db", str(tmp_path / "ledger.db")],
+                          "--db", str(ledger.server.db_path)],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "station dock-1 revoked"
     r = dock.post_raw(batch([]))
