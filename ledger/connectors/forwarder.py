@@ -279,7 +279,11 @@ class Forwarder:
             result: dict[str, Any] = {"ref": posted.ref, "reverses": target.movement.event_id,
                                       "effects": changes}
         else:
-            history = self._history(m.site, m.item, m.t)
+            # a count counts with the corrections made at later counts, by movements of any
+            # date (see main_op)
+            history = self._history(m.site, m.item,
+                                    None if m.type == "count" and not a.reevaluates_counts
+                                    else m.t)
             op = main_op(m, history, reevaluates_counts=a.reevaluates_counts, sees=a.sees)
             posted = self._once(op)
             if isinstance(op, Adjust):

@@ -155,18 +155,26 @@ def main_op(m: Movement, history: Sequence[Forwarded], *, reevaluates_counts: bo
         counted = m.qty
         if not reevaluates_counts:
             # What the ERP already holds after this count (forwarded earlier, happened later)
-            # and that it will see when it counts: keep it, up to the next count.
+            # and that it will see when it counts: keep it, so that the count's difference is
+            # the one it makes at its own moment. That includes later counts' differences and
+            # the corrections made at them (``history`` must then be the item's whole
+            # history): a later count still standing gets this count's difference back as a
+            # correction (:func:`corrections`), and if it is voided, its reverse takes away
+            # exactly what it changed, leaving this count in force as in the ledger.
             k = order_key(m)
-            for f in sorted(history, key=lambda f: order_key(f.movement)):
+            later_counts: set[str] = set()
+            for f in history:
                 fm = f.movement
                 if (order_key(fm) <= k or f.voided or fm.type == "void"
-                        or fm.event_id == m.event_id):
+                        or fm.event_id == m.event_id or not sees(fm.t, m.t)):
                     continue
-                if loc not in f.effects() or not sees(fm.t, m.t):
-                    continue
-                if fm.type == "count":
-                    break
-                counted += f.effects()[loc]
+                if fm.type == "count" and fm.to_location == loc:
+                    later_counts.add(fm.event_id)
+                counted += f.effects().get(loc, 0)
+            for f in history:
+                for count_id, corr in f.result.get("corrections", {}).items():
+                    if count_id in later_counts and isinstance(corr, int | float):
+                        counted += int(corr)
         return Adjust(m.event_id, m.site, item, loc, counted, m.t)
     raise ValueError(f"no operation for a {m.type}")
 
