@@ -308,14 +308,7 @@ class LedgerService:
         horizons: dict[str, str] = {}
         for site in {s.site for s in store.stations()}:
             horizons.update(self._advance_horizon(site))
-        now = now_us()
-        out = engine.release_all(now)
-        at = format_time(now)
-        released = [Release(m.event_id, seq, at, m.effective_at) for m, seq in out.released]
-        self._since_snapshot = n
-        checkpoint = self._maybe_checkpoint(force=snap is None or n > 0)
-        if released or checkpoint is not None or horizons:
-            store.save_batch([], released, None, horizons=horizons, checkpoint=checkpoint)
+        self._release_and_save(engine, store, n, snap is None, horizons)
         # What is in memory lives long: keep the cyclic GC from rescanning it on every
         # full collection.
         gc.collect()
@@ -500,14 +493,7 @@ class LedgerService:
             engine.set_horizon(site, parse_time(horizon))
         horizons = self._advance_horizon(site)
         engine.applied_seq = leases.next_block()
-        now = now_us()
-        out = engine.release_all(now)
-        at = format_time(now)
-        released = [Release(m.event_id, seq, at, m.effective_at) for m, seq in out.released]
-        self._since_snapshot = n
-        checkpoint = self._maybe_checkpoint(force=snap is None or n > 0)
-        if released or checkpoint is not None or horizons:
-            leases.save_batch([], released, None, horizons=horizons, checkpoint=checkpoint)
+        self._release_and_save(engine, leases, n, snap is None, horizons)
         self._announce(engine.take_changes())
         log.info("took site %s: %s, %d events replayed after it, in %.2f s", site,
                  "a snapshot" if snap is not None else "no snapshot", n,
@@ -576,6 +562,19 @@ class LedgerService:
         return owner.url if owner is not None and owner.held and owner.url else ""
 
     # ------------------------------------------------------------- settling
+
+    def _release_and_save(self, engine: Ledger, store: Store, replayed: int, no_snapshot: bool,
+                          horizons: dict[str, str]) -> None:
+        """After loading (a start, or taking a site over): release what the loaded stock now
+        covers, settle and snapshot when the load replayed anything, and store it at once."""
+        now = now_us()
+        out = engine.release_all(now)
+        at = format_time(now)
+        released = [Release(m.event_id, seq, at, m.effective_at) for m, seq in out.released]
+        self._since_snapshot = replayed
+        checkpoint = self._maybe_checkpoint(force=no_snapshot or replayed > 0)
+        if released or checkpoint is not None or horizons:
+            store.save_batch([], released, None, horizons=horizons, checkpoint=checkpoint)
 
     def _maybe_checkpoint(self, *, force: bool = False) -> Checkpoint | None:
         """Settle every site up to its horizon when memory has grown enough, and take a
