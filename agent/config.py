@@ -71,6 +71,8 @@ class LedgerConfig:
     timeout: float = 10.0
     batch_size: int = 1000
     max_backoff: float = 60.0
+    # seconds between two readings of the ledger's open incidents while `status` shows any
+    warning_recheck: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +235,7 @@ def _ledger(t: TomlTable | None, base_dir: Path | None) -> LedgerConfig | None:
         timeout=t.number("timeout", 10.0, lo=0.1),
         batch_size=t.integer("batch_size", 1000, lo=1, hi=10000),
         max_backoff=t.number("max_backoff", 60.0, lo=0.1),
+        warning_recheck=t.number("warning_recheck", 60.0, lo=1.0),
         **paths,
     )
     if cfg.client_key and not cfg.client_cert:

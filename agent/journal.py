@@ -15,7 +15,9 @@ Schema changes are migrations keyed by ``PRAGMA user_version``.
 Tables: ``scans`` (audit: one row per raw scan, accepted, rejected or debounced),
 ``movements`` (one row per movement; ``seq`` gap-free per station), ``sessions`` (each
 scanner's session state, written in the same transaction as its scan), ``meta`` (station,
-next seq, sync and clock state), ``scanners`` (connection state), ``alerts`` (recent errors).
+next seq, sync and clock state), ``scanners`` (connection state), ``alerts`` (recent errors),
+``ledger_incidents`` (the ledger's open incidents behind this station's warnings, as sync last
+read them; see :mod:`agent.incidents`).
 """
 
 from __future__ import annotations
@@ -49,11 +51,15 @@ __all__ = [
     "Journal",
     "JournalReader",
     "JournalWriter",
+    "LedgerView",
+    "Warned",
     "create_journal",
+    "ledger_view",
     "open_readonly",
+    "warned_movements",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _ALERTS_KEPT = 200
 _WAIT_FOR_SCANNERS_MAX = 0.001  # seconds a group commit may wait for its scanners at most
 _CHECKPOINT_EVERY = 1.0  # seconds between two checkpoints of the write-ahead log, at most
@@ -140,7 +146,25 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
                         not_null={"at", "source", "message"})
 
 
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _migrate_v1}
+def _migrate_v2(db: sqlite_utils.Database) -> None:
+    # The ledger's open incidents behind this station's warnings, as sync last read them
+    # (replaced as a whole at each reading); when and how the reading went is in meta.
+    db.table("ledger_incidents").create(
+        {"id": int, "depletion_event_id": str, "item": str, "location": str, "class": str,
+         "balance": int, "confirmed": int, "opened_at": str},
+        pk="id", not_null={"depletion_event_id", "item", "class"})
+    # Only rows with warnings are in this index (a capture writes none: the ledger's result
+    # adds them), so finding the newest warned movements never reads the whole table.
+    db.execute("CREATE INDEX movements_warned ON movements(seq) WHERE warnings IS NOT NULL")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _migrate_v1,
+                                                                  2: _migrate_v2}
+
+# meta keys of the ledger's open incidents (see Journal.store_incidents)
+_ASKED = "ledger.incidents_at"  # wall time the last reading that answered was asked
+_ASK_ERROR = "ledger.incidents_error"  # why the last reading failed (None: it did not)
+_ASK_ERROR_AT = "ledger.incidents_error_at"
 
 _INSERT_SCAN = (
     "INSERT INTO scans (id, scanner, wall_time, boot_ns, boot_id, text, raw, outcome, reason,"
@@ -410,6 +434,31 @@ class Journal:
         except (sqlite3.Error, OSError) as exc:
             raise _translate(exc, "recording an alert") from exc
 
+    def store_incidents(self, asked_at: float, incidents: Sequence[dict[str, Any]]) -> None:
+        """Keep the ledger's answer: the open incidents behind this station's warnings, as
+        the ledger gave them when asked at ``asked_at`` (they replace the previous answer).
+
+        Not waiting for the disk: an answer a power cut takes back is asked again."""
+        rows = [(i["id"], i["depletion_event_id"], i["item"], i["location"], i["class"],
+                 i.get("balance"), int(bool(i.get("confirmed"))), i.get("opened_at"))
+                for i in incidents]
+        try:
+            with self.transaction(durable=False):
+                self.conn.execute("DELETE FROM ledger_incidents")
+                self.conn.executemany(
+                    'INSERT INTO ledger_incidents (id, depletion_event_id, item, location,'
+                    ' "class", balance, confirmed, opened_at) VALUES (?,?,?,?,?,?,?,?)', rows)
+                self.set_meta(_ASKED, repr(asked_at))
+                self.set_meta(_ASK_ERROR, None)
+                self.set_meta(_ASK_ERROR_AT, None)
+        except (sqlite3.Error, OSError) as exc:
+            raise _translate(exc, "keeping the ledger's open incidents") from exc
+
+    def incidents_unknown(self, at: float, why: str) -> None:
+        """Asking the ledger for its open incidents failed at ``at``: the last answer stays,
+        with why it is not newer."""
+        self.write_meta({_ASK_ERROR: why, _ASK_ERROR_AT: repr(at)})
+
     def prune(self, retention_days: float, now: float | None = None) -> int:
         """Delete synced movements (and their audit rows) older than the retention age.
 
@@ -428,6 +477,86 @@ class Journal:
         except (sqlite3.Error, OSError) as exc:
             raise _translate(exc, "pruning old movements") from exc
         return n
+
+
+@dataclass(frozen=True, slots=True)
+class Warned:
+    """A movement the ledger answered with warnings, and what this journal knows since."""
+
+    seq: int
+    event_id: str
+    type: str
+    item: str
+    from_location: str | None
+    to_location: str | None
+    synced_at: float | None  # when its result came (the ledger had it from then on)
+    warnings: tuple[str, ...]
+    voided: bool  # undone at a scanner of this station since
+    recounted: bool  # its item counted here since, in the bin it was taken from
+
+
+def warned_movements(conn: sqlite3.Connection, limit: int) -> list[Warned]:
+    """The newest ``limit`` movements with warnings from the ledger, newest first."""
+    try:
+        rows = conn.execute(
+            "SELECT seq, event_id, type, item, from_location, to_location, synced_at, warnings"
+            " FROM movements WHERE warnings IS NOT NULL ORDER BY seq DESC LIMIT ?",
+            (limit,)).fetchall()
+        if not rows:
+            return []
+        first = min(r[0] for r in rows)  # a void or a count comes after what it concerns
+        ids = [r[1] for r in rows]
+        voided = {v for (v,) in conn.execute(
+            f"SELECT voids FROM movements WHERE seq > ? AND type = 'void'"
+            f" AND voids IN ({','.join('?' * len(ids))})", (first, *ids))}
+        counted = {(i, loc): seq for i, loc, seq in conn.execute(
+            "SELECT item, to_location, max(seq) FROM movements WHERE seq > ?"
+            " AND type = 'count' GROUP BY item, to_location", (first,))}
+    except sqlite3.Error as exc:
+        raise _translate(exc, "reading the ledger's warnings") from exc
+    return [Warned(seq=r[0], event_id=r[1], type=r[2], item=r[3], from_location=r[4],
+                   to_location=r[5], synced_at=r[6], warnings=tuple(json.loads(r[7])),
+                   voided=r[1] in voided,
+                   recounted=counted.get((r[3], r[4]), 0) > r[0])
+            for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerView:
+    """The ledger's open incidents behind this station's warnings, as last read by sync.
+
+    ``asked_at`` is None when the ledger never answered (or the journal predates the
+    reading); ``error`` says why the latest attempt failed, if it did."""
+
+    asked_at: float | None
+    incidents: tuple[dict[str, Any], ...]
+    error: str | None
+    error_at: float | None
+
+
+def ledger_view(conn: sqlite3.Connection) -> LedgerView:
+    """What sync last learnt from the ledger about the incidents behind this station's
+    warnings (nothing from a journal of an agent older than the reading)."""
+    try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] < 2:
+            return LedgerView(None, (), None, None)
+        meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN (?,?,?)",
+                                 (_ASKED, _ASK_ERROR, _ASK_ERROR_AT)).fetchall())
+        cols = ("id", "depletion_event_id", "item", "location", "class", "balance",
+                "confirmed", "opened_at")
+        incidents = tuple(
+            {**dict(zip(cols, r, strict=True)), "confirmed": bool(r[6])}
+            for r in conn.execute(
+                'SELECT id, depletion_event_id, item, location, "class", balance, confirmed,'
+                " opened_at FROM ledger_incidents ORDER BY id"))
+    except sqlite3.Error as exc:
+        raise _translate(exc, "reading the ledger's open incidents") from exc
+
+    def number(key: str) -> float | None:
+        v = meta.get(key)
+        return None if v is None else float(v)
+
+    return LedgerView(number(_ASKED), incidents, meta.get(_ASK_ERROR), number(_ASK_ERROR_AT))
 
 
 def _queue_depth(conn: sqlite3.Connection, start: int,
@@ -507,6 +636,10 @@ class JournalReader:
         :meth:`Journal.queue_depth`."""
         oldest = self.pending(1)
         return _queue_depth(self.conn, self._pending_from, oldest[0] if oldest else None)
+
+    def warned(self, limit: int) -> list[Warned]:
+        """The newest movements with the ledger's warnings (see :func:`warned_movements`)."""
+        return warned_movements(self.conn, limit)
 
     def checkpoint(self) -> tuple[int, int]:
         """Copy the write-ahead log into the database (a passive checkpoint: it never waits

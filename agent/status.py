@@ -13,7 +13,8 @@ from typing import Any
 
 from agent.config import Config
 from agent.grammar import printable
-from agent.journal import open_readonly
+from agent.incidents import SHOWN, WINDOW, about_incidents, still_true
+from agent.journal import LedgerView, ledger_view, open_readonly, warned_movements
 
 __all__ = ["events", "format_events", "format_status", "status"]
 
@@ -42,12 +43,14 @@ def status(cfg: Config, now: float | None = None) -> dict[str, Any]:
             rejects = [dict(r) for r in conn.execute(
                 "SELECT wall_time AS at, scanner, text, reason FROM scans"
                 " WHERE outcome = 'rejected' ORDER BY id DESC LIMIT 10")]
-            warned = _still_true(conn)
+            view = ledger_view(conn)
+            warned = still_true(warned_movements(conn, WINDOW), view, SHOWN)
         finally:
             conn.close()
     else:  # the agent has not run with this config yet: nothing captured
         meta, counts, states, sessions, last = {}, {}, {}, {}, {}
         top_seq, oldest, alerts, rejects, warned = 0, None, [], [], []
+        view = LedgerView(None, (), None, None)
 
     running = agent_running(meta)
     scanners = []
@@ -101,47 +104,17 @@ def status(cfg: Config, now: float | None = None) -> dict[str, Any]:
             {"at": r["at"], "scanner": r["scanner"], "text": printable(r["text"], 60),
              "reason": r["reason"]} for r in rejects
         ],
-        "ledger_warnings": [
-            {"seq": w["seq"], "warnings": json.loads(w["warnings"])} for w in warned
-        ],
+        # the ledger's warnings that still hold (agent.incidents): the ledger's open
+        # incidents as sync last read them, and what this journal knows since
+        "ledger_warnings": warned,
+        "ledger_asked": {
+            "basis": "ledger" if view.asked_at is not None else "journal",
+            "at": view.asked_at,
+            "age_s": round(now - view.asked_at, 1) if view.asked_at is not None else None,
+            "error": view.error,
+            "error_at": view.error_at,
+        },
     }
-
-
-_NEGATIVE = "negative balance at "  # the ledger's warning on a depletion it found negative
-
-
-def _still_true(conn: Any, limit: int = 10) -> list[dict[str, Any]]:
-    """The newest ledger warnings that this station's own journal has not made stale.
-
-    A warning is the ledger's word at the time it took the movement. Since then the
-    operator may have undone the movement (its void ends every warning on it), or counted
-    the item in the bin it went negative in (a later count settles that negative, so the
-    ledger resolves the incident). What another station sends can resolve an incident too;
-    the station cannot see that, and the ledger's page is the place for it.
-    """
-    rows = [dict(r) for r in conn.execute(
-        "SELECT seq, event_id, item, from_location, warnings FROM movements"
-        " WHERE warnings IS NOT NULL ORDER BY seq DESC LIMIT ?", (limit * 5,))]
-    if not rows:
-        return []
-    ids = [r["event_id"] for r in rows]
-    marks = ",".join("?" * len(ids))
-    voided = {v for (v,) in conn.execute(
-        f"SELECT voids FROM movements WHERE voids IN ({marks})", ids)}
-    items = sorted({r["item"] for r in rows})
-    counted = {(i, loc): seq for i, loc, seq in conn.execute(
-        f"SELECT item, to_location, max(seq) FROM movements WHERE type = 'count'"
-        f" AND item IN ({','.join('?' * len(items))}) GROUP BY item, to_location", items)}
-    out = []
-    for r in rows:
-        if r["event_id"] in voided:
-            continue
-        settled = counted.get((r["item"], r["from_location"]), 0) > r["seq"]
-        warnings = [w for w in json.loads(r["warnings"])
-                    if not (settled and str(w).startswith(_NEGATIVE))]
-        if warnings:
-            out.append({"seq": r["seq"], "warnings": json.dumps(warnings)})
-    return out[:limit]
 
 
 def agent_running(meta: dict[str, str]) -> bool:
@@ -218,9 +191,34 @@ def format_status(s: dict[str, Any], now: float | None = None) -> str:
         lines += [f"  {_ago(r['at'], now):>9}  {r['scanner']}: '{r['text']}': {r['reason']}"
                   for r in s["recent_rejections"]]
     if s["ledger_warnings"]:
-        lines += ["", "ledger warnings (on movements not since undone or recounted here):"]
-        lines += [f"  seq {w['seq']}: {'; '.join(w['warnings'])}" for w in s["ledger_warnings"]]
+        lines += ["", *_warnings_heading(s["ledger_asked"], now)]
+        lines += [_warning_line(w, s["ledger_asked"]["at"] is not None)
+                  for w in s["ledger_warnings"]]
     return "\n".join(lines)
+
+
+def _warnings_heading(asked: dict[str, Any], now: float) -> list[str]:
+    if asked["at"] is None:
+        why = (f"could not be asked ({asked['error']})" if asked["error"]
+               else "not asked yet")
+        return [f"ledger warnings (the ledger {why}: shown less only what this station "
+                "undid or recounted since; another dock's receipt or count is not seen):"]
+    out = [f"ledger warnings still open at the ledger (asked {_ago(asked['at'], now)}):"]
+    if asked["error"] and (asked["error_at"] or 0) > asked["at"]:
+        out.append(f"  (asking again failed {_ago(asked['error_at'], now)}: "
+                   f"{asked['error']}; shown as the ledger last answered)")
+    return out
+
+
+def _warning_line(w: dict[str, Any], asked: bool) -> str:
+    line = f"  seq {w['seq']}: {'; '.join(w['warnings'])}"
+    if w["incidents"]:
+        line += "  [" + "; ".join(
+            f"incident {i['id']} open, class {i['class']}, "
+            + ("confirmed" if i["confirmed"] else "provisional") for i in w["incidents"]) + "]"
+    elif asked and not w["checked"] and any(map(about_incidents, w["warnings"])):
+        line += "  [the ledger not asked since]"
+    return line
 
 
 def events(cfg: Config, *, pending: bool = False, limit: int | None = None

@@ -12,6 +12,13 @@ reported loudly and retried slowly while the queue is kept.
 
 Each exchange is also a clock sample (:mod:`agent.clock`); a movement's ``occurred_at`` is
 fixed the first time it is sent and reused on every retry, so a replay is a ``duplicate``.
+
+The ledger's warnings about negatives can stop being true after the fact (another dock's
+receipt resolves the incident). So after a round whose results carried such a warning, and
+then every ``warning_recheck`` seconds while the journal shows any still open, the loop reads
+the site's open incidents behind them (``GET /v1/negatives``, with the station's own token)
+and keeps the answer in the journal for ``scan-agent status`` (:mod:`agent.incidents`). A
+reading that fails keeps the last answer, and when it was had; it never holds up the sync.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from agent.clock import Sample, TimeBase, boot_id, format_utc, parse_utc, stamp
 from agent.config import Config, LedgerConfig
 from agent.errors import AgentError, JournalError, SyncError
 from agent.grammar import printable
+from agent.incidents import WINDOW, about_incidents, query, relevant, to_ask
 from agent.journal import Journal, JournalReader, JournalWriter
 
 __all__ = ["SyncLoop", "SyncStats", "backoff_delay", "event_json", "retry_after"]
@@ -61,6 +69,8 @@ _WATERMARK_MARGIN_NS = 10**9  # unsent events are promised only up to 1 s before
 _CATCH_UP = _WATERMARK_MARGIN_NS / 1e9 + 0.25
 # A clean stop's last exchange may take this long at most (systemd's stop timeout is 30 s).
 FAREWELL_S = 5.0
+_ASK_PAGE = 1000  # open incidents per page when asking the ledger which still stand
+_ASK_PAGES = 10  # pages at most: a site with more open incidents is not read every minute
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -157,6 +167,9 @@ class SyncLoop:
         self._last_scan = float("-inf")  # monotonic time of the last scan captured
         self._scanning_cores = scanning_cores
         self._cores_read = time.monotonic()
+        # monotonic time the ledger's open incidents are next to be read (None: nothing the
+        # journal shows needs them); at start, once, for the warnings a previous run kept
+        self._ask_due: float | None = 0.0
 
     async def _pace(self) -> None:
         """Wait while the process has used more than sync's share of its CPU budget."""
@@ -207,6 +220,8 @@ class SyncLoop:
             while not self._closed.is_set():
                 wait = (_HEARTBEAT if catch_up is None
                         else max(0.0, catch_up - time.monotonic()))
+                if self._ask_due is not None:
+                    wait = min(wait, max(0.0, self._ask_due - time.monotonic()))
                 woke = await self._sleep(wait, wake=True)
                 if self._closed.is_set():
                     break
@@ -221,6 +236,8 @@ class SyncLoop:
                         catch_up = time.monotonic() + _CATCH_UP
                     elif catch_up is not None and started >= catch_up:
                         catch_up = None  # this exchange's watermark passed what was sent
+                    if self._ask_due is not None and time.monotonic() >= self._ask_due:
+                        await self._ask_incidents()
                 except Exception as exc:
                     # _Retry: the ledger or the network. JournalError: the journal could not
                     # take the results (disk full); the ledger answers the replay as
@@ -520,6 +537,8 @@ class SyncLoop:
             out.append((row["seq"], st, reason, warnings))
             setattr(self.stats, st, getattr(self.stats, st) + 1)
             for w in warnings:
+                if about_incidents(w):  # ask which incidents stand once this round is over
+                    self._ask_due = time.monotonic()
                 self.stats.warnings = [*self.stats.warnings, w][-20:]
                 log.warning("ledger warning for seq %s: %s", row["seq"], w)
                 for fn in self.warning_listeners:
@@ -549,6 +568,75 @@ class SyncLoop:
             log.info("synced %d movement(s) (seq %s-%s)", len(rows), rows[0]["seq"],
                      rows[-1]["seq"])
 
+    # -- which warnings still hold -----------------------------------------------------------
+
+    async def _ask_incidents(self) -> None:
+        """Read the ledger's open incidents behind the warnings the journal shows, and keep
+        them there for ``status``. Never raises: a failed reading leaves the last answer in
+        place (with why), and is tried again at the next recheck."""
+        every = self.ledger.warning_recheck
+        asked_at = time.time()  # after the round: every result recorded so far is covered
+        try:
+            if self._reader is None:
+                self._reader = await asyncio.to_thread(JournalReader, self.writer.journal.path)
+            asked = to_ask(await asyncio.to_thread(self._reader.warned, WINDOW))
+            if not asked:
+                self._ask_due = None
+                return
+            await self._pace()
+            found = await self._open_incidents(
+                query(self.config.station, self.config.site, asked))
+            keep = relevant(found, asked)
+            await self.writer.call(Journal.store_incidents, asked_at, keep)
+        except _Unanswered as exc:
+            why = str(exc)
+            log.info("could not ask the ledger which warnings still hold: %s", why)
+            with contextlib.suppress(AgentError):
+                await self.writer.call(Journal.incidents_unknown, time.time(), why)
+            self._ask_due = time.monotonic() + every
+        except AgentError as exc:  # the journal could not take the answer: asked again later
+            log.warning("could not keep the ledger's open incidents: %s", exc)
+            self._ask_due = time.monotonic() + every
+        else:
+            # while any is open, status shows it: ask again later; else until new warnings
+            self._ask_due = time.monotonic() + every if keep else None
+            log.debug("ledger: %d open incident(s) behind %d warned movement(s)", len(keep),
+                      len(asked))
+
+    async def _open_incidents(self, params: dict[str, str]) -> list[dict[str, Any]]:
+        """Every incident the ledger lists for ``params``, page by page; raises
+        ``_Unanswered``."""
+        assert self._client is not None
+        try:
+            token = self._token()
+        except _Retry as exc:
+            raise _Unanswered(str(exc)) from None
+        out: list[dict[str, Any]] = []
+        after: str | None = None
+        for _ in range(_ASK_PAGES):
+            page = {**params, "limit": str(_ASK_PAGE), **({"after": after} if after else {})}
+            try:
+                resp = await self._client.get("/v1/negatives", params=page,
+                                              headers={"Authorization": f"Bearer {token}"})
+            except httpx.TimeoutException as exc:
+                raise _Unanswered(f"ledger timed out ({type(exc).__name__})") from exc
+            except httpx.HTTPError as exc:
+                raise _Unanswered(f"ledger unreachable: {type(exc).__name__}: {exc}") from exc
+            if resp.status_code != 200:
+                raise _Unanswered(f"ledger answered HTTP {resp.status_code}: {_reason(resp)}")
+            try:
+                body = resp.json()
+                out += [_incident(i) for i in body["incidents"]]
+                after = body["next"]
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise _Unanswered(f"ledger answer unreadable: {printable(str(exc), 200)}"
+                                  ) from exc
+            if after is None:
+                return out
+            after = str(after)
+        raise _Unanswered(f"more than {_ASK_PAGES * _ASK_PAGE} open incidents at site "
+                          f"{self.config.site}; see the ledger's page")
+
     async def _note_error(self, why: str) -> None:
         if why != self.stats.last_error:
             log.warning("sync: %s", why)
@@ -566,6 +654,26 @@ class SyncLoop:
             raise _Retry(self.ledger.max_backoff, "no ledger token configured (set token_file "
                          "or the ledger-token credential)")
         return token
+
+
+class _Unanswered(Exception):
+    """The ledger could not say which incidents are open (a reading, not a sync, failed)."""
+
+
+def _incident(raw: Any) -> dict[str, Any]:
+    """The parts of one of the ledger's incidents that ``status`` shows; its words reach
+    terminals, so no control bytes (raises on a malformed one)."""
+    if not isinstance(raw, dict) or raw.get("status") != "open":
+        raise ValueError(f"not an open incident: {printable(repr(raw), 100)}")
+    balance = raw.get("balance")
+    return {
+        "id": int(raw["id"]), "depletion_event_id": str(raw["depletion_event_id"]),
+        "item": str(raw["item"]),
+        "location": None if raw["location"] is None else printable(str(raw["location"]), 100),
+        "class": printable(str(raw["class"]), 20),
+        "balance": balance if isinstance(balance, int) else None,
+        "confirmed": raw.get("confirmed") is True, "opened_at": raw.get("opened_at"),
+    }
 
 
 class _Split(Exception):

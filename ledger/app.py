@@ -11,7 +11,9 @@ its own sites when asked with ``X-Scan-Ledger-Local``).
 
 Reads (``GET /v1/...`` and the dashboard ``/``) are open on the LAN by default, so the demo and
 the dashboard work without setup; with ``read_token`` in the config they need
-``Authorization: Bearer <read_token>`` (or ``?token=`` for a browser).
+``Authorization: Bearer <read_token>`` (or ``?token=`` for a browser). A station's own token
+also reads ``GET /v1/negatives`` for its own site (``site=`` required), which is how a dock
+learns which of its warnings still stand; nothing else, and no other site.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from ledger.errors import FilterError, StoreError
 from ledger.events import format_time, now_us
 from ledger.export import to_csv
 from ledger.filters import FILTER_KEYS, IncidentFilter
-from ledger.service import DEFAULT_INCIDENTS, LedgerService, Reply, merge_lists
+from ledger.service import DEFAULT_INCIDENTS, LedgerService, Reply, hash_token, merge_lists
 
 __all__ = ["create_app"]
 
@@ -233,10 +235,31 @@ def create_app(service: LedgerService) -> Starlette:
             return await unavailable(exc)
         return _ingest_json(reply)
 
-    async def read(request: Request, fn: Any, *args: Any, every_site: str = "",
-                   limit: int | None = None) -> Response:
-        if not read_allowed(request):
+    async def station_may_read(request: Request) -> JSONResponse | None:
+        """None when the request's bearer is a station's token and its ``site`` parameter is
+        that station's site; else the answer that refuses it (401, or 403 for a station
+        asking about another site or none)."""
+        token = _bearer(request)
+        if token is None:
             return denied()
+        station = await service.call(service.store.station_by_token, hash_token(token))
+        if station is None:
+            return denied()
+        if request.query_params.get("site") != station.site:
+            return JSONResponse({"error": f"a station's token reads only the incidents of "
+                                          f"its own site: add site={station.site}"},
+                                status_code=403)
+        return None
+
+    async def read(request: Request, fn: Any, *args: Any, every_site: str = "",
+                   limit: int | None = None, station_may: bool = False) -> Response:
+        if not read_allowed(request):
+            try:
+                refused = await station_may_read(request) if station_may else denied()
+            except StoreError as exc:
+                return await unavailable(exc)
+            if refused is not None:
+                return refused
         try:
             reply = await service.call(fn, *args)
             if every_site:
@@ -263,7 +286,7 @@ def create_app(service: LedgerService) -> Starlette:
             return bad_limit(raw)
         query = {k: v for k, v in q.items() if k not in ("limit", "after")}
         return await read(request, service.negatives, None, query, limit, q.get("after"),
-                          every_site="incidents", limit=limit)
+                          every_site="incidents", limit=limit, station_may=True)
 
     def peer_headers() -> dict[str, str]:
         headers = {LOCAL: "1"}

@@ -299,7 +299,10 @@ def test_status_json_reports_queue_scanners_and_recent_errors(
         ("handheld", "hello", "unknown barcode 'hello'"),
     ], "newest first"
     assert [e["message"] for e in s["recent_errors"]] == ["ledger unreachable: connection refused"]
-    assert s["ledger_warnings"] == [{"seq": 2, "warnings": ["check the item"]}]
+    assert s["ledger_warnings"] == [{"seq": 2, "warnings": ["check the item"],
+                                     "checked": False, "incidents": []}]
+    assert s["ledger_asked"] == {"basis": "journal", "at": None, "age_s": None,
+                                 "error": None, "error_at": None}, "the ledger never asked"
     by_name = {sc["name"]: sc for sc in s["scanners"]}
     assert (by_name["handheld"]["mode"], by_name["handheld"]["to_location"],
             by_name["handheld"]["reference"]) == ("receipt", "DOCK-3", "PO-1")

@@ -180,8 +180,8 @@ async def _warnings(dock: LedgerDock) -> list[dict[str, Any]]:
     while dock.rows("SELECT seq FROM movements WHERE state = 'pending'"):
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
-    warned: list[dict[str, Any]] = status(dock.agent.config)["ledger_warnings"]
-    return warned
+    return [{"seq": w["seq"], "warnings": w["warnings"]}
+            for w in status(dock.agent.config)["ledger_warnings"]]
 
 
 async def test_status_drops_the_warning_of_an_undone_pick(dock_with_ledger: DockFactory) -> None:

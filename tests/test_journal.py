@@ -72,10 +72,11 @@ def test_wal_and_synchronous_full_are_really_set(journal: Journal, path: Path) -
 
 
 def test_schema_version_is_recorded_in_user_version(journal: Journal) -> None:
-    assert journal.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+    assert journal.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     tables = {r[0] for r in journal.conn.execute("SELECT name FROM sqlite_master"
                                                  " WHERE type = 'table'")}
-    assert {"meta", "scans", "movements", "sessions", "scanners", "alerts"} <= tables
+    assert {"meta", "scans", "movements", "sessions", "scanners", "alerts",
+            "ledger_incidents"} <= tables
     assert journal.get_meta("station") == "dock-3"
     assert journal.get_meta("site") == "WH1"
 
@@ -92,6 +93,40 @@ def test_reopening_migrates_nothing_and_keeps_next_seq(path: Path) -> None:
         assert j.conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall() == schema
         (done,) = j.capture([capture(draft())])
         assert done.seq == 3
+    finally:
+        j.close()
+    assert seqs(path) == [1, 2, 3]
+
+
+def test_a_journal_of_the_first_schema_is_migrated_keeping_its_movements(
+        path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Version 2 adds the ledger's open incidents: a journal written by an agent that did not
+    keep them is upgraded in place, its movements and seqs untouched; until then a reader
+    (``status`` beside the old daemon) finds no answer from the ledger, not an error."""
+    import agent.journal as journal_module
+
+    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", 1)
+    j = Journal(path, "dock-3", "WH1")
+    j.capture([capture(draft()), capture(draft())])
+    j.close()
+    conn = open_readonly(path)
+    try:
+        assert journal_module.ledger_view(conn) == journal_module.LedgerView(None, (), None,
+                                                                             None)
+    finally:
+        conn.close()
+    monkeypatch.undo()
+
+    j = Journal(path, "dock-3", "WH1")
+    try:
+        assert j.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        j.store_incidents(100.0, [{"id": 4, "depletion_event_id": "e", "item": "i",
+                                   "location": "A-07", "class": "item", "balance": -1,
+                                   "confirmed": False, "opened_at": None}])
+        (done,) = j.capture([capture(draft())])
+        assert done.seq == 3
+        view = journal_module.ledger_view(j.conn)
+        assert (view.asked_at, [i["id"] for i in view.incidents]) == (100.0, [4])
     finally:
         j.close()
     assert seqs(path) == [1, 2, 3]
