@@ -38,6 +38,7 @@ class Faults:
     status: int | None = None  # answer this status without forwarding ...
     status_count: int = 0  # ... for this many requests
     retry_after: str | None = None  # Retry-After header for ``status``
+    status_method: str | None = None  # ``status`` only for this method (GET: reads only)
     poison: str | None = None  # answer 400 to any request whose body contains this text
     seed: int | None = None
 
@@ -129,7 +130,8 @@ class FaultProxy:
         if f.down or self._roll(f.drop_rate):
             self.counts.injected += 1
             return False
-        if f.status is not None and f.status_count > 0:
+        if (f.status is not None and f.status_count > 0
+                and f.status_method in (None, method)):
             f.status_count -= 1
             self.counts.injected += 1
             extra = {"Retry-After": f.retry_after} if f.retry_after else {}

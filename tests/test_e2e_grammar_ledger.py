@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import sys
 import time
 import tty
 from collections.abc import AsyncIterator, Callable
@@ -22,9 +24,12 @@ from typing import Any
 import httpx
 import pytest
 
+from agent.clock import format_utc, parse_utc
 from agent.config import load_config
 from agent.daemon import Agent
+from agent.status import format_status, status
 from ledger.server import LedgerServer
+from tests.ledger.factory import batch, event
 from tests.test_e2e_serial import ACK, NAK, TIMEOUT, Dock, _connected
 
 EAN13 = "4006381333931"
@@ -38,9 +43,11 @@ class LedgerDock(Dock):
 
     url: str = ""
     server: LedgerServer | None = None
+    read_token: str | None = None  # the ledger's, when its config sets one
 
     async def ledger(self, path: str, **params: Any) -> dict[str, Any]:
-        async with httpx.AsyncClient(base_url=self.url, timeout=5) as http:
+        headers = {"Authorization": f"Bearer {self.read_token}"} if self.read_token else {}
+        async with httpx.AsyncClient(base_url=self.url, timeout=5, headers=headers) as http:
             resp = await http.get(path, params=params)
             resp.raise_for_status()
             body: dict[str, Any] = resp.json()
@@ -78,12 +85,16 @@ def dock_with_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DockFac
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
 
     @contextlib.asynccontextmanager
-    async def start(grammar: str = "") -> AsyncIterator[LedgerDock]:
+    async def start(grammar: str = "", sync: str = "",
+                    ledger_config: str = "") -> AsyncIterator[LedgerDock]:
+        """``sync``: more keys of the dock's ``[ledger]``; ``ledger_config``: the ledger's
+        TOML configuration."""
         master, slave = os.openpty()
         tty.setraw(master)
         tty.setraw(slave)
+        (tmp_path / "ledger.toml").write_text(ledger_config, encoding="utf-8")
         try:
-            with LedgerServer(tmp_path / "ledger.db") as ledger:
+            with LedgerServer(tmp_path / "ledger.db", tmp_path / "ledger.toml") as ledger:
                 token = ledger.add_station("dock-1", site="WH1")
                 (tmp_path / "token").write_text(token + "\n")
                 (tmp_path / "token").chmod(0o600)
@@ -98,6 +109,7 @@ database = "{tmp_path / 'journal.db'}"
 [ledger]
 url = "{ledger.url}"
 token_file = "{tmp_path / 'token'}"
+{sync}
 
 [grammar]
 {grammar}
@@ -114,6 +126,7 @@ nak = "\\u0015"
                     await asyncio.wait_for(_connected(agent), TIMEOUT)
                     dock = LedgerDock(agent, master, Path(cfg.database))
                     dock.url, dock.server = ledger.url, ledger
+                    dock.read_token = ledger.config.read_token
                     yield dock
         finally:
             os.close(master)
@@ -174,8 +187,6 @@ async def test_a_count_of_an_empty_bin_resolves_an_item_negative(
 
 async def _warnings(dock: LedgerDock) -> list[dict[str, Any]]:
     """``scan-agent status``'s ledger warnings, once the station has its results."""
-    from agent.status import status
-
     deadline = time.monotonic() + TIMEOUT
     while dock.rows("SELECT seq FROM movements WHERE state = 'pending'"):
         assert time.monotonic() < deadline
@@ -193,6 +204,76 @@ async def test_status_drops_the_warning_of_an_undone_pick(dock_with_ledger: Dock
         assert await dock.send("CMD-UNDO") == ACK
         await dock.synced(3)
         assert [w["seq"] for w in await _warnings(dock)] == [1]
+
+
+async def test_status_drops_a_negative_that_another_docks_receipt_resolved(
+        dock_with_ledger: DockFactory) -> None:
+    """`status` kept showing a negative after a receipt at another dock had resolved it at
+    the ledger: the station's own journal cannot see that. Its sync now asks the ledger,
+    with the station's own token (the ledger here protects reads with a read token), which
+    incidents behind its warnings are still open, and status shows only those."""
+    async with dock_with_ledger(sync="warning_recheck = 2",
+                                ledger_config='read_token = "s3cret"\n') as dock:
+        assert await dock.scan_all(["MODE-PICK", "LOC-A-07", EAN13]) == "AAA"
+        (pick,) = await dock.synced(1)
+        (inc,) = await dock.incidents()
+        assert (inc["class"], inc["status"]) == ("item", "open")
+
+        s = await _status_until(dock, lambda s: s["ledger_asked"]["basis"] == "ledger")
+        assert s["ledger_asked"]["age_s"] < 1, "asked at once after the warned batch"
+        (w,) = s["ledger_warnings"]
+        assert w == {"seq": 1, "warnings": ["negative balance at A-07: -1 (class item)"],
+                     "checked": True, "incidents": [{"id": inc["id"], "class": "item",
+                                                     "location": "A-07", "balance": -1,
+                                                     "confirmed": inc["confirmed"]}]}
+        text = format_status(s)
+        assert "ledger warnings still open at the ledger (asked " in text
+        assert (f"seq 1: negative balance at A-07: -1 (class item)  [incident {inc['id']} "
+                f"open, class item, ") in text
+
+        # dock-2 took the item into A-07 before the pick, and its receipt arrives now
+        assert dock.server is not None
+        token = dock.server.add_station("dock-2", site="WH1")
+        before = parse_utc(pick["occurred_at"]) - 60 * 10**9
+        receipt = event("receipt", qty=1, to="A-07", item=ITEM, station="dock-2", seq=1,
+                        occurred_at=format_utc(before))
+        async with httpx.AsyncClient(base_url=dock.url, timeout=5) as http:
+            resp = await http.post("/v1/events", json=batch([receipt], station="dock-2"),
+                                   headers={"Authorization": f"Bearer {token}"})
+        assert resp.status_code == 200, resp.text
+        (inc,) = await dock.incidents()
+        assert (inc["status"], inc["resolved_by_event_id"]) == ("resolved",
+                                                                receipt["event_id"])
+
+        # until the station asks again (every 2 s here), it shows the last answer, and
+        # when it was had; from the next answer on, the warning is gone
+        again = status(dock.agent.config)
+        assert (again["ledger_warnings"], again["ledger_asked"]["at"]) == (
+            s["ledger_warnings"], s["ledger_asked"]["at"])
+        s = await _status_until(dock, lambda n: n["ledger_asked"]["at"] > again[
+            "ledger_asked"]["at"])
+        assert s["ledger_warnings"] == []
+        assert "ledger warnings" not in format_status(s)
+
+        # the installed command, in a process of its own, says the same
+        proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).with_name("scan-agent")), "status", "--config",
+            dock.agent.config.path, "--json", stdout=asyncio.subprocess.PIPE)
+        out, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+        shown = json.loads(out)
+        assert (shown["ledger_warnings"], shown["ledger_asked"]["basis"]) == ([], "ledger")
+
+
+async def _status_until(dock: LedgerDock,
+                        done: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+    """``scan-agent status`` once ``done`` holds of it."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        s = status(dock.agent.config)
+        if done(s):
+            return s
+        assert time.monotonic() < deadline, s
+        await asyncio.sleep(0.05)
 
 
 async def test_undo_stops_at_a_mode_switch(dock_with_ledger: DockFactory) -> None:

@@ -22,7 +22,8 @@ import pytest
 from agent.capture import Station
 from agent.config import Config, parse_config
 from agent.faultproxy import FaultProxy
-from agent.journal import Journal, JournalWriter
+from agent.journal import Journal, JournalWriter, LedgerView, ledger_view
+from agent.status import format_status, status
 from agent.sync import SyncLoop, backoff_delay, retry_after
 from drivers.base import RawScan
 from ledger.server import LedgerServer
@@ -109,7 +110,7 @@ async def rig(tmp_path: Path, ledger: LedgerServer) -> AsyncIterator[Rig]:
             "station": "dock-1", "site": "WH1", "location": "DOCK-1",
             "database": str(tmp_path / "journal.db"),
             "ledger": {"url": proxy.url, "token_file": str(token_file), "timeout": 1.0,
-                       "max_backoff": 0.4, "batch_size": 100},
+                       "max_backoff": 0.4, "batch_size": 100, "warning_recheck": 1.0},
             "scanners": [{"name": "h", "driver": "serial", "port": "/dev/null",
                           "debounce_ms": 0}],
         }, "dock-1.toml")
@@ -304,6 +305,99 @@ async def test_a_lone_docks_negative_is_confirmed_a_moment_after_it_syncs(rig: R
         assert time.monotonic() - started < 10, "still provisional: no catch-up exchange"
         await asyncio.sleep(0.1)
     assert inc["class"] == "item"
+
+
+async def _pick_from_an_empty_bin(rig: Rig) -> None:
+    for text in ("MODE-PICK", "LOC-A-01", GTINS[0]):
+        out = await rig.station.handle(RawScan("h", text, text.encode()))
+        assert out.status == "accepted", out
+    await rig.wait_drained()
+
+
+async def _view_until(rig: Rig, done: Any) -> LedgerView:
+    """The journal's record of the ledger's open incidents, once ``done`` holds of it."""
+    deadline = time.monotonic() + 10
+    while True:
+        view = await rig.writer.call(lambda j: ledger_view(j.conn))
+        if done(view):
+            return view
+        assert time.monotonic() < deadline, view
+        await asyncio.sleep(0.05)
+
+
+async def test_a_failed_reading_keeps_the_last_answer_with_its_age(rig: Rig) -> None:
+    """The ledger answers which incidents are open, then stops answering reads (its batches
+    still go through): status keeps the last answer, says how old it is and why it is not
+    newer, and the next reading that succeeds takes over."""
+    rig.start()
+    await _pick_from_an_empty_bin(rig)
+    first = await _view_until(rig, lambda v: v.asked_at is not None)
+    (inc,) = first.incidents
+    assert (inc["class"], inc["location"], inc["item"]) == ("item", "A-01", GTINS[0])
+
+    rig.proxy.faults.status, rig.proxy.faults.status_count = 503, 10**6
+    rig.proxy.faults.status_method = "GET"
+    failed = await _view_until(rig, lambda v: v.error is not None)
+    assert failed.error == "ledger answered HTTP 503: injected"
+    assert (failed.asked_at, failed.incidents) == (first.asked_at, first.incidents)
+    assert rig.sync.stats.last_error is None, "a failed reading is not a failed sync"
+    assert failed.error_at is not None and first.asked_at is not None
+    later = failed.error_at + 30  # status read half a minute after the failure
+    s = status(rig.cfg, now=later)
+    assert s["ledger_asked"]["basis"] == "ledger"
+    assert s["ledger_asked"]["age_s"] == pytest.approx(later - first.asked_at, abs=0.2)
+    (w,) = s["ledger_warnings"]
+    assert [i["id"] for i in w["incidents"]] == [inc["id"]]
+    text = format_status(s, now=later)
+    assert (f"ledger warnings still open at the ledger (asked {later - first.asked_at:.0f}s"
+            " ago):") in text
+    assert "  (asking again failed 30s ago: ledger answered HTTP 503: injected; shown as the" \
+           " ledger last answered)" in text
+
+    rig.proxy.faults.status_count = 0
+    again = await _view_until(rig, lambda v: v.error is None)
+    assert again.asked_at is not None and again.asked_at > first.asked_at
+    (now_inc,) = again.incidents
+    assert now_inc["id"] == inc["id"]
+    assert now_inc["confirmed"], "the newer answer: the station's watermark passed it since"
+
+
+async def test_a_ledger_never_asked_leaves_the_journals_view_and_says_why(rig: Rig) -> None:
+    """Reads refused from the start: status shows the warning as the journal knows it, and
+    says the ledger could not be asked (and why), not that it is still open there."""
+    rig.proxy.faults.status, rig.proxy.faults.status_count = 503, 10**6
+    rig.proxy.faults.status_method = "GET"
+    rig.start()
+    await _pick_from_an_empty_bin(rig)
+    view = await _view_until(rig, lambda v: v.error is not None)
+    assert (view.asked_at, view.incidents) == (None, ())
+    s = status(rig.cfg)
+    assert s["ledger_asked"]["basis"] == "journal"
+    assert s["ledger_warnings"] == [{"seq": 1, "warnings": [
+        "negative balance at A-01: -1 (class item)"], "checked": False, "incidents": []}]
+    assert ("ledger warnings (the ledger could not be asked (ledger answered HTTP 503: "
+            "injected): shown less only what this station undid or recounted since;"
+            ) in format_status(s)
+
+
+async def test_asking_stops_once_nothing_it_shows_is_open(rig: Rig) -> None:
+    """The ledger is asked after a warned batch and then at the recheck interval only while
+    an incident behind a warning is open: once none is, a quiet station sends nothing
+    until its next heartbeat."""
+    rig.start()
+    await _pick_from_an_empty_bin(rig)
+    await _view_until(rig, lambda v: len(v.incidents) == 1)
+    # the bin is counted (at this station): the ledger resolves the incident
+    for text in ("MODE-COUNT", "LOC-A-01", "QTY-0", GTINS[0]):
+        out = await rig.station.handle(RawScan("h", text, text.encode()))
+        assert out.status == "accepted", out
+    await rig.wait_drained()
+    assert status(rig.cfg)["ledger_warnings"] == [], "the count here settles it at once"
+    await _view_until(rig, lambda v: v.incidents == ())
+    await asyncio.sleep(1.5)  # the exchange that follows a batch (see _CATCH_UP) goes first
+    quiet = rig.proxy.counts.requests
+    await asyncio.sleep(2.5)  # two recheck intervals
+    assert rig.proxy.counts.requests == quiet
 
 
 def test_backoff_is_capped_full_jitter() -> None:

@@ -194,6 +194,39 @@ def test_a_read_token_protects_reads_but_not_ingest(make_ledger: Any) -> None:
     assert ledger.http.get("/", params={"token": "s3cret"}).status_code == 200
 
 
+def test_a_station_token_reads_its_own_sites_incidents_only(make_ledger: Any) -> None:
+    """A dock asks which of its warnings still stand with the token it posts with: with a
+    read token set, a station's token reads ``GET /v1/negatives`` of its own site (``site=``
+    required) and nothing else; another site's incidents stay closed to it."""
+    ledger = make_ledger('read_token = "s3cret"\n')
+    dock, far = ledger.dock("dock-1", "WH1"), ledger.dock("far-1", "WH2")
+    taken = pick(1, "A-07", 1, station="dock-1")
+    dock.post(taken)
+    far.post(pick(1, "Z-01", 1, station="far-1", site="WH2"))
+
+    def get(path: str, token: str | None, **params: str) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        r: httpx.Response = ledger.http.get(path, params=params, headers=headers)
+        return r
+
+    ok = get("/v1/negatives", dock.token, site="WH1", status="open", station="dock-1")
+    assert ok.status_code == 200, ok.text
+    assert [i["depletion_event_id"] for i in ok.json()["incidents"]] == [taken["event_id"]]
+    assert len(get("/v1/negatives", dock.token, site="WH1").json()["incidents"]) == 1
+    for params in ({"site": "WH2"}, {}, {"station": "far-1"}):
+        refused = get("/v1/negatives", dock.token, **params)
+        assert refused.status_code == 403, params
+        assert refused.json() == {"error": "a station's token reads only the incidents of its"
+                                           " own site: add site=WH1"}
+    for path in ("/v1/balances", "/v1/events", "/v1/negatives.csv", "/v1/stations", "/"):
+        assert get(path, dock.token, site="WH1").status_code == 401, path
+    assert get("/v1/negatives", None, site="WH1").status_code == 401
+    assert get("/v1/negatives", "not-a-token", site="WH1").status_code == 401
+    ledger.server.revoke_station("dock-1")
+    assert get("/v1/negatives", dock.token, site="WH1").status_code == 401
+    assert get("/v1/negatives", "s3cret", site="WH2").status_code == 200
+
+
 class _Hook(BaseHTTPRequestHandler):
     received: ClassVar[list[bytes]] = []
     fail_first: ClassVar[int] = 0
