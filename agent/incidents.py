@@ -22,13 +22,13 @@ movement whose result came after its last answer, that is all there is to go by.
 Pure: warned movements and the ledger's last answer in, what to show out.
 
 >>> from agent.journal import LedgerView, Warned
->>> pick = Warned(7, "e7", "pick", "0400", "A-07", None, 100.0,
+>>> pick = Warned(7, "e7", "pick", "0400", "A-07", None,
 ...               ("negative balance at A-07: -1 (class item)",), False, False)
 >>> open_one = {"id": 3, "depletion_event_id": "e7", "item": "0400", "location": "A-07",
 ...             "class": "location", "balance": -1, "confirmed": True}
->>> [w["incidents"] for w in still_true([pick], LedgerView(150.0, (open_one,), None, None))]
+>>> [w["incidents"] for w in still_true([pick], LedgerView(150.0, 7, (open_one,), None, None))]
 [[{'id': 3, 'class': 'location', 'location': 'A-07', 'balance': -1, 'confirmed': True}]]
->>> still_true([pick], LedgerView(150.0, (), None, None))  # resolved since
+>>> still_true([pick], LedgerView(150.0, 7, (), None, None))  # resolved since
 []
 """
 
@@ -102,8 +102,7 @@ def still_true(warned: Iterable[Warned], view: LedgerView,
     for w in warned:
         if w.voided:  # an undo ends every warning on the movement
             continue
-        checked = (view.asked_at is not None and w.synced_at is not None
-                   and w.synced_at <= view.asked_at)
+        checked = view.through_seq is not None and w.seq <= view.through_seq
         kept: list[str] = []
         behind: dict[int, dict[str, Any]] = {}
         for text in w.warnings:

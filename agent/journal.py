@@ -163,6 +163,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _migrate_v1
 
 # meta keys of the ledger's open incidents (see Journal.store_incidents)
 _ASKED = "ledger.incidents_at"  # wall time the last reading that answered was asked
+_ASKED_SEQ = "ledger.incidents_seq"  # ... about the movements up to this seq
 _ASK_ERROR = "ledger.incidents_error"  # why the last reading failed (None: it did not)
 _ASK_ERROR_AT = "ledger.incidents_error_at"
 
@@ -434,9 +435,11 @@ class Journal:
         except (sqlite3.Error, OSError) as exc:
             raise _translate(exc, "recording an alert") from exc
 
-    def store_incidents(self, asked_at: float, incidents: Sequence[dict[str, Any]]) -> None:
+    def store_incidents(self, asked_at: float, through_seq: int,
+                        incidents: Sequence[dict[str, Any]]) -> None:
         """Keep the ledger's answer: the open incidents behind this station's warnings, as
-        the ledger gave them when asked at ``asked_at`` (they replace the previous answer).
+        the ledger gave them when asked at ``asked_at`` (they replace the previous answer),
+        about the movements up to ``through_seq`` (their results had come when it was asked).
 
         Not waiting for the disk: an answer a power cut takes back is asked again."""
         rows = [(i["id"], i["depletion_event_id"], i["item"], i["location"], i["class"],
@@ -449,6 +452,7 @@ class Journal:
                     'INSERT INTO ledger_incidents (id, depletion_event_id, item, location,'
                     ' "class", balance, confirmed, opened_at) VALUES (?,?,?,?,?,?,?,?)', rows)
                 self.set_meta(_ASKED, repr(asked_at))
+                self.set_meta(_ASKED_SEQ, str(through_seq))
                 self.set_meta(_ASK_ERROR, None)
                 self.set_meta(_ASK_ERROR_AT, None)
         except (sqlite3.Error, OSError) as exc:
@@ -489,7 +493,6 @@ class Warned:
     item: str
     from_location: str | None
     to_location: str | None
-    synced_at: float | None  # when its result came (the ledger had it from then on)
     warnings: tuple[str, ...]
     voided: bool  # undone at a scanner of this station since
     recounted: bool  # its item counted here since, in the bin it was taken from
@@ -499,7 +502,7 @@ def warned_movements(conn: sqlite3.Connection, limit: int) -> list[Warned]:
     """The newest ``limit`` movements with warnings from the ledger, newest first."""
     try:
         rows = conn.execute(
-            "SELECT seq, event_id, type, item, from_location, to_location, synced_at, warnings"
+            "SELECT seq, event_id, type, item, from_location, to_location, warnings"
             " FROM movements WHERE warnings IS NOT NULL ORDER BY seq DESC LIMIT ?",
             (limit,)).fetchall()
         if not rows:
@@ -515,7 +518,7 @@ def warned_movements(conn: sqlite3.Connection, limit: int) -> list[Warned]:
     except sqlite3.Error as exc:
         raise _translate(exc, "reading the ledger's warnings") from exc
     return [Warned(seq=r[0], event_id=r[1], type=r[2], item=r[3], from_location=r[4],
-                   to_location=r[5], synced_at=r[6], warnings=tuple(json.loads(r[7])),
+                   to_location=r[5], warnings=tuple(json.loads(r[6])),
                    voided=r[1] in voided,
                    recounted=counted.get((r[3], r[4]), 0) > r[0])
             for r in rows]
@@ -526,9 +529,12 @@ class LedgerView:
     """The ledger's open incidents behind this station's warnings, as last read by sync.
 
     ``asked_at`` is None when the ledger never answered (or the journal predates the
-    reading); ``error`` says why the latest attempt failed, if it did."""
+    reading); the answer covers the movements up to ``through_seq`` (by seq, not by time:
+    a wall clock that jumps cannot make an answer seem to cover a movement it did not);
+    ``error`` says why the latest attempt failed, if it did."""
 
     asked_at: float | None
+    through_seq: int | None
     incidents: tuple[dict[str, Any], ...]
     error: str | None
     error_at: float | None
@@ -539,9 +545,9 @@ def ledger_view(conn: sqlite3.Connection) -> LedgerView:
     warnings (nothing from a journal of an agent older than the reading)."""
     try:
         if conn.execute("PRAGMA user_version").fetchone()[0] < 2:
-            return LedgerView(None, (), None, None)
-        meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN (?,?,?)",
-                                 (_ASKED, _ASK_ERROR, _ASK_ERROR_AT)).fetchall())
+            return LedgerView(None, None, (), None, None)
+        meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN (?,?,?,?)",
+                                 (_ASKED, _ASKED_SEQ, _ASK_ERROR, _ASK_ERROR_AT)).fetchall())
         cols = ("id", "depletion_event_id", "item", "location", "class", "balance",
                 "confirmed", "opened_at")
         incidents = tuple(
@@ -556,7 +562,9 @@ def ledger_view(conn: sqlite3.Connection) -> LedgerView:
         v = meta.get(key)
         return None if v is None else float(v)
 
-    return LedgerView(number(_ASKED), incidents, meta.get(_ASK_ERROR), number(_ASK_ERROR_AT))
+    seq = meta.get(_ASKED_SEQ)
+    return LedgerView(number(_ASKED), None if seq is None else int(seq), incidents,
+                      meta.get(_ASK_ERROR), number(_ASK_ERROR_AT))
 
 
 def _queue_depth(conn: sqlite3.Connection, start: int,

@@ -50,7 +50,7 @@ def status(cfg: Config, now: float | None = None) -> dict[str, Any]:
     else:  # the agent has not run with this config yet: nothing captured
         meta, counts, states, sessions, last = {}, {}, {}, {}, {}
         top_seq, oldest, alerts, rejects, warned = 0, None, [], [], []
-        view = LedgerView(None, (), None, None)
+        view = LedgerView(None, None, (), None, None)
 
     running = agent_running(meta)
     scanners = []
@@ -198,11 +198,12 @@ def format_status(s: dict[str, Any], now: float | None = None) -> str:
 
 
 def _warnings_heading(asked: dict[str, Any], now: float) -> list[str]:
-    if asked["at"] is None:
-        why = (f"could not be asked ({asked['error']})" if asked["error"]
-               else "not asked yet")
-        return [f"ledger warnings (the ledger {why}: shown less only what this station "
-                "undid or recounted since; another dock's receipt or count is not seen):"]
+    if asked["at"] is None:  # the journal's view: what another dock did is not seen
+        return ["ledger warnings, as the ledger answered each movement (less what this "
+                "station undid or recounted since):",
+                f"  (asking the ledger which still hold failed {_ago(asked['error_at'], now)}: "
+                f"{asked['error']})" if asked["error"] else
+                "  (the ledger not asked yet which still hold)"]
     out = [f"ledger warnings still open at the ledger (asked {_ago(asked['at'], now)}):"]
     if asked["error"] and (asked["error_at"] or 0) > asked["at"]:
         out.append(f"  (asking again failed {_ago(asked['error_at'], now)}: "

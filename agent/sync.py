@@ -575,11 +575,12 @@ class SyncLoop:
         them there for ``status``. Never raises: a failed reading leaves the last answer in
         place (with why), and is tried again at the next recheck."""
         every = self.ledger.warning_recheck
-        asked_at = time.time()  # after the round: every result recorded so far is covered
+        asked_at = time.time()
         try:
             if self._reader is None:
                 self._reader = await asyncio.to_thread(JournalReader, self.writer.journal.path)
-            asked = to_ask(await asyncio.to_thread(self._reader.warned, WINDOW))
+            warned = await asyncio.to_thread(self._reader.warned, WINDOW)
+            asked = to_ask(warned)
             if not asked:
                 self._ask_due = None
                 return
@@ -587,7 +588,9 @@ class SyncLoop:
             found = await self._open_incidents(
                 query(self.config.station, self.config.site, asked))
             keep = relevant(found, asked)
-            await self.writer.call(Journal.store_incidents, asked_at, keep)
+            # the answer covers the warned movements read (their results had come):
+            # sync sends in seq order, so every movement up to the newest of them too
+            await self.writer.call(Journal.store_incidents, asked_at, warned[0].seq, keep)
         except _Unanswered as exc:
             why = str(exc)
             log.info("could not ask the ledger which warnings still hold: %s", why)

@@ -15,10 +15,9 @@ MADE = "made 2 depletion(s) at B-01 negative"
 HORIZON = "before_horizon"
 
 
-def warned(seq: int, *warnings: str, synced_at: float = 100.0, voided: bool = False,
-           recounted: bool = False, item: str = "I1") -> Warned:
-    return Warned(seq, f"e{seq}", "pick", item, "A-07", None, synced_at, warnings, voided,
-                  recounted)
+def warned(seq: int, *warnings: str, voided: bool = False, recounted: bool = False,
+           item: str = "I1") -> Warned:
+    return Warned(seq, f"e{seq}", "pick", item, "A-07", None, warnings, voided, recounted)
 
 
 def incident(id: int, depletion: str, location: str = "A-07", item: str = "I1",
@@ -27,8 +26,10 @@ def incident(id: int, depletion: str, location: str = "A-07", item: str = "I1",
             "class": cls, "balance": -1, "confirmed": False, "opened_at": None}
 
 
-def asked(at: float | None, *incidents: dict[str, Any]) -> LedgerView:
-    return LedgerView(at, incidents, None, None)
+def asked(through_seq: int | None, *incidents: dict[str, Any]) -> LedgerView:
+    """The ledger's answer about the movements up to ``through_seq`` (None: never asked)."""
+    return LedgerView(None if through_seq is None else 150.0, through_seq, incidents, None,
+                      None)
 
 
 def test_the_module_examples_hold() -> None:
@@ -61,7 +62,7 @@ def test_only_the_incidents_behind_a_warning_are_kept() -> None:
 
 def test_an_open_incident_keeps_its_warning_with_what_the_ledger_says_now() -> None:
     """The class may have changed since the warning: the incident as last read says so."""
-    (shown,) = still_true([warned(1, NEG)], asked(150.0, incident(7, "e1", cls="location")))
+    (shown,) = still_true([warned(1, NEG)], asked(5, incident(7, "e1", cls="location")))
     assert shown == {"seq": 1, "warnings": [NEG], "checked": True, "incidents": [
         {"id": 7, "class": "location", "location": "A-07", "balance": -1,
          "confirmed": False}]}
@@ -70,24 +71,24 @@ def test_an_open_incident_keeps_its_warning_with_what_the_ledger_says_now() -> N
 def test_a_resolved_incident_drops_its_warning_and_facts_stay() -> None:
     """A negative the ledger no longer holds open goes; a warning that is a fact about the
     movement (it arrived before the horizon) stays."""
-    assert still_true([warned(1, NEG, HORIZON)], asked(150.0)) == [
+    assert still_true([warned(1, NEG, HORIZON)], asked(5)) == [
         {"seq": 1, "warnings": [HORIZON], "checked": True, "incidents": []}]
-    assert still_true([warned(1, NEG)], asked(150.0)) == []
+    assert still_true([warned(1, NEG)], asked(5)) == []
 
 
 def test_made_negative_holds_while_an_incident_of_the_item_is_open_there() -> None:
     there = incident(4, "other-dock", "B-01")
-    assert still_true([warned(1, MADE)], asked(150.0, there))[0]["incidents"][0]["id"] == 4
+    assert still_true([warned(1, MADE)], asked(5, there))[0]["incidents"][0]["id"] == 4
     other_item = incident(5, "other-dock", "B-01", item="I2")
-    assert still_true([warned(1, MADE)], asked(150.0, other_item)) == []
+    assert still_true([warned(1, MADE)], asked(5, other_item)) == []
 
 
 def test_a_result_newer_than_the_answer_goes_by_the_journal() -> None:
     """The ledger's answer predates this movement's result: it says nothing of it either way
     (the journal's view until the next answer)."""
-    (shown,) = still_true([warned(1, NEG, synced_at=200.0)], asked(150.0))
+    (shown,) = still_true([warned(2, NEG)], asked(1))
     assert (shown["warnings"], shown["checked"]) == ([NEG], False)
-    assert still_true([warned(1, NEG, synced_at=200.0, recounted=True)], asked(150.0)) == []
+    assert still_true([warned(2, NEG, recounted=True)], asked(1)) == []
 
 
 def test_never_asked_is_the_journals_view() -> None:
@@ -101,7 +102,7 @@ def test_never_asked_is_the_journals_view() -> None:
 
 
 def test_a_recount_here_settles_an_open_incident_before_the_ledger_is_asked_again() -> None:
-    assert still_true([warned(1, NEG, recounted=True)], asked(150.0, incident(7, "e1"))) == []
+    assert still_true([warned(1, NEG, recounted=True)], asked(5, incident(7, "e1"))) == []
 
 
 def test_at_most_the_newest_few() -> None:

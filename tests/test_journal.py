@@ -111,8 +111,8 @@ def test_a_journal_of_the_first_schema_is_migrated_keeping_its_movements(
     j.close()
     conn = open_readonly(path)
     try:
-        assert journal_module.ledger_view(conn) == journal_module.LedgerView(None, (), None,
-                                                                             None)
+        assert journal_module.ledger_view(conn) == journal_module.LedgerView(
+            None, None, (), None, None)
     finally:
         conn.close()
     monkeypatch.undo()
@@ -120,13 +120,14 @@ def test_a_journal_of_the_first_schema_is_migrated_keeping_its_movements(
     j = Journal(path, "dock-3", "WH1")
     try:
         assert j.conn.execute("PRAGMA user_version").fetchone()[0] == 2
-        j.store_incidents(100.0, [{"id": 4, "depletion_event_id": "e", "item": "i",
+        j.store_incidents(100.0, 2, [{"id": 4, "depletion_event_id": "e", "item": "i",
                                    "location": "A-07", "class": "item", "balance": -1,
                                    "confirmed": False, "opened_at": None}])
         (done,) = j.capture([capture(draft())])
         assert done.seq == 3
         view = journal_module.ledger_view(j.conn)
-        assert (view.asked_at, [i["id"] for i in view.incidents]) == (100.0, [4])
+        assert (view.asked_at, view.through_seq, [i["id"] for i in view.incidents]) == (
+            100.0, 2, [4])
     finally:
         j.close()
     assert seqs(path) == [1, 2, 3]

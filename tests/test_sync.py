@@ -375,9 +375,11 @@ async def test_a_ledger_never_asked_leaves_the_journals_view_and_says_why(rig: R
     assert s["ledger_asked"]["basis"] == "journal"
     assert s["ledger_warnings"] == [{"seq": 1, "warnings": [
         "negative balance at A-01: -1 (class item)"], "checked": False, "incidents": []}]
-    assert ("ledger warnings (the ledger could not be asked (ledger answered HTTP 503: "
-            "injected): shown less only what this station undid or recounted since;"
-            ) in format_status(s)
+    assert view.error_at is not None
+    assert ("ledger warnings, as the ledger answered each movement (less what this station"
+            " undid or recounted since):\n  (asking the ledger which still hold failed 30s"
+            " ago: ledger answered HTTP 503: injected)\n  seq 1: negative balance at A-01: -1"
+            " (class item)\n") in format_status(s, now=view.error_at + 30) + "\n"
 
 
 async def test_asking_stops_once_nothing_it_shows_is_open(rig: Rig) -> None:
