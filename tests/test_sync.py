@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from agent.capture import Station
+from agent.clock import format_utc, parse_utc
 from agent.config import Config, parse_config
 from agent.faultproxy import FaultProxy
 from agent.journal import Journal, JournalWriter, LedgerView, ledger_view
@@ -27,6 +28,7 @@ from agent.status import format_status, status
 from agent.sync import SyncLoop, backoff_delay, retry_after
 from drivers.base import RawScan
 from ledger.server import LedgerServer
+from tests.ledger.factory import batch, event
 
 GTINS = ["04006381333931", "00000096385074", "09501101020917", "00012345678905"]
 
@@ -400,6 +402,30 @@ async def test_asking_stops_once_nothing_it_shows_is_open(rig: Rig) -> None:
     quiet = rig.proxy.counts.requests
     await asyncio.sleep(2.5)  # two recheck intervals
     assert rig.proxy.counts.requests == quiet
+
+
+async def test_a_station_started_again_asks_once_about_the_warnings_it_kept(rig: Rig) -> None:
+    """Stopped overnight while another dock's late receipt resolved its negative: at start
+    the station asks the ledger about the warnings its journal holds, with no new scan."""
+    rig.start()
+    await _pick_from_an_empty_bin(rig)
+    await _view_until(rig, lambda v: len(v.incidents) == 1)
+    await rig.stop()
+    (pick,) = (await rig.ledger_get("/v1/events?station=dock-1"))["events"]
+    token = rig.ledger.add_station("dock-2", site="WH1")
+    early = format_utc(parse_utc(pick["occurred_at"]) - 60 * 10**9)
+    receipt = event("receipt", qty=1, to="A-01", item=GTINS[0], station="dock-2", seq=1,
+                    occurred_at=early)
+    async with httpx.AsyncClient(base_url=rig.ledger.url) as http:
+        r = await http.post("/v1/events", json=batch([receipt], station="dock-2"),
+                            headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+    assert status(rig.cfg)["ledger_warnings"] != [], "the last answer, until asked again"
+
+    rig.sync = SyncLoop(rig.cfg, rig.writer, backoff_base=0.02, rng=random.Random(3))
+    rig.start()
+    await _view_until(rig, lambda v: v.incidents == ())
+    assert status(rig.cfg)["ledger_warnings"] == []
 
 
 def test_backoff_is_capped_full_jitter() -> None:
