@@ -632,8 +632,9 @@ def main() -> None:
               + ", ".join(f"{t:.2f} s" for t in takeovers))
         if args.only_postgres:
             return
-    n_direct = 20_000 if args.quick else 100_000
-    n_http = 10_000 if args.quick else 50_000
+    # long enough that settling (every 50,000 events at least) is in every figure
+    n_direct = 20_000 if args.quick else 150_000
+    n_http = 10_000 if args.quick else 150_000
     sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
     history = [20_000, 60_000] if args.quick else [300_000, 3_000_000]
 

@@ -218,7 +218,8 @@ def ledger_section(quick: bool) -> tuple[list[Row], str]:
         stations = ledger_bench.STATIONS
     except (ImportError, AttributeError):
         return _ledger_subprocess(quick)
-    n_direct, n_http = (5_000, 2_000) if quick else (100_000, 50_000)
+    # long enough that settling (every 50,000 events at least) is in every figure
+    n_direct, n_http = (5_000, 2_000) if quick else (150_000, 150_000)
     sizes = [10_000, 30_000] if quick else [10_000, 100_000, 1_000_000]
     histories = [20_000, 60_000] if quick else [300_000, 3_000_000]
     thresholds = gc.get_threshold()  # the ledger tunes the collector as its server does
@@ -341,14 +342,17 @@ RUNNERS: dict[str, tuple[str, str, str, Callable[[bool], tuple[list[Row], str]]]
               ".venv/bin/python bench/agent.py", agent_section),
     "ledger": ("Ledger", "Ingest throughput of the reference ledger and the cost of one late "
                "event as one item-location's history grows. Ingest is measured through the "
-               "service (JSON parsing, validation, engine, one SQLite transaction per batch) "
-               "and over HTTP with several stations posting at once, as a central ledger is "
-               "used, in batches of the agent's default `batch_size` (1000, what a station "
-               "catching up sends); each figure is the median of a few runs on fresh "
-               "databases. The late-event histories are all built first and measured in turn, "
-               "so that the 10k and 1M figures see the same machine, and a history grown by "
-               "a tenth is built again; at 1M the history no longer fits in the CPU's "
-               "caches, which is most of what grows besides the O(log n) path.",
+               "service in one thread (JSON parsing, validation, engine, one SQLite "
+               "transaction per batch) and over HTTP with several stations posting at once, "
+               "as a central ledger is used (`scan-ledger serve` reads each batch in its "
+               "reader process while it applies the one before), in batches of the agent's "
+               "default `batch_size` (1000, what a station catching up sends); each figure "
+               "is the median of a few runs on fresh databases, each run long enough to "
+               "settle its history several times. The late-event histories are all built "
+               "first and measured in turn, so that the 10k and 1M figures see the same "
+               "machine, and a history grown by a tenth is built again; at 1M the history "
+               "no longer fits in the CPU's caches, which is most of what grows besides the "
+               "O(log n) path.",
                ".venv/bin/python bench/ledger.py", ledger_section),
     "postgres": ("Ledger on PostgreSQL", "Ingest over HTTP into `scan-ledger serve` on "
                  "PostgreSQL (a throwaway cluster started by the benchmark, fsync on, every "

@@ -9,6 +9,8 @@ problem; unknown keys are errors so that typos never pass silently.
     head_timeout_s = 30.0            # a request head not in by then: connection closed
     body_timeout_s = 30.0            # a body not in by then gets 408 (a stalled client)
     max_batch_events = 10000         # more events in one batch get 413
+    reader_processes = 1             # processes that read batches beside the ledger's own
+                                     # (default: 1 with two or more cores, else 0)
     duplicate_window_s = 10.0        # window for suspected_duplicate
     read_token = "..."               # if set, reads and the dashboard need it
     webhook_url = "https://alerts.example/ledger"
@@ -69,6 +71,7 @@ class LedgerConfig:
     head_timeout_s: float = 30.0
     body_timeout_s: float = 30.0
     max_batch_events: int = 10_000
+    reader_processes: int | None = None  # None: 1 with two or more cores, else 0
     duplicate_window_s: float = 10.0
     read_token: str | None = None
     webhook_url: str | None = None
@@ -111,6 +114,7 @@ def parse_config(data: Mapping[str, Any], file: str = "<config>") -> LedgerConfi
     d = LedgerConfig()
     max_body_bytes = top.integer("max_body_bytes", d.max_body_bytes, lo=1024)
     max_batch_events = top.integer("max_batch_events", d.max_batch_events, lo=1)
+    reader_processes = top.integer("reader_processes", None, lo=0, hi=64)
     head_timeout_s = top.number("head_timeout_s", d.head_timeout_s, lo=0.1)
     body_timeout_s = top.number("body_timeout_s", d.body_timeout_s, lo=0.1)
     duplicate_window_s = top.number("duplicate_window_s", d.duplicate_window_s, lo=0.0)
@@ -138,7 +142,7 @@ def parse_config(data: Mapping[str, Any], file: str = "<config>") -> LedgerConfi
     return LedgerConfig(
         path=file, max_body_bytes=max_body_bytes, head_timeout_s=head_timeout_s,
         body_timeout_s=body_timeout_s,
-        max_batch_events=max_batch_events,
+        max_batch_events=max_batch_events, reader_processes=reader_processes,
         duplicate_window_s=duplicate_window_s, read_token=read_token, webhook_url=webhook_url,
         webhook_timeout_s=webhook_timeout_s, webhook_max_attempts=webhook_max_attempts,
         sites=sites, connectors=connectors,

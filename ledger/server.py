@@ -195,6 +195,7 @@ def serve(db: str | Path, *, host: str = "127.0.0.1", port: int = 8080,
             print(f"scan-ledger listening on {url}", flush=True)
             notify_systemd("READY=1", f"STATUS=listening on {url}")
 
+        service.reader.warm()
         server = _Server(_uvicorn_config(service, log_level), announce)
         try:
             server.run(sockets=[sock])

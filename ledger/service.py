@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ledger.alerts import WebhookNotifier
+from ledger.batch import Batch, BatchReader, default_workers, lone_surrogate, read_batch
 from ledger.config import LedgerConfig
 from ledger.connectors.forwarder import Forwarder, make_adapter
 from ledger.engine import BEFORE_HORIZON, Change, Incident, Ledger, Settlement
@@ -67,8 +68,12 @@ T = TypeVar("T")
 MAX_NOTE = 2000  # characters in a manager's note
 _NOTE_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # tab and line feed are fine
 
-#: the least number of events in memory before settling (and between snapshots)
-SETTLE_MIN = 20_000
+#: the least number of events in memory before settling (and between snapshots). Settling
+#: and the snapshot after it cost in proportion to what memory holds (every open incident,
+#: every bin's recent legs), so doing them rarely keeps them a small share of ingest; the
+#: price is memory for that many events and, after a crash, their replay at start
+#: (docs/ledger.md gives the figures).
+SETTLE_MIN = 50_000
 #: a page of GET /v1/negatives when the client gives no limit
 DEFAULT_INCIDENTS = 1000
 
@@ -172,6 +177,11 @@ class LedgerService:
         self.engine = self._new_engine()
         self.notifier: WebhookNotifier | None = None
         self.forwarders: list[Forwarder] = []
+        # Posted batches are read (JSON, every event checked) in processes of their own
+        # while this one applies the batch before (ledger/batch.py).
+        readers = self.config.reader_processes
+        self.reader = BatchReader(default_workers() if readers is None else readers,
+                                  self.config.max_batch_events)
         self._closed = False
         # Settling (DESIGN section 10): memory is settled when it holds at least
         # ``_settle_at`` events (twice what the last settling kept, and at least
@@ -214,6 +224,7 @@ class LedgerService:
         if self._closed:
             return
         self._closed = True
+        self.reader.close()
         for f in self.forwarders:  # they use the worker: stop them first
             f.close()
         self._stop.set()
@@ -629,8 +640,10 @@ class LedgerService:
 
     # ---------------------------------------------------------------- ingest
 
-    def ingest(self, token: str | None, body: bytes, received: int) -> Reply:
-        """``POST /v1/events`` (DESIGN section 6)."""
+    def ingest(self, token: str | None, body: bytes, received: int,
+               read: Batch | str | None = None) -> Reply:
+        """``POST /v1/events`` (DESIGN section 6). ``read`` is the body as
+        :func:`~ledger.batch.read_batch` read it elsewhere (a reader process), if it was."""
         if not token:
             return _error(401, "missing bearer token", **{"WWW-Authenticate": "Bearer"})
         station = self.store.station_by_token(hash_token(token))
@@ -653,31 +666,18 @@ class LedgerService:
                 self._broken = True
                 return _error(503, "the ledger database is unavailable; retry",
                               **{"Retry-After": "2"})
-        try:
-            batch = parse_json(body)
-        except RecursionError:  # a deeply nested body is a client error, not a crash
-            return _error(400, "malformed JSON: nested too deeply")
-        except (ValueError, UnicodeDecodeError) as exc:
-            return _error(400, f"malformed JSON: {exc}")
-        # (the substring test first: it is much cheaper than the search it spares)
-        try:
-            if (b"\\u" in body and re.search(rb"\\u[dD][89abAB]", body)
-                    and _lone_surrogate(batch)):
-                return _error(400, "malformed JSON: a string holds a lone UTF-16 surrogate")
-        except RecursionError:
-            return _error(400, "malformed JSON: nested too deeply")
-        shape = _batch_shape(batch)
-        if shape is not None:
-            return _error(400, shape)
-        if batch["station"] != station.name:
+        if read is None or (read.__class__ is Batch and read.site != station.site):
+            read = read_batch(body, station.site, self.config.max_batch_events)
+        if not isinstance(read, Batch):
+            return _error(400, read)
+        if read.station != station.name:
             return _error(403, f"this token belongs to station {station.name!r}, "
-                               f"not {batch['station']!r}")
-        events = batch["events"]
-        if len(events) > self.config.max_batch_events:
-            return _error(413, f"{len(events)} events in one batch; at most "
+                               f"not {read.station!r}")
+        if read.count > self.config.max_batch_events:
+            return _error(413, f"{read.count} events in one batch; at most "
                                f"{self.config.max_batch_events}")
-        sent_at = batch.get("sent_at")
-        watermark = batch.get("watermark")
+        sent_at = read.sent_at
+        watermark = read.watermark
         if (watermark is not None and station.watermark is not None
                 and parse_time(watermark) <= parse_time(station.watermark)):
             # Never backwards: what a station once said it has sent stays sent (a batch
@@ -692,28 +692,26 @@ class LedgerService:
         released: list[Release] = []
         voided: list[tuple[str, str]] = []
         fresh: list[Movement] = []
-        validate, submit = validate_event, engine.submit
+        submit = engine.submit
         name, site = station.name, station.site
         # Ids the engine no longer holds (settled history) are looked up in the store's
         # index: a duplicate is known however old, a void finds its settled target.
         in_memory = engine.events
+        checked = read.events
         wanted = []
-        for ev in events:
-            if ev.__class__ is dict:
-                eid = ev.get("event_id")
-                if eid.__class__ is str and eid not in in_memory:
-                    wanted.append(eid)
-                target = ev.get("voids")
-                if target.__class__ is str and target not in in_memory:
-                    wanted.append(target)
+        for m in checked:
+            if m.__class__ is Movement:
+                assert isinstance(m, Movement)
+                if m.event_id not in in_memory:
+                    wanted.append(m.event_id)
+                if m.voids is not None and m.voids not in in_memory:
+                    wanted.append(m.voids)
         stored = {r.event_id: r for r in self.store.events_by_id(wanted)} if wanted else {}
         targets: dict[str, Movement | None] = {}
-        for ev in events:
-            m = validate(ev, name, site)
+        for m in checked:
             if not isinstance(m, Movement):
-                eid = ev.get("event_id") if isinstance(ev, dict) else None
-                results.append({"event_id": eid if isinstance(eid, str) else None,
-                                "status": "rejected", "reason": m, "warnings": []})
+                results.append({"event_id": m.event_id, "status": "rejected",
+                                "reason": m.reason, "warnings": []})
                 continue
             known = stored.get(m.event_id)
             if known is not None and m.event_id not in in_memory:
@@ -748,7 +746,7 @@ class LedgerService:
             if out.released:
                 released.extend(Release(r.event_id, seq, received_at, r.effective_at)
                                 for r, seq in out.released)
-        contact = Contact(station.name, received_at, sent_at, watermark, offset, len(events))
+        contact = Contact(station.name, received_at, sent_at, watermark, offset, read.count)
         for m in fresh:
             m.body = None  # (rows hold it) not in memory, nor in the snapshot
         horizons = self._advance_horizon(site, name, watermark)
@@ -1106,7 +1104,7 @@ class LedgerService:
         text = text.strip().replace("\r\n", "\n")
         if len(text) > MAX_NOTE:
             return _error(400, f"text: {len(text)} characters; at most {MAX_NOTE}")
-        if _NOTE_CONTROL.search(text) or _lone_surrogate(text):
+        if _NOTE_CONTROL.search(text) or lone_surrogate(text):
             return _error(400, "text: holds a control character (only tabs and line breaks "
                                "are allowed)")
         if inc is not None:
@@ -1219,35 +1217,3 @@ def _station_json(s: StationRecord, now: int) -> dict[str, Any]:
     }
 
 
-def _lone_surrogate(value: Any) -> bool:
-    """Whether any string in a parsed body cannot be UTF-8 (a lone surrogate escape)."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_lone_surrogate(v) for v in value)
-    return False
-
-
-def _batch_shape(batch: Any) -> str | None:
-    """Why a parsed body is not a batch, or None."""
-    if not isinstance(batch, dict):
-        return "body: expected a JSON object {station, sent_at, watermark, events}"
-    station = batch.get("station")
-    if not isinstance(station, str) or not station:
-        return "station: required, a string"
-    if not isinstance(batch.get("events"), list):
-        return "events: required, an array of events"
-    for field in ("sent_at", "watermark"):
-        v = batch.get(field)
-        if v is not None:
-            try:
-                parse_time(v)
-            except ValueError as exc:
-                return f"{field}: {exc}"
-    return None
