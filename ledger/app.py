@@ -227,7 +227,8 @@ def create_app(service: LedgerService) -> Starlette:
             log.info("client went away while sending a batch (%d bytes read)", size)
             return Response(status_code=400)
         token, body = _bearer(request), b"".join(chunks)
-        read = await service.reader.read(body) if token else None
+        # (read elsewhere only for a token known good: a stranger's body costs nothing there)
+        read = await service.reader.read(body) if service.known_token(token) else None
         try:
             reply = await service.call(service.ingest, token, body, received, read)
             if reply.forward is not None:

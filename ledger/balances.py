@@ -79,7 +79,9 @@ class Leg:
          self.owner) = state
 
 
-_SETTLED = ("settled",)  # the order of the one leg that stands for a settled history
+# The order of the one leg that stands for a settled history: before every other leg of its
+# time, and comparable with theirs, (reset flag, station, seq, event id, leg number).
+_SETTLED = (False, "", -1, "", -1)
 
 
 def _order(leg: Leg) -> tuple[Any, ...]:
@@ -407,8 +409,6 @@ class Track:
         the number of groups dropped. O(groups kept)."""
         if self._root is None or self._root_min_time() >= horizon:
             return 0
-        if self._settled_alone_before(horizon):
-            return 0  # nothing new before the horizon since the last settling
         base = self.balance_after(horizon - 1)
         kept = list(self._groups_from(horizon))
         dropped = self.groups - len(kept)
@@ -421,16 +421,6 @@ class Track:
             for leg in legs:
                 self.add(leg, t)
         return dropped
-
-    def _settled_alone_before(self, horizon: int) -> bool:
-        """Whether the only group before ``horizon`` is the plain leg an earlier settling
-        left (so settling again would fold nothing)."""
-        first = self._groups_from(-1)
-        _, legs = next(first)
-        if len(legs) != 1 or legs[0].order != _SETTLED:
-            return False
-        nxt = next(first, None)
-        return nxt is None or nxt[0] >= horizon
 
     def _root_min_time(self) -> int:
         n = self._root

@@ -11,12 +11,14 @@ whichever way a batch was read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
 import re
 import signal
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -135,11 +137,23 @@ def default_workers() -> int:
     return 1 if len(os.sched_getaffinity(0)) >= 2 else 0
 
 
-def _worker_init() -> None:
+def _worker_init(server: int) -> None:
     # The server stops its workers itself, after its last request: a SIGTERM or Ctrl-C
-    # sent to the whole group (systemd, a terminal) must not take them first.
+    # sent to the whole group (systemd, a terminal) must not take them first. A server that
+    # dies without stopping them (SIGKILL, the OOM killer) leaves them to this watch.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == server:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="server-watch", daemon=True).start()
+
+
+#: a batch not read within this long means a reader that hangs: read them in-process
+READ_TIMEOUT_S = 60.0
 
 
 class BatchReader:
@@ -162,7 +176,7 @@ class BatchReader:
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(
                     self.workers, mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_worker_init)
+                    initializer=_worker_init, initargs=(os.getpid(),))
             return self._pool
 
     def warm(self) -> None:
@@ -177,17 +191,20 @@ class BatchReader:
         if pool is None:
             return None
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                pool, read_batch, body, None, self.max_events)
-        except (BrokenProcessPool, RuntimeError, OSError) as exc:
-            # A worker died (killed, out of memory) or the pool is shutting down: the
-            # service reads the batches itself from now on.
+            return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
+                pool, read_batch, body, None, self.max_events), READ_TIMEOUT_S)
+        except (BrokenProcessPool, RuntimeError, OSError, TimeoutError) as exc:
+            # A worker died (killed, out of memory), hangs, or the pool is shutting down:
+            # the service reads the batches itself from now on.
             with self._lock:
                 if not self._broken and not self._closed:
-                    log.warning("the batch reader processes failed (%s: %s); reading "
+                    log.warning("the batch reader processes failed (%s%s); reading "
                                 "batches in the ledger's own process", type(exc).__name__,
-                                exc)
+                                f": {exc}" if str(exc) else "")
                 self._broken = True
+                pool, self._pool = self._pool, None
+            if pool is not None:
+                _stop(pool)
             return None
 
     def close(self) -> None:
@@ -196,3 +213,12 @@ class BatchReader:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Stop a failed pool without waiting for it: its processes are killed (one may hang)."""
+    processes = dict(getattr(pool, "_processes", None) or {})
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes.values():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            proc.kill()

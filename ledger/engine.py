@@ -39,7 +39,7 @@ __all__ = ["BEFORE_HORIZON", "CLASSES", "Change", "Incident", "Ledger", "Outcome
 #: the warning on an event that arrived older than its site's horizon (DESIGN section 10)
 BEFORE_HORIZON = "before_horizon"
 #: what :meth:`Ledger.snapshot` writes; a snapshot of another format is not read
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
 
 Class = Literal["ordering", "location", "item"]
 CLASSES: tuple[Class, ...] = ("ordering", "location", "item")
@@ -618,6 +618,9 @@ class Ledger:
                 at = None
             elif at is None:
                 at = t
+        horizon = self.horizon.get(m.site)
+        if at is not None and horizon is not None and at < horizon:
+            at = horizon  # what is before the horizon no longer changes (DESIGN section 10)
         return at
 
     def _release(self, site: str, item: str, now: int, out: Outcome) -> None:

@@ -179,6 +179,7 @@ class LedgerService:
         self.forwarders: list[Forwarder] = []
         # Posted batches are read (JSON, every event checked) in processes of their own
         # while this one applies the batch before (ledger/batch.py).
+        self._tokens: set[str] = set()  # hashes of tokens that posted, while valid
         readers = self.config.reader_processes
         self.reader = BatchReader(default_workers() if readers is None else readers,
                                   self.config.max_batch_events)
@@ -637,6 +638,13 @@ class LedgerService:
 
     def revoke_station(self, name: str) -> None:
         self.store.revoke_station(name, format_time(now_us()))
+        self._tokens.clear()
+
+    def known_token(self, token: str | None) -> bool:
+        """Whether ``token`` is one a station posted with and that was valid then (from any
+        thread: a set's membership test). Only a known token's batches are read in a reader
+        process; a revoked one still gets its 401 from :meth:`ingest`."""
+        return bool(token) and hash_token(token or "") in self._tokens
 
     # ---------------------------------------------------------------- ingest
 
@@ -646,8 +654,10 @@ class LedgerService:
         :func:`~ledger.batch.read_batch` read it elsewhere (a reader process), if it was."""
         if not token:
             return _error(401, "missing bearer token", **{"WWW-Authenticate": "Bearer"})
-        station = self.store.station_by_token(hash_token(token))
+        token_hash = hash_token(token)
+        station = self.store.station_by_token(token_hash)
         if station is None:
+            self._tokens.discard(token_hash)
             return _error(401, "unknown or revoked token", **{"WWW-Authenticate": "Bearer"})
         leases = self._leases()
         if leases is not None:
@@ -666,6 +676,7 @@ class LedgerService:
                 self._broken = True
                 return _error(503, "the ledger database is unavailable; retry",
                               **{"Retry-After": "2"})
+        self._tokens.add(token_hash)  # (its site is served here)
         if read is None or (read.__class__ is Batch and read.site != station.site):
             read = read_batch(body, station.site, self.config.max_batch_events)
         if not isinstance(read, Batch):

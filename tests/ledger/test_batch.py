@@ -3,10 +3,14 @@ the ledger's own process, whatever a batch holds, and a reader that dies costs n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +120,9 @@ def test_a_reader_process_that_dies_costs_nothing(tmp_path: Path,
         assert srv.service is not None
         token = srv.add_station("dock-1", "WH1")
         first = [receipt(3, "A-01", 1), pick(1, "A-01", 2)]
-        assert [s for s, _ in _answers(srv.url, token, [_body(first)])] == [200]
+        # (a station's first batch is read by the ledger itself, the next in the reader)
+        assert [s for s, _ in _answers(srv.url, token, [_body(first[:1]),
+                                                        _body(first[1:])])] == [200, 200]
         pool = srv.service.reader._pool
         assert pool is not None
         for pid in list(pool._processes):
@@ -136,3 +142,95 @@ def test_a_reader_process_that_dies_costs_nothing(tmp_path: Path,
 def test_reader_processes_must_be_a_small_count(value: Any) -> None:
     with pytest.raises(ConfigError, match="reader_processes"):
         parse_config({"reader_processes": value})
+
+
+def test_only_a_known_token_has_its_batch_read_in_a_reader(tmp_path: Path) -> None:
+    """A stranger's body (any bearer token) is not read before its 401; a station's first
+    batch is read by the ledger itself, the next ones in the reader."""
+    cfg = parse_config({"reader_processes": 1})
+    with LedgerServer(tmp_path / "ledger.db", config=cfg) as srv:
+        assert srv.service is not None
+        token = srv.add_station("dock-1", "WH1")
+        ((status, _),) = _answers(srv.url, "nonsense", [_body([receipt(1, "A-01", 1)])])
+        assert status == 401 and srv.service.reader._pool is None
+        assert [s for s, _ in _answers(srv.url, token, [_body([receipt(1, "A-01", 1)])])] \
+            == [200]
+        assert srv.service.reader._pool is None
+        assert [s for s, _ in _answers(srv.url, token, [_body([receipt(1, "A-01", 2)])])] \
+            == [200]
+        assert srv.service.reader._pool is not None
+        srv.revoke_station("dock-1")
+        assert not srv.service.known_token(token)
+
+
+def test_a_reader_that_hangs_is_given_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr("ledger.batch.READ_TIMEOUT_S", 1.0)
+    cfg = parse_config({"reader_processes": 1})
+    with LedgerServer(tmp_path / "ledger.db", config=cfg) as srv:
+        assert srv.service is not None
+        token = srv.add_station("dock-1", "WH1")
+        _answers(srv.url, token, [_body([receipt(1, "A-01", 1)]), _body([pick(1, "A-01", 2)])])
+        pool = srv.service.reader._pool
+        assert pool is not None
+        (pid,) = list(pool._processes)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with caplog.at_level(logging.WARNING, logger="ledger"):
+                ((status, answer),) = _answers(srv.url, token, [_body([receipt(2, "A-01", 3)])])
+            assert status == 200 and answer["results"][0]["status"] == "accepted"
+            assert "TimeoutError" in caplog.text
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                out.add(int(entry))
+    return out
+
+
+def test_reader_processes_end_with_a_server_killed_outright(tmp_path: Path) -> None:
+    """``scan-ledger serve`` SIGKILLed (the OOM killer, a crash): its reader process does not
+    linger as an orphan (it ignores SIGTERM, so a supervisor could not stop it either)."""
+    db = tmp_path / "ledger.db"
+    ledger = [sys.executable, "-m", "ledger"]
+    token = subprocess.run([*ledger, "station", "add", "dock-1", "--site", "WH1", "--db",
+                            str(db)], capture_output=True, text=True, check=True
+                           ).stdout.splitlines()[-1]
+    proc = subprocess.Popen([*ledger, "serve", "--db", str(db), "--port", "0",
+                             "--log-level", "warning"], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[-1]
+        answers = _answers(url, token, [_body([receipt(1, "A-01", 1)]),
+                                        _body([pick(1, "A-01", 2)])])
+        assert [s for s, _ in answers] == [200, 200]
+        readers = _children(proc.pid)
+        assert readers, "no reader process"
+    finally:
+        proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    deadline = time.monotonic() + 15
+    while any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid)
+              for pid in readers):
+        assert time.monotonic() < deadline, f"reader processes {readers} outlived the server"
+        time.sleep(0.1)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
+    except (OSError, IndexError):
+        return "zombie"

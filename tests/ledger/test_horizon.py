@@ -504,3 +504,29 @@ def test_a_snapshot_that_cannot_be_read_means_one_full_replay(ledger_db: Any,
     assert "cannot be read; replaying" in caplog.text
     (state,) = _sql(db, "SELECT state FROM snapshots")
     assert bytes(state) != b"not a snapshot"
+
+
+def test_a_held_pick_released_behind_the_horizon_takes_effect_at_it(tmp_path: Path,
+                                                                   monkeypatch: Any) -> None:
+    """A site that forbids negatives holds a pick dated behind the horizon; a later receipt
+    covers it: the pick is released at the horizon (nothing before it changes), not at its
+    own time inside the settled history, where it once met the settled balance's leg and the
+    batch failed."""
+    monkeypatch.setattr("ledger.service.SETTLE_MIN", 1)
+    from ledger.config import parse_config
+    cfg = parse_config({"sites": {"WH1": {"allow_negative": False}}})
+    with LedgerServer(tmp_path / "ledger.db", config=cfg) as srv, \
+            httpx.Client(base_url=srv.url) as http:
+        tok = srv.add_station("dock-1", "WH1")
+        held = pick(3, "L1", 20, station="dock-1")
+        first = _post(http, tok, "dock-1", [receipt(5, "L1", 10, station="dock-1"),
+                                            pick(3, "L1", 50, station="dock-1"), held], 40)
+        assert [r["status"] for r in first] == ["accepted", "accepted", "held"]
+        (cover,) = _post(http, tok, "dock-1", [receipt(1, "L1", 47, station="dock-1")], 40)
+        assert cover["status"] == "accepted"
+        events = {e["event_id"]: e for e in _everything(http, "/v1/events", "events", 10)}
+        assert events[held["event_id"]]["status"] == "accepted"
+        assert events[held["event_id"]]["effective_at"] == at(40)  # the horizon
+        assert http.get("/v1/held").json()["held"] == []
+        assert {b["location"]: b["on_hand"] for b in
+                http.get("/v1/balances").json()["balances"]} == {"L1": 0}
