@@ -530,3 +530,26 @@ def test_a_held_pick_released_behind_the_horizon_takes_effect_at_it(tmp_path: Pa
         assert http.get("/v1/held").json()["held"] == []
         assert {b["location"]: b["on_hand"] for b in
                 http.get("/v1/balances").json()["balances"]} == {"L1": 0}
+
+
+def test_ids_in_capitals_find_settled_events(tmp_path: Path, monkeypatch: Any) -> None:
+    """Event ids are compared in lower case (as stored): a settled event posted again with
+    its id in capitals is recognised (not stored twice: once the database refused it and
+    every retry got 503), and a void naming a settled target in capitals finds it."""
+    monkeypatch.setattr("ledger.service.SETTLE_MIN", 1)
+    with LedgerServer(tmp_path / "ledger.db") as srv, httpx.Client(base_url=srv.url) as http:
+        tok = srv.add_station("dock-1", "WH1")
+        first = receipt(5, "L1", 0, station="dock-1")
+        assert _post(http, tok, "dock-1", [first], 30)[0]["status"] == "accepted"
+        (_, _) = _post(http, tok, "dock-1", [receipt(1, "L2", 31, station="dock-1"),
+                                             receipt(1, "L3", 32, station="dock-1")], 40)
+        (again,) = _post(http, tok, "dock-1",
+                         [{**first, "event_id": first["event_id"].upper()}], 40)
+        # the content differs (the id as written is part of it), as for an event in memory
+        assert again["status"] == "rejected" and "same id" in again["reason"]
+        undo = void(first, 41, station="dock-1")
+        (undone,) = _post(http, tok, "dock-1", [{**undo, "voids": first["event_id"].upper()}],
+                          41)
+        assert undone["status"] == "accepted" and BEFORE_HORIZON in undone["warnings"]
+        assert {b["location"]: b["on_hand"] for b in
+                http.get("/v1/balances").json()["balances"]}["L1"] == 0
