@@ -48,7 +48,10 @@ _ALERTS_HELD = 50  # capture failures kept in memory while the journal cannot ta
 _FIRST_OPEN_WAIT = 5.0
 _IN_FLIGHT = 64  # scans per scanner read but not yet answered (their commit is pending)
 _SWITCH_INTERVAL = 0.001  # seconds (see run)
-_SCANNING_CORES = 0.5  # the process's CPU while operators scan: sync gets what capture leaves
+# The process's CPU while operators scan: sync gets what capture leaves. It also bounds what
+# a drain writes to the journal, and each capture's fsync queues behind those writes on the
+# disk: the limit is a quarter core for that (docs/agent.md, "The capture path").
+_SCANNING_CORES = 0.25
 
 
 @dataclass

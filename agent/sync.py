@@ -178,7 +178,8 @@ class SyncLoop:
             self._cores_read = now
             self._cores = await asyncio.to_thread(available_cores)
         # While operators scan, the daemon (which passes scanning_cores) stays within that
-        # much CPU, so that sync never holds the interpreter long enough to delay a scan: a
+        # much CPU, so that sync never holds the interpreter long enough to delay a scan, nor
+        # writes so much to the journal that a capture's fsync waits behind it on the disk: a
         # backlog drains more slowly while a dock works, at full speed when it is quiet.
         cores = self._cores
         if self._scanning_cores is not None and now - self._last_scan < _SCANNING_FOR:

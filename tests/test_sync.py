@@ -442,3 +442,34 @@ def test_backoff_is_capped_full_jitter() -> None:
 ], ids=["seconds", "zero", "absent", "garbage", "capped", "date-in-past"])
 def test_retry_after_parsing(header: str | None, expected: float | None) -> None:
     assert retry_after(header, time.time()) == expected
+
+
+async def test_while_operators_scan_the_process_keeps_within_a_quarter_core(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drain's writes hold up the captures' fsyncs: for 2 s after a scan, sync paces the
+    process to the daemon's scanning budget (a quarter core), and gets the whole machine's
+    budget back once the dock is quiet."""
+    from agent import daemon
+    from agent import sync as sync_module
+    from agent.capture import Outcome
+
+    monkeypatch.setattr(sync_module, "available_cores", lambda: 2.0)
+    cfg = parse_config({
+        "station": "dock-1", "site": "WH1", "location": "DOCK-1",
+        "database": str(tmp_path / "journal.db"),
+        "ledger": {"url": "http://127.0.0.1:9", "token_file": str(tmp_path / "token")},
+        "scanners": [{"name": "h", "driver": "serial", "port": "/dev/null"}],
+    }, "dock-1.toml")
+    writer = JournalWriter(Journal(cfg.database, cfg.station, cfg.site))
+    try:
+        sync = SyncLoop(cfg, writer, scanning_cores=daemon._SCANNING_CORES)
+        await sync._pace()
+        assert sync._pacer.cores == 2.0
+        sync.on_capture(Outcome("h", "04006381333931", "accepted", seq=1))
+        await sync._pace()
+        assert sync._pacer.cores == 0.25
+        sync._last_scan -= sync_module._SCANNING_FOR + 0.1  # the last scan, 2 s ago
+        await sync._pace()
+        assert sync._pacer.cores == 2.0
+    finally:
+        await writer.close()
