@@ -55,7 +55,9 @@ __all__ = [
     "Warned",
     "create_journal",
     "ledger_view",
+    "movement_rows",
     "open_readonly",
+    "status_rows",
     "warned_movements",
 ]
 
@@ -677,6 +679,51 @@ def create_journal(path: str | os.PathLike[str], station: str, site: str,
         journal.write_meta({"next_seq": str(first_seq)})
     finally:
         journal.close()
+
+
+def status_rows(conn: sqlite3.Connection) -> dict[str, Any]:
+    """What ``scan-agent status`` reads from a journal (a read-only connection): its meta
+    values, movements per state, the newest seq and the oldest pending movement, scanner
+    states, sessions (as stored: JSON), each scanner's last scan, the newest alerts and
+    rejected scans."""
+    try:
+        return {
+            "meta": {r["key"]: r["value"] for r in conn.execute("SELECT key, value FROM meta")},
+            "counts": {r[0]: r[1] for r in conn.execute(
+                "SELECT state, count(*) FROM movements GROUP BY state")},
+            "top_seq": conn.execute("SELECT max(seq) FROM movements").fetchone()[0] or 0,
+            "oldest": conn.execute(
+                "SELECT seq, wall_time FROM movements WHERE state = 'pending'"
+                " ORDER BY seq LIMIT 1").fetchone(),
+            "states": {r["scanner"]: dict(r) for r in conn.execute("SELECT * FROM scanners")},
+            "sessions": {r["scanner"]: r["state"] for r in conn.execute(
+                "SELECT scanner, state FROM sessions")},
+            "last": {r["scanner"]: dict(r) for r in conn.execute(
+                "SELECT scanner, max(wall_time) AS at, text, outcome, reason FROM scans"
+                " GROUP BY scanner")},
+            "alerts": [dict(r) for r in conn.execute(
+                "SELECT at, source, message FROM alerts ORDER BY id DESC LIMIT 10")],
+            "rejects": [dict(r) for r in conn.execute(
+                "SELECT wall_time AS at, scanner, text, reason FROM scans"
+                " WHERE outcome = 'rejected' ORDER BY id DESC LIMIT 10")],
+        }
+    except sqlite3.Error as exc:
+        raise _translate(exc, "reading the journal's status") from exc
+
+
+def movement_rows(conn: sqlite3.Connection, *, pending: bool, limit: int | None
+                  ) -> list[dict[str, Any]]:
+    """Journaled movements as ``scan-agent events`` shows them, newest first (``raw`` and
+    ``warnings`` as stored: JSON)."""
+    where = "WHERE state = 'pending'" if pending else ""
+    try:
+        return [dict(r) for r in conn.execute(
+            f"SELECT seq, event_id, scanner, type, item, lot, serial, qty, from_location,"
+            f" to_location, reference, operator, voids, wall_time, occurred_at, state, result,"
+            f" reason, warnings, raw FROM movements {where} ORDER BY seq DESC LIMIT ?",
+            (-1 if limit is None else limit,))]
+    except sqlite3.Error as exc:
+        raise _translate(exc, "reading movements") from exc
 
 
 def open_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:

@@ -14,7 +14,14 @@ from typing import Any
 from agent.config import Config
 from agent.grammar import printable
 from agent.incidents import SHOWN, WINDOW, about_incidents, still_true
-from agent.journal import LedgerView, ledger_view, open_readonly, warned_movements
+from agent.journal import (
+    LedgerView,
+    ledger_view,
+    movement_rows,
+    open_readonly,
+    status_rows,
+    warned_movements,
+)
 
 __all__ = ["events", "format_events", "format_status", "status"]
 
@@ -26,27 +33,16 @@ def status(cfg: Config, now: float | None = None) -> dict[str, Any]:
     if journal:
         conn = open_readonly(cfg.database)
         try:
-            meta = {r["key"]: r["value"] for r in conn.execute("SELECT key, value FROM meta")}
-            counts = {r[0]: r[1] for r in conn.execute(
-                "SELECT state, count(*) FROM movements GROUP BY state")}
-            top_seq = conn.execute("SELECT max(seq) FROM movements").fetchone()[0] or 0
-            oldest = conn.execute("SELECT seq, wall_time FROM movements WHERE state = 'pending'"
-                                  " ORDER BY seq LIMIT 1").fetchone()
-            states = {r["scanner"]: dict(r) for r in conn.execute("SELECT * FROM scanners")}
-            sessions = {r["scanner"]: json.loads(r["state"]) for r in conn.execute(
-                "SELECT scanner, state FROM sessions")}
-            last = {r["scanner"]: dict(r) for r in conn.execute(
-                "SELECT scanner, max(wall_time) AS at, text, outcome, reason FROM scans"
-                " GROUP BY scanner")}
-            alerts = [dict(r) for r in conn.execute(
-                "SELECT at, source, message FROM alerts ORDER BY id DESC LIMIT 10")]
-            rejects = [dict(r) for r in conn.execute(
-                "SELECT wall_time AS at, scanner, text, reason FROM scans"
-                " WHERE outcome = 'rejected' ORDER BY id DESC LIMIT 10")]
+            rows = status_rows(conn)
             view = ledger_view(conn)
             warned = still_true(warned_movements(conn, WINDOW), view, SHOWN)
         finally:
             conn.close()
+        meta, counts, top_seq, oldest = (rows["meta"], rows["counts"], rows["top_seq"],
+                                         rows["oldest"])
+        states, last, alerts, rejects = (rows["states"], rows["last"], rows["alerts"],
+                                         rows["rejects"])
+        sessions = {k: json.loads(v) for k, v in rows["sessions"].items()}
     else:  # the agent has not run with this config yet: nothing captured
         meta, counts, states, sessions, last = {}, {}, {}, {}, {}
         top_seq, oldest, alerts, rejects, warned = 0, None, [], [], []
@@ -229,12 +225,7 @@ def events(cfg: Config, *, pending: bool = False, limit: int | None = None
         return []
     conn = open_readonly(cfg.database)
     try:
-        where = "WHERE state = 'pending'" if pending else ""
-        rows = [dict(r) for r in conn.execute(
-            f"SELECT seq, event_id, scanner, type, item, lot, serial, qty, from_location,"
-            f" to_location, reference, operator, voids, wall_time, occurred_at, state, result,"
-            f" reason, warnings, raw FROM movements {where} ORDER BY seq DESC LIMIT ?",
-            (-1 if limit is None else limit,))]
+        rows = movement_rows(conn, pending=pending, limit=limit)
     finally:
         conn.close()
     for r in rows:
