@@ -174,9 +174,14 @@ class BatchReader:
             if self._broken or self._closed:
                 return None
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(
-                    self.workers, mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_worker_init, initargs=(os.getpid(),))
+                try:
+                    self._pool = ProcessPoolExecutor(
+                        self.workers, mp_context=multiprocessing.get_context("spawn"),
+                        initializer=_worker_init, initargs=(os.getpid(),))
+                except (OSError, ImportError) as exc:  # e.g. no /dev/shm for its locks
+                    log.warning("no batch reader processes (%s: %s); reading batches in the "
+                                "ledger's own process", type(exc).__name__, exc)
+                    self._broken = True
             return self._pool
 
     def warm(self) -> None:
@@ -184,7 +189,8 @@ class BatchReader:
         up waits for them)."""
         pool = self._get()
         if pool is not None:
-            pool.submit(default_workers)
+            with contextlib.suppress(OSError, RuntimeError):  # read() finds out and says so
+                pool.submit(default_workers)
 
     async def read(self, body: bytes) -> Batch | str | None:
         pool = self._get()

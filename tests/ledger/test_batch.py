@@ -234,3 +234,22 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
     except (OSError, IndexError):
         return "zombie"
+
+
+def test_no_reader_where_processes_cannot_be_made(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A sandbox without what a process pool needs (its locks live in /dev/shm): the ledger
+    says so once and reads every batch itself."""
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(13, "Permission denied", "/dev/shm")
+
+    monkeypatch.setattr("ledger.batch.ProcessPoolExecutor", refuse)
+    cfg = parse_config({"reader_processes": 1})
+    with caplog.at_level(logging.WARNING, logger="ledger"), \
+            LedgerServer(tmp_path / "ledger.db", config=cfg) as srv:
+        token = srv.add_station("dock-1", "WH1")
+        answers = _answers(srv.url, token, [_body([receipt(2, "A-01", 1)]),
+                                            _body([pick(1, "A-01", 2)])])
+        assert [s for s, _ in answers] == [200, 200]
+    assert caplog.text.count("no batch reader processes (PermissionError") == 1
