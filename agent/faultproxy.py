@@ -34,11 +34,13 @@ class Faults:
     reset_after_commit_rate: float = 0.0  # forward, then drop the answer (reset)
     truncate_rate: float = 0.0  # forward, then send half of the answer and close
     delay: float = 0.0  # seconds to wait before answering (after forwarding)
+    delay_method: str | None = None  # ``delay`` only for this method (GET: reads only)
     drop_rate: float = 0.0  # drop the connection without forwarding
     status: int | None = None  # answer this status without forwarding ...
     status_count: int = 0  # ... for this many requests
     retry_after: str | None = None  # Retry-After header for ``status``
     status_method: str | None = None  # ``status`` only for this method (GET: reads only)
+    body: bytes | None = None  # the body of a ``status`` answer (else an injected error)
     poison: str | None = None  # answer 400 to any request whose body contains this text
     seed: int | None = None
 
@@ -135,7 +137,8 @@ class FaultProxy:
             f.status_count -= 1
             self.counts.injected += 1
             extra = {"Retry-After": f.retry_after} if f.retry_after else {}
-            writer.write(_response(f.status, b'{"error": "injected"}', extra))
+            writer.write(_response(f.status, f.body if f.body is not None
+                                   else b'{"error": "injected"}', extra))
             await writer.drain()
             return True
         if f.poison is not None and f.poison.encode() in body:
@@ -157,7 +160,7 @@ class FaultProxy:
             await writer.drain()
             return True
         self.counts.forwarded += 1
-        if f.delay > 0:
+        if f.delay > 0 and f.delay_method in (None, method):
             await asyncio.sleep(f.delay)
         if self._roll(f.reset_after_commit_rate):
             self.counts.injected += 1

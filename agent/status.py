@@ -200,7 +200,8 @@ def _warnings_heading(asked: dict[str, Any], now: float) -> list[str]:
                 f"  (asking the ledger which still hold failed {_ago(asked['error_at'], now)}: "
                 f"{asked['error']})" if asked["error"] else
                 "  (the ledger not asked yet which still hold)"]
-    out = [f"ledger warnings still open at the ledger (asked {_ago(asked['at'], now)}):"]
+    out = [f"ledger warnings that still hold (negatives as the ledger answered, asked "
+           f"{_ago(asked['at'], now)}):"]
     if asked["error"] and (asked["error_at"] or 0) > asked["at"]:
         out.append(f"  (asking again failed {_ago(asked['error_at'], now)}: "
                    f"{asked['error']}; shown as the ledger last answered)")

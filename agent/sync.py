@@ -71,6 +71,8 @@ _CATCH_UP = _WATERMARK_MARGIN_NS / 1e9 + 0.25
 FAREWELL_S = 5.0
 _ASK_PAGE = 1000  # open incidents per page when asking the ledger which still stand
 _ASK_PAGES = 10  # pages at most: a site with more open incidents is not read every minute
+_ASK_PAGE_BYTES = 4 << 20  # a page of the ledger's incidents larger than this is refused
+_ASK_DEADLINE_S = 60.0  # one reading of the ledger's open incidents, all its pages
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -170,6 +172,9 @@ class SyncLoop:
         # monotonic time the ledger's open incidents are next to be read (None: nothing the
         # journal shows needs them); at start, once, for the warnings a previous run kept
         self._ask_due: float | None = 0.0
+        self._asking: asyncio.Task[None] | None = None
+        # readings have their own connection: the sync's one is never held by a slow read
+        self._ask_client: httpx.AsyncClient | None = None
 
     async def _pace(self) -> None:
         """Wait while the process has used more than sync's share of its CPU budget."""
@@ -221,7 +226,8 @@ class SyncLoop:
             while not self._closed.is_set():
                 wait = (_HEARTBEAT if catch_up is None
                         else max(0.0, catch_up - time.monotonic()))
-                if self._ask_due is not None:
+                if self._ask_due is not None and (self._asking is None
+                                                  or self._asking.done()):
                     wait = min(wait, max(0.0, self._ask_due - time.monotonic()))
                 woke = await self._sleep(wait, wake=True)
                 if self._closed.is_set():
@@ -237,8 +243,12 @@ class SyncLoop:
                         catch_up = time.monotonic() + _CATCH_UP
                     elif catch_up is not None and started >= catch_up:
                         catch_up = None  # this exchange's watermark passed what was sent
-                    if self._ask_due is not None and time.monotonic() >= self._ask_due:
-                        await self._ask_incidents()
+                    if (self._ask_due is not None and time.monotonic() >= self._ask_due
+                            and (self._asking is None or self._asking.done())):
+                        # a task of its own: a slow ledger never holds movements back
+                        self._ask_due = None
+                        self._asking = asyncio.create_task(self._ask_incidents(),
+                                                           name="sync-incidents")
                 except Exception as exc:
                     # _Retry: the ledger or the network. JournalError: the journal could not
                     # take the results (disk full); the ledger answers the replay as
@@ -262,9 +272,16 @@ class SyncLoop:
             if self.stats.last_error is None:
                 await self._farewell()
         finally:
+            if self._asking is not None and not self._asking.done():
+                self._asking.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._asking
             if self._client is not None:
                 await self._client.aclose()
                 self._client = None
+            if self._ask_client is not None:
+                await self._ask_client.aclose()
+                self._ask_client = None
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
@@ -532,7 +549,7 @@ class SyncLoop:
                 raise _Retry(None, f"ledger result for seq {row['seq']} unreadable: {res!r}")
             # the ledger's words reach logs, status and terminals: no control bytes
             given = res.get("warnings") or []
-            warnings = [printable(str(w), 300)
+            warnings = [printable(str(w), 400)  # (a 256-character location fits whole)
                         for w in (given if isinstance(given, list) else [given])]
             reason = None if res.get("reason") is None else printable(str(res["reason"]), 300)
             out.append((row["seq"], st, reason, warnings))
@@ -578,66 +595,90 @@ class SyncLoop:
         every = self.ledger.warning_recheck
         asked_at = time.time()
         try:
-            if self._reader is None:
-                self._reader = await asyncio.to_thread(JournalReader, self.writer.journal.path)
-            warned = await asyncio.to_thread(self._reader.warned, WINDOW)
-            asked = to_ask(warned)
-            if not asked:
-                self._ask_due = None
-                return
-            await self._pace()
-            found = await self._open_incidents(
-                query(self.config.station, self.config.site, asked))
-            keep = relevant(found, asked)
-            # the answer covers the warned movements read (their results had come):
-            # sync sends in seq order, so every movement up to the newest of them too
-            await self.writer.call(Journal.store_incidents, asked_at, warned[0].seq, keep)
-        except _Unanswered as exc:
-            why = str(exc)
+            async with asyncio.timeout(_ASK_DEADLINE_S):
+                if self._reader is None:
+                    self._reader = await asyncio.to_thread(JournalReader,
+                                                           self.writer.journal.path)
+                warned = await asyncio.to_thread(self._reader.warned, WINDOW)
+                asked = to_ask(warned)
+                if not asked:
+                    self._next_ask(None)
+                    return
+                await self._pace()
+                found = await self._open_incidents(
+                    query(self.config.station, self.config.site, asked))
+                keep = relevant(found, asked)
+                # the answer covers the warned movements read (their results had come):
+                # sync sends in seq order, so every movement up to the newest of them too
+                await self.writer.call(Journal.store_incidents, asked_at, warned[0].seq, keep)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # _Unanswered: the ledger, the network or its answer. A deadline passed, the
+            # journal could not take the answer, or anything else: the same, said as it is.
+            why = (str(exc) if isinstance(exc, _Unanswered | AgentError)
+                   else f"no answer within {_ASK_DEADLINE_S:g} s"
+                   if isinstance(exc, TimeoutError) else _describe(exc))
             log.info("could not ask the ledger which warnings still hold: %s", why)
-            with contextlib.suppress(AgentError):
+            with contextlib.suppress(Exception):
                 await self.writer.call(Journal.incidents_unknown, time.time(), why)
-            self._ask_due = time.monotonic() + every
-        except AgentError as exc:  # the journal could not take the answer: asked again later
-            log.warning("could not keep the ledger's open incidents: %s", exc)
-            self._ask_due = time.monotonic() + every
+            self._next_ask(time.monotonic() + every)
         else:
             # while any is open, status shows it: ask again later; else until new warnings
-            self._ask_due = time.monotonic() + every if keep else None
+            self._next_ask(time.monotonic() + every if keep else None)
             log.debug("ledger: %d open incident(s) behind %d warned movement(s)", len(keep),
                       len(asked))
+
+    def _next_ask(self, due: float | None) -> None:
+        """After a reading: the next at ``due`` (None: once new warnings come), unless a
+        warning that came during the reading asked for one sooner."""
+        if self._ask_due is not None and (due is None or self._ask_due <= due):
+            return
+        self._ask_due = due
 
     async def _open_incidents(self, params: dict[str, str]) -> list[dict[str, Any]]:
         """Every incident the ledger lists for ``params``, page by page; raises
         ``_Unanswered``."""
-        assert self._client is not None
         try:
             token = self._token()
-        except _Retry as exc:
+            if self._ask_client is None:
+                self._ask_client = self._make_client()
+        except (_Retry, SyncError) as exc:
             raise _Unanswered(str(exc)) from None
+        client = self._ask_client
         out: list[dict[str, Any]] = []
         after: str | None = None
         for _ in range(_ASK_PAGES):
             page = {**params, "limit": str(_ASK_PAGE), **({"after": after} if after else {})}
             try:
-                resp = await self._client.get("/v1/negatives", params=page,
-                                              headers={"Authorization": f"Bearer {token}"})
+                async with client.stream(
+                        "GET", "/v1/negatives", params=page,
+                        headers={"Authorization": f"Bearer {token}"}) as resp:
+                    data = await _read_capped(resp, _ASK_PAGE_BYTES)
             except httpx.TimeoutException as exc:
                 raise _Unanswered(f"ledger timed out ({type(exc).__name__})") from exc
             except httpx.HTTPError as exc:
                 raise _Unanswered(f"ledger unreachable: {type(exc).__name__}: {exc}") from exc
+            if data is None:
+                raise _Unanswered(f"ledger answer larger than {_ASK_PAGE_BYTES} bytes")
             if resp.status_code != 200:
-                raise _Unanswered(f"ledger answered HTTP {resp.status_code}: {_reason(resp)}")
+                raise _Unanswered(f"ledger answered HTTP {resp.status_code}: "
+                                  f"{_reason_of(resp.status_code, data)}")
             try:
-                body = resp.json()
-                out += [_incident(i) for i in body["incidents"]]
+                body = await asyncio.to_thread(json.loads, data)  # (off the loop)
+                listed = body["incidents"]
+                if not isinstance(listed, list) or len(listed) > _ASK_PAGE:
+                    raise ValueError(f"expected at most {_ASK_PAGE} incidents in a page")
+                out += [_incident(i) for i in listed]
                 after = body["next"]
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise _Unanswered(f"ledger answer unreadable: {printable(str(exc), 200)}"
+                if after is not None and not (isinstance(after, str) and after):
+                    raise ValueError(f"next: expected a cursor or null, got {after!r:.40}")
+            except Exception as exc:  # whatever the body holds: nothing of it is kept
+                raise _Unanswered(f"ledger answer unreadable: "
+                                  f"{printable(f'{type(exc).__name__}: {exc}', 200)}"
                                   ) from exc
             if after is None:
                 return out
-            after = str(after)
         raise _Unanswered(f"more than {_ASK_PAGES * _ASK_PAGE} open incidents at site "
                           f"{self.config.site}; see the ledger's page")
 
@@ -670,13 +711,18 @@ def _incident(raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict) or raw.get("status") != "open":
         raise ValueError(f"not an open incident: {printable(repr(raw), 100)}")
     balance = raw.get("balance")
+    ident = raw["id"]
+    if not isinstance(ident, int) or isinstance(ident, bool) or not 0 < ident < 2**63:
+        raise ValueError(f"id: expected a positive integer, got {printable(repr(ident), 40)}")
     return {
-        "id": int(raw["id"]), "depletion_event_id": str(raw["depletion_event_id"]),
-        "item": str(raw["item"]),
-        "location": None if raw["location"] is None else printable(str(raw["location"]), 100),
+        "id": ident, "depletion_event_id": printable(str(raw["depletion_event_id"]), 100),
+        "item": printable(str(raw["item"]), 300),
+        # whole: it is matched against the warnings' text (the ledger allows 256 characters)
+        "location": None if raw["location"] is None else printable(str(raw["location"]), 300),
         "class": printable(str(raw["class"]), 20),
-        "balance": balance if isinstance(balance, int) else None,
-        "confirmed": raw.get("confirmed") is True, "opened_at": raw.get("opened_at"),
+        "balance": balance if isinstance(balance, int) and abs(balance) < 2**63 else None,
+        "confirmed": raw.get("confirmed") is True,
+        "opened_at": printable(str(raw["opened_at"]), 40) if raw.get("opened_at") else None,
     }
 
 
@@ -694,6 +740,30 @@ def _describe(exc: Exception) -> str:
 
 
 _PLAUSIBLE_NS = (1_577_836_800 * 10**9, 4_102_444_800 * 10**9)  # 2020-01-01 .. 2100-01-01
+
+
+async def _read_capped(resp: httpx.Response, cap: int) -> bytes | None:
+    """The body of a streamed answer, or None once it passes ``cap`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.aiter_bytes():
+        size += len(chunk)
+        if size > cap:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reason_of(status: int, data: bytes) -> str:
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):
+        return f"HTTP {status}"
+    if isinstance(body, dict):
+        for k in ("error", "detail", "reason", "message"):
+            if k in body:
+                return printable(str(body[k]), 200)
+    return f"HTTP {status}"
 
 
 def _reason(resp: httpx.Response) -> str:

@@ -251,6 +251,12 @@ def create_app(service: LedgerService) -> Starlette:
             return JSONResponse({"error": f"a station's token reads only the incidents of "
                                           f"its own site: add site={station.site}"},
                                 status_code=403)
+        named = request.query_params.get("station")
+        if named is not None and named != station.name:
+            # (nor, through a filter's error, the names of other stations)
+            return JSONResponse({"error": f"a station's token reads its site's incidents, or "
+                                          f"its own: station={station.name}"},
+                                status_code=403)
         return None
 
     async def read(request: Request, fn: Any, *args: Any, every_site: str = "",

@@ -227,7 +227,7 @@ async def test_status_drops_a_negative_that_another_docks_receipt_resolved(
                                                      "location": "A-07", "balance": -1,
                                                      "confirmed": inc["confirmed"]}]}
         text = format_status(s)
-        assert "ledger warnings still open at the ledger (asked " in text
+        assert "ledger warnings that still hold (negatives as the ledger answered, asked " in text
         assert (f"seq 1: negative balance at A-07: -1 (class item)  [incident {inc['id']} "
                 f"open, class item, ") in text
 

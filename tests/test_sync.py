@@ -351,7 +351,8 @@ async def test_a_failed_reading_keeps_the_last_answer_with_its_age(rig: Rig) -> 
     (w,) = s["ledger_warnings"]
     assert [i["id"] for i in w["incidents"]] == [inc["id"]]
     text = format_status(s, now=later)
-    assert (f"ledger warnings still open at the ledger (asked {later - first.asked_at:.0f}s"
+    assert (f"ledger warnings that still hold (negatives as the ledger answered, asked "
+            f"{later - first.asked_at:.0f}s"
             " ago):") in text
     assert "  (asking again failed 30s ago: ledger answered HTTP 503: injected; shown as the" \
            " ledger last answered)" in text
@@ -473,3 +474,69 @@ async def test_while_operators_scan_the_process_keeps_within_a_quarter_core(
         assert sync._pacer.cores == 2.0
     finally:
         await writer.close()
+
+
+def _page(incidents: Any, nxt: Any = None) -> bytes:
+    return json.dumps({"incidents": incidents, "next": nxt}).encode()
+
+
+_OPEN = {"id": 1, "depletion_event_id": "e", "item": GTINS[0], "location": "A-01",
+         "class": "item", "status": "open", "balance": -1, "confirmed": False}
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    (b'{"incidents": [{"id": 1e400}], "next": null}', "ledger answer unreadable"),
+    (b"[" * 200_000 + b"]" * 200_000, "ledger answer unreadable: RecursionError"),
+    (_page([{**_OPEN, "id": 2**64}]), "id: expected a positive integer"),
+    (_page([_OPEN] * 1001), "at most 1000 incidents in a page"),
+    (_page([_OPEN], ""), "next: expected a cursor or null"),
+    (b'{"incidents": [' + b'{"x": "' + b"y" * (5 << 20) + b'"}], "next": null}',
+     "ledger answer larger than"),
+])
+async def test_a_malformed_answer_is_a_failed_reading_not_a_failed_sync(
+        rig: Rig, body: bytes, why: str) -> None:
+    """Whatever the ledger's answer to a reading holds (an id no integer can be, nesting
+    deep enough to exhaust the parser, a page longer than asked or larger than 4 MB, a
+    cursor that is no cursor), the reading fails with why, the
+    sync of movements goes on at its pace, and nothing of the answer is kept."""
+    rig.proxy.faults.status, rig.proxy.faults.status_count = 200, 10**6
+    rig.proxy.faults.status_method, rig.proxy.faults.body = "GET", body
+    rig.start()
+    await _pick_from_an_empty_bin(rig)
+    view = await _view_until(rig, lambda v: v.error is not None)
+    assert why in (view.error or ""), view.error
+    assert (view.asked_at, view.incidents) == (None, ())
+    assert rig.sync.stats.last_error is None, "a failed reading is not a failed sync"
+    started = time.monotonic()
+    out = await rig.station.handle(RawScan("h", GTINS[1], GTINS[1].encode()))
+    assert out.status == "accepted", out
+    await rig.wait_drained()
+    assert time.monotonic() - started < 2, "a movement waited behind the readings"
+
+
+async def _sync_times(rig: Rig) -> list[float]:
+    """Seconds from capture to synced, for a few movements 0.3 s apart."""
+    waited = []
+    for gtin in GTINS[1:4] * 2:
+        started = time.monotonic()
+        out = await rig.station.handle(RawScan("h", gtin, gtin.encode()))
+        assert out.status == "accepted", out
+        await rig.wait_drained()
+        waited.append(time.monotonic() - started)
+        await asyncio.sleep(0.3)
+    return waited
+
+
+async def test_a_slow_reading_holds_no_movement_back(rig: Rig) -> None:
+    """The ledger takes its time over reads (3 s, past the 1 s timeout: every reading fails
+    after a second, and the next starts a second later, so one is under way half of the
+    time): movements captured meanwhile are sent as soon as without the readings, never
+    after one (which would add up to a second)."""
+    rig.start()
+    await _pick_from_an_empty_bin(rig)
+    await _view_until(rig, lambda v: v.asked_at is not None)
+    alone = await _sync_times(rig)
+    rig.proxy.faults.delay, rig.proxy.faults.delay_method = 3.0, "GET"
+    await _view_until(rig, lambda v: v.error is not None)
+    beside = await _sync_times(rig)
+    assert max(beside) < max(alone) + 0.5, f"waited for a reading: {beside} vs {alone}"

@@ -218,6 +218,10 @@ def test_a_station_token_reads_its_own_sites_incidents_only(make_ledger: Any) ->
         assert refused.status_code == 403, params
         assert refused.json() == {"error": "a station's token reads only the incidents of its"
                                            " own site: add site=WH1"}
+    # another station's incidents, or a name that is none: refused without naming any
+    for name in ("far-1", "nosuch"):
+        refused = get("/v1/negatives", dock.token, site="WH1", station=name)
+        assert refused.status_code == 403 and "far-1" not in refused.text, refused.text
     for path in ("/v1/balances", "/v1/events", "/v1/negatives.csv", "/v1/stations", "/"):
         assert get(path, dock.token, site="WH1").status_code == 401, path
     assert get("/v1/negatives", None, site="WH1").status_code == 401
