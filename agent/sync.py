@@ -635,6 +635,8 @@ class SyncLoop:
         if self._ask_due is not None and (due is None or self._ask_due <= due):
             return
         self._ask_due = due
+        if due is not None:
+            self._wake.set()  # the loop sleeps until then (with the heartbeat that goes)
 
     async def _open_incidents(self, params: dict[str, str]) -> list[dict[str, Any]]:
         """Every incident the ledger lists for ``params``, page by page; raises
