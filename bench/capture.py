@@ -40,6 +40,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -116,55 +117,53 @@ async def agent_latency(dirpath: Path, n: int) -> list[float]:
         return list(await _on_capture_thread(w, measure()))
 
 
+async def _scans_per_s(dirpath: Path, per_scanner: int, scanners: int,
+                       stream: Callable[[Station, str], Awaitable[None]]) -> float:
+    """Scans/s of ``scanners`` scanners, each running ``stream(station, name)`` on the
+    capture thread at once, until all committed."""
+    cfg = _config(dirpath, scanners)
+    async with JournalWriter(Journal(cfg.database, cfg.station, cfg.site)) as w:
+        st = Station(cfg, w)
+
+        async def measure() -> float:
+            await st.start()
+            t0 = time.perf_counter()
+            await asyncio.gather(*(stream(st, f"s{i}") for i in range(scanners)))
+            return scanners * per_scanner / (time.perf_counter() - t0)
+
+        return float(await _on_capture_thread(w, measure()))
+
+
 async def agent_streaming(dirpath: Path, per_scanner: int, scanners: int = 4) -> float:
     """4 scanners streaming: a scan submitted per scanner per loop turn, as the daemon reads
     them, each scanner holding at most the daemon's in-flight window; until all committed."""
     from agent.daemon import _IN_FLIGHT
 
-    cfg = _config(dirpath, scanners)
-    async with JournalWriter(Journal(cfg.database, cfg.station, cfg.site)) as w:
-        st = Station(cfg, w)
+    async def stream(st: Station, name: str) -> None:
+        inflight: deque[asyncio.Future[Outcome]] = deque()
+        for i in range(per_scanner):
+            t = GTINS[i % 4]
+            inflight.append(st.submit(RawScan(name, t, t.encode())))
+            if len(inflight) >= _IN_FLIGHT:
+                assert (await inflight.popleft()).status == "accepted"
+            else:
+                await asyncio.sleep(0)  # the next read comes in a later loop turn
+        for fut in inflight:
+            assert (await fut).status == "accepted"
 
-        async def stream(name: str) -> None:
-            inflight: deque[asyncio.Future[Outcome]] = deque()
-            for i in range(per_scanner):
-                t = GTINS[i % 4]
-                inflight.append(st.submit(RawScan(name, t, t.encode())))
-                if len(inflight) >= _IN_FLIGHT:
-                    assert (await inflight.popleft()).status == "accepted"
-                else:
-                    await asyncio.sleep(0)  # the next read comes in a later loop turn
-            for fut in inflight:
-                assert (await fut).status == "accepted"
-
-        async def measure() -> float:
-            await st.start()
-            t0 = time.perf_counter()
-            await asyncio.gather(*(stream(f"s{i}") for i in range(scanners)))
-            return scanners * per_scanner / (time.perf_counter() - t0)
-
-        return float(await _on_capture_thread(w, measure()))
+    return await _scans_per_s(dirpath, per_scanner, scanners, stream)
 
 
 async def agent_throughput(dirpath: Path, per_scanner: int, scanners: int = 4) -> float:
     """4 scanners on the capture thread, each waiting for its commit before its next scan."""
-    cfg = _config(dirpath, scanners)
-    async with JournalWriter(Journal(cfg.database, cfg.station, cfg.site)) as w:
-        st = Station(cfg, w)
 
-        async def stream(name: str) -> None:
-            for i in range(per_scanner):
-                t = GTINS[i % 4]
-                o = await st.handle(RawScan(name, t, t.encode()))
-                assert o.status == "accepted"
+    async def stream(st: Station, name: str) -> None:
+        for i in range(per_scanner):
+            t = GTINS[i % 4]
+            o = await st.handle(RawScan(name, t, t.encode()))
+            assert o.status == "accepted"
 
-        async def measure() -> float:
-            await st.start()
-            t0 = time.perf_counter()
-            await asyncio.gather(*(stream(f"s{i}") for i in range(scanners)))
-            return scanners * per_scanner / (time.perf_counter() - t0)
-
-        return float(await _on_capture_thread(w, measure()))
+    return await _scans_per_s(dirpath, per_scanner, scanners, stream)
 
 
 def persist_queue_throughput(dirpath: Path, per_thread: int, threads: int = 4) -> float:

@@ -92,23 +92,7 @@ def make_events(n: int, late_fraction: float, seed: int = 1,
         t = BASE_US + i * 100_000
         if rnd.random() < late_fraction:
             t -= rnd.randint(60, 3600) * 1_000_000
-        item = f"{rnd.randrange(100):014d}"
-        a, b = f"A-{rnd.randrange(10):02d}", f"B-{rnd.randrange(10):02d}"
-        r = rnd.random()
-        if r < 0.6:
-            kind, frm, to, qty = "receipt", None, a, rnd.randint(1, 5)
-        elif r < 0.9:
-            kind, frm, to, qty = "pick", a, None, rnd.randint(1, 3)
-        else:
-            kind, frm, to, qty = "move", a, b, 1
-        out.append({
-            "event_id": _uuid7(t, rnd),
-            "station": station, "site": "WH1", "scanner": "handheld", "seq": i + 1,
-            "type": kind, "item": item, "lot": None, "serial": None, "qty": qty,
-            "from_location": frm, "to_location": to, "occurred_at": format_time(t),
-            "reference": None, "operator": None, "voids": None,
-            "clock": {"synced": True, "offset_ms": 0.0, "basis": "ntp"}, "raw": [],
-        })
+        out.append(_history_event(rnd, station, i + 1, t))
     return out
 
 

@@ -429,9 +429,9 @@ class Track:
             n = n.left
         return n.t
 
-    def _groups_from(self, t: int) -> Iterator[tuple[int, list[Leg]]]:
-        """(time, legs) of every group at or after time ``t``, in order, without visiting
-        the earlier ones."""
+    def _nodes_from(self, t: int) -> Iterator[_Node]:
+        """Every group's node at or after time ``t``, in order, without visiting the earlier
+        ones: O(log n) to the first, then O(1) each."""
         stack: list[_Node] = []
         n = self._root
         while stack or n is not None:
@@ -444,40 +444,24 @@ class Track:
             if not stack:
                 return
             n = stack.pop()
-            yield n.t, n.legs
+            yield n
             n = n.right
+
+    def _groups_from(self, t: int) -> Iterator[tuple[int, list[Leg]]]:
+        """(time, legs) of every group at or after time ``t``, in order."""
+        return ((n.t, n.legs) for n in self._nodes_from(t))
 
     def posts_after(self, t: int) -> Iterator[tuple[int, int]]:
         """(time, balance right after the group) of every group after time ``t``, in order;
         O(log n) to the first, then O(1) each."""
         bal = self.balance_after(t)
-        stack: list[_Node] = []
-        n = self._root
-        while stack or n is not None:
-            while n is not None:
-                if n.t > t:
-                    stack.append(n)
-                    n = n.left
-                else:
-                    n = n.right
-            if not stack:
-                return
-            n = stack.pop()
+        for n in self._nodes_from(t + 1):  # (times are whole microseconds)
             bal = n.g_k if n.g_reset else bal + n.g_k
             yield n.t, bal
-            n = n.right
 
     def walk(self) -> Iterator[tuple[int, list[Leg]]]:
         """Every group (time, legs) in occurrence order; O(n), for tests and diagnostics."""
-        stack: list[_Node] = []
-        n = self._root
-        while stack or n is not None:
-            while n is not None:
-                stack.append(n)
-                n = n.left
-            n = stack.pop()
-            yield n.t, list(n.legs)
-            n = n.right
+        return ((n.t, list(n.legs)) for n in self._nodes_from(-(1 << 63)))
 
     def depth(self) -> int:
         """Nodes on the longest path from the root; for tests."""
