@@ -118,7 +118,8 @@ def quoted(text: str, limit: int = 120) -> str:
 
 def gtin_check_digit(body: str) -> int:
     """GS1 mod-10 check digit for the digits of ``body`` (without its check digit)."""
-    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
+    digits = body[::-1]  # weights 3, 1, 3, ... from the right
+    total = 3 * sum(map(int, digits[::2])) + sum(map(int, digits[1::2]))
     return (10 - total % 10) % 10
 
 

@@ -32,7 +32,6 @@ Framing rules:
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass
 
 from drivers.base import RawScan
@@ -43,6 +42,8 @@ __all__ = [
 
 #: GS1 group separator, kept in scan text.
 GS = "\x1d"
+# The control characters (Unicode category Cc: C0, DEL and C1) but GS.
+_CONTROL = re.compile("[\x00-\x1c\x1e-\x1f\x7f-\x9f]")
 #: ``terminator`` value for STX ... ETX framing (fixed-mount readers over TCP).
 STX_ETX = "STX-ETX"
 #: Named terminators; any other single character is accepted as well.
@@ -240,12 +241,12 @@ class Framer:
             return self._error_frame(
                 raw, f"non-text bytes: invalid {self.encoding} at byte {offset + exc.start}"
             )
-        for i, ch in enumerate(text):
-            if ch != GS and unicodedata.category(ch) == "Cc":
-                at = offset + len(text[:i].encode(self.encoding))
-                return self._error_frame(
-                    raw, f"non-text bytes: control character 0x{ord(ch):02X} at byte {at}"
-                )
+        if (bad := _CONTROL.search(text)) is not None:
+            i = bad.start()
+            at = offset + len(text[:i].encode(self.encoding))
+            return self._error_frame(
+                raw, f"non-text bytes: control character 0x{ord(text[i]):02X} at byte {at}"
+            )
         return Frame(text=text, raw=raw)
 
     def _error_frame(self, raw: bytes, error: str) -> Frame:
@@ -277,7 +278,7 @@ def escape(raw: bytes, encoding: str = "utf-8") -> str:
             parts.append(f"\\x{o - 0xDC00:02x}")
         elif ch == "\\":
             parts.append("\\\\")
-        elif ch != GS and unicodedata.category(ch) == "Cc":
+        elif _CONTROL.match(ch):
             parts.append(f"\\x{o:02x}")
         else:
             parts.append(ch)
