@@ -496,6 +496,9 @@ class _FailingScanner:
     async def acknowledge(self, ok: bool) -> None:
         self.answers.append(ok)
 
+    def acknowledge_now(self, ok: bool) -> bool:
+        return False  # answered by acknowledge(), from a task
+
     async def close(self) -> None:
         pass
 
