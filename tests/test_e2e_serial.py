@@ -529,3 +529,62 @@ async def test_a_failing_reader_still_answers_what_it_read_and_stops_the_agent(
         assert conn.execute("SELECT count(*) FROM movements").fetchone()[0] == 2
     finally:
         conn.close()
+
+
+class _SlowToAnswerScanner:
+    """A scanner whose first answers cannot go out at once (a port written from a worker
+    thread, say): they are sent from a task, and the answers after them must wait their turn."""
+
+    def __init__(self, name: str, texts: Sequence[str]) -> None:
+        self.name, self.texts = name, texts
+        self.answers: list[tuple[str, bool]] = []
+        self.state = ScannerState(name, True, "fake")
+        self._closed = asyncio.Event()
+        self._asked_now = 0
+
+    def __aiter__(self) -> AsyncIterator[RawScan]:
+        return self._scans()
+
+    async def _scans(self) -> AsyncIterator[RawScan]:
+        for text in self.texts:
+            yield RawScan(self.name, text, text.encode())
+        await self._closed.wait()
+
+    async def acknowledge(self, ok: bool) -> None:
+        await asyncio.sleep(0.05)
+        self.answers.append(("from a task", ok))
+
+    def acknowledge_now(self, ok: bool) -> bool:
+        self._asked_now += 1
+        if self._asked_now <= 2:
+            return False
+        self.answers.append(("at once", ok))
+        return True
+
+    async def close(self) -> None:
+        self._closed.set()
+
+
+async def test_answers_that_cannot_go_out_at_once_keep_the_order_of_the_scans(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    made: list[_SlowToAnswerScanner] = []
+    texts = ["LOC-A-01", EAN13, "4006381333932", OTHER, EAN13]  # the third: a bad check digit
+
+    def open_slow(sc: Any, on_state: Any = None) -> _SlowToAnswerScanner:
+        made.append(_SlowToAnswerScanner(sc.name, texts))
+        return made[-1]
+
+    monkeypatch.setattr(daemon, "open_scanner", open_slow)
+    cfg = load_config(write_config(tmp_path, "/dev/null"))
+    agent = Agent(cfg)
+    try:
+        await agent.start()
+        async with asyncio.timeout(TIMEOUT):
+            while len(made[0].answers) < len(texts):
+                await asyncio.sleep(0.01)
+    finally:
+        await asyncio.wait_for(agent.close(), TIMEOUT)
+    assert [ok for _, ok in made[0].answers] == [True, True, False, True, True]
+    assert [how for how, _ in made[0].answers][:2] == ["from a task", "from a task"]
+    assert agent.failed is None
