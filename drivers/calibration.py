@@ -3,9 +3,11 @@
 The calibration barcode is a Code 128 holding every printable ASCII character once
 (:data:`CALIBRATION_TEXT`). A keyboard-wedge scanner types it with the keys of the layout set
 in the scanner; :func:`find_layouts` decodes those key events under every layout this
-machine's XKB data knows and keeps those that give exactly the calibration text. Two layouts
-that both give it type every printable ASCII character with the same keys: the barcode cannot
-tell them apart, and either decodes ASCII barcodes the same.
+machine's XKB data knows and keeps those that give exactly the calibration text, with no dead
+key that typed itself for want of a Space after it (a scanner set to a layout types a dead
+key's character as the dead key then Space). Two layouts that both give it decode every
+printable ASCII character the scanner types the same way: the barcode cannot tell them apart,
+and either decodes ASCII barcodes the same.
 
 >>> from tests.drivers.keyevents import Typist                        # doctest: +SKIP
 >>> finding = find_layouts(Typist("ch(fr)").scan(CALIBRATION_TEXT).take())  # doctest: +SKIP
@@ -29,7 +31,7 @@ from pathlib import Path
 from evdev import InputEvent
 
 from drivers.errors import DriverError, UnknownLayoutError
-from drivers.keymap import KeyDecoder, Terminator
+from drivers.keymap import DecodedScan, KeyDecoder, Terminator
 from drivers.xkb import LayoutInfo, compile_keymap, installed_layouts
 
 __all__ = [
@@ -150,10 +152,22 @@ class Finding:
         ])
 
 
-def _scan_texts(events: Sequence[InputEvent], decoder: KeyDecoder) -> list[str]:
+def _scans(events: Sequence[InputEvent], decoder: KeyDecoder) -> list[DecodedScan]:
     scans = decoder.feed_many(events)
     last = decoder.expire()
-    return [s.text for s in [*scans, *([last] if last else [])]]
+    return [*scans, *([last] if last else [])]
+
+
+def _types_calibration(scan: DecodedScan) -> bool:
+    """Whether ``scan`` is the calibration barcode as typed by a scanner set to the layout.
+
+    Besides the text, no dead key may have typed itself without a Space after it: a scanner
+    set to the layout sends a dead key's character as the dead key then Space, so a layout
+    where one of its keys is a dead key followed by something else (or by the end of the scan)
+    is not the scanner's, even when the text comes out right (``de(deadtilde)`` for a ``de``
+    scanner's final ``~``: it would make ``~A`` an ``Ã``).
+    """
+    return scan.loose_dead_keys == 0 and _matches(scan.text)
 
 
 def find_layouts(events: Iterable[InputEvent], *,
@@ -177,14 +191,13 @@ def find_layouts(events: Iterable[InputEvent], *,
         except UnknownLayoutError:
             broken.append(info.name)  # listed, but its symbols do not compile here
             continue
-        texts = _scan_texts(recorded, KeyDecoder(keymap, terminator="timeout",
-                                                 timeout_ms=_FINDER_TIMEOUT_MS,
-                                                 max_length=4096))
-        scans = max(scans, len(texts))
-        if any(_matches(t) for t in texts):
+        got = _scans(recorded, KeyDecoder(keymap, terminator="timeout",
+                                          timeout_ms=_FINDER_TIMEOUT_MS, max_length=4096))
+        scans = max(scans, len(got))
+        if any(_types_calibration(s) for s in got):
             matches.append(info)
-        elif texts and not matches:
-            decoded.append((info.name, texts))
+        elif got and not matches:
+            decoded.append((info.name, [s.text for s in got]))
     if broken:
         log.debug("layouts that do not compile: %s", ", ".join(broken))
     near: list[Near] = []

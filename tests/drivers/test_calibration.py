@@ -188,6 +188,19 @@ def test_dead_keys_tell_layouts_apart() -> None:
                                          layouts=["de", "de(nodeadkeys)"]).matches] == ["de"]
 
 
+def test_a_layout_that_needs_a_dead_key_alone_is_not_the_scanners() -> None:
+    """A German scanner types the final '~' with AltGr+], a dead tilde on de(deadtilde): the
+    text comes out right there only because the dead key ends the scan, and that layout would
+    make the scanner's '~A' an 'Ã'. The finder does not offer it."""
+    events = calibration("de")
+    assert find_layouts(events, layouts=["de(deadtilde)"]).scans == 1
+    assert [m.name for m in find_layouts(events, layouts=["de", "de(deadtilde)"]).matches] == [
+        "de"]
+    assert [m.name for m in find_layouts(calibration("de(deadtilde)"),
+                                         layouts=["de", "de(deadtilde)"]).matches] == [
+        "de(deadtilde)"]
+
+
 def test_an_aim_identifier_before_the_barcode_is_accepted() -> None:
     events = Typist("be").scan("]C0" + CALIBRATION_TEXT).take()
     assert [m.name for m in find_layouts(events, layouts=["us", "be", "fr"]).matches] == ["be"]
