@@ -20,16 +20,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import difflib
-import io
 import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from evdev import InputEvent
 
+from drivers.calibration_barcode import CALIBRATION_TEXT, calibration_barcode_svg, save_svg
 from drivers.errors import DriverError, UnknownLayoutError
 from drivers.keymap import DecodedScan, KeyDecoder, Terminator
 from drivers.xkb import LayoutInfo, compile_keymap, installed_layouts
@@ -47,29 +46,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Every printable ASCII character once; the space in the middle, where no scanner trims it.
-CALIBRATION_TEXT = "".join(chr(c) for c in range(0x21, 0x41)) + " " + "".join(
-    chr(c) for c in range(0x41, 0x7F))
 #: An AIM symbology identifier the scanner may put before it (``]C0`` for Code 128).
 _AIM = re.compile(r"^\][A-Za-z][0-9A-Za-z]")
 #: The finder's own framing: Enter or Tab ends a scan, or half a second without a key.
 _FINDER_TIMEOUT_MS = 500
-
-
-def calibration_barcode_svg(*, module_mm: float = 0.2, height_mm: float = 18.0) -> bytes:
-    """The calibration barcode as an SVG image, in true size (print at 100%).
-
-    With 0.2 mm modules (8 mil, which every handheld reads) it is about 22 cm wide: print
-    it landscape on A4 or Letter.
-    """
-    from barcode import Code128
-    from barcode.writer import SVGWriter
-
-    out = io.BytesIO()
-    Code128(CALIBRATION_TEXT, writer=SVGWriter()).write(out, options={
-        "module_width": module_mm, "module_height": height_mm, "quiet_zone": 6.0,
-        "write_text": False})
-    return out.getvalue()
 
 
 def _matches(text: str) -> bool:
@@ -281,21 +261,6 @@ async def listen_for_calibration(
         loop.remove_reader(fd)
         if quiet is not None:
             quiet.cancel()
-
-
-def save_svg(path: str | Path) -> None:
-    """Write the calibration barcode's SVG to ``path`` (``-`` for standard output)."""
-    data = calibration_barcode_svg()
-    if str(path) == "-":
-        import sys
-
-        sys.stdout.buffer.write(data)
-        return
-    try:
-        Path(path).write_bytes(data)
-    except OSError as exc:
-        raise DriverError(f"{path}: cannot write the barcode: {exc.strerror or exc}") from exc
-
 
 
 async def record_calibration(
