@@ -165,6 +165,14 @@ def test_the_finder_over_every_installed_layout_and_combined_reports() -> None:
     assert 'layout = "de"' in finding.report()
 
 
+def test_the_finders_output_in_the_docs_is_what_it_prints() -> None:
+    """docs/scanners.md shows the finder's answer for a Portuguese scanner configured as US:
+    over every installed layout, that is what it says."""
+    finding = find_layouts(calibration("pt"))
+    shown = finding.report() + "\n" + finding.verdict("us")
+    assert "```\n" + shown + "\n```" in (ROOT / "docs" / "scanners.md").read_text()
+
+
 def test_the_finder_says_when_layouts_are_indistinguishable() -> None:
     """ch and ch(fr) differ only in letters with accents: the ASCII barcode cannot tell."""
     finding = find_layouts(calibration("ch(fr)"))
