@@ -110,13 +110,19 @@ class Finding:
         if not self.matches:
             lines = [f"No layout of the {self.checked} installed gives exactly the calibration "
                      "text, so this is not the calibration barcode, or the scanner changes it "
-                     "(Caps Lock on, a prefix or suffix other than Enter, a \"universal\" "
-                     "keyboard mode that sends only Alt codes: then any layout works)."]
+                     "(Caps Lock on, a prefix, or a suffix other than Enter or Tab)."]
             if self.closest:
                 lines.append("Closest:")
                 lines += [f"  {n.name:<20} {n.ratio:.0%} alike: {n.text[:60]!r}"
                           for n in self.closest]
             return "\n".join(lines)
+        if self.checked > 1 and len(self.matches) == self.checked:
+            return (f"All {self.checked} layouts checked give exactly the calibration text, "
+                    "so any of them decodes this scanner's ASCII barcodes the same (a scanner "
+                    "in a \"universal\" keyboard mode, typing Alt+numpad codes, fits every "
+                    "layout).\n\n"
+                    "Put this in the scanner's [[scanners]] table of the dock config:\n"
+                    f'    layout = "{self.recommended}"')
         width = max(len(m.name) for m in self.matches) + 2
         listed = [f"  {m.name:<{width}}{m.description}" for m in self.matches]
         if len(self.matches) == 1:

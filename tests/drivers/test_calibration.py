@@ -209,6 +209,22 @@ def test_a_layout_that_needs_a_dead_key_alone_is_not_the_scanners() -> None:
         "de(deadtilde)"]
 
 
+def test_a_scanner_typing_alt_codes_fits_every_layout() -> None:
+    """A "universal" keyboard mode types each character as Alt+numpad digits: every layout
+    decodes it, and the finder says so rather than listing them all."""
+    t = Typist("fr")
+    for ch in CALIBRATION_TEXT:
+        t.alt_code(f"0{ord(ch):03d}")
+    finding = find_layouts(t.enter().take(), layouts=SOME)
+    assert len(finding.matches) == finding.checked == len(SOME)
+    assert finding.report() == (
+        f"All {len(SOME)} layouts checked give exactly the calibration text, so any of them "
+        "decodes this scanner's ASCII barcodes the same (a scanner in a \"universal\" keyboard "
+        "mode, typing Alt+numpad codes, fits every layout).\n\nPut this in the scanner's "
+        '[[scanners]] table of the dock config:\n    layout = "us"')
+    assert finding.verdict("fr") == 'The configured layout = "fr" is right.'
+
+
 def test_an_aim_identifier_before_the_barcode_is_accepted() -> None:
     events = Typist("be").scan("]C0" + CALIBRATION_TEXT).take()
     assert [m.name for m in find_layouts(events, layouts=["us", "be", "fr"]).matches] == ["be"]
