@@ -248,7 +248,7 @@ def find_layout(config_path: str | None, scanner: str | None, recording: str | N
     except KeyboardInterrupt:
         click.echo("scan-agent: stopped before the calibration barcode was scanned", err=True)
         sys.exit(EXIT_ERROR)
-    report = finding.report()
+    report = finding.report(configured)
     if configured is not None and (verdict := finding.verdict(configured)):
         report += "\n" + verdict
     click.echo(report)

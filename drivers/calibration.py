@@ -102,8 +102,15 @@ class Finding:
                     "calibration barcode right: change it as above.")
         return ""
 
-    def report(self) -> str:
-        """The finding in words, with the config line to paste."""
+    def report(self, configured: str | None = None) -> str:
+        """The finding in words, with the config line to paste.
+
+        That line keeps the ``configured`` layout when it is one of the matches (a Swedish
+        scanner's dock that says ``se`` is not told to write ``fi``), else it is
+        :attr:`recommended`.
+        """
+        keep = configured is not None and any(m.name == configured for m in self.matches)
+        line = f'    layout = "{configured if keep else self.recommended}"'
         if not self.scans:
             return ("The recording holds no scan (no key events that end with Enter, Tab or a "
                     "pause). Scan the calibration barcode (docs/calibration-barcode.svg).")
@@ -122,7 +129,7 @@ class Finding:
                     "in a \"universal\" keyboard mode, typing Alt+numpad codes, fits every "
                     "layout).\n\n"
                     "Put this in the scanner's [[scanners]] table of the dock config:\n"
-                    f'    layout = "{self.recommended}"')
+                    + line)
         width = max(len(m.name) for m in self.matches) + 2
         listed = [f"  {m.name:<{width}}{m.description}" for m in self.matches]
         if len(self.matches) == 1:
@@ -134,7 +141,7 @@ class Finding:
         return "\n".join([
             head, *listed, "",
             "Put this in the scanner's [[scanners]] table of the dock config:",
-            f'    layout = "{self.recommended}"',
+            line,
         ])
 
 

@@ -183,6 +183,8 @@ def test_the_finder_says_when_layouts_are_indistinguishable() -> None:
                              "type every printable ASCII character with the same keys, so the "
                              "barcode cannot tell them apart")
     assert report.endswith('layout = "ch"')
+    assert finding.report("ch(fr)").endswith('layout = "ch(fr)"')  # a right config stays
+    assert finding.report("de").endswith('layout = "ch"')
     assert finding.verdict("ch(fr)") == 'The configured layout = "ch(fr)" is right.'
     assert "does not decode the calibration barcode right" in finding.verdict("de")
 
