@@ -174,10 +174,7 @@ def devices(as_json: bool) -> None:
               help="Where to write the SVG image ('-' for standard output).")
 def calibration_barcode(output: str) -> None:
     """Write the layout finder's calibration barcode: an SVG to print at 100%, landscape."""
-    try:
-        from drivers.calibration import CALIBRATION_TEXT, save_svg
-    except ImportError as exc:  # the wedge extra is not installed
-        raise click.ClickException(str(exc)) from exc
+    from drivers.calibration_barcode import CALIBRATION_TEXT, save_svg  # no libxkbcommon
 
     try:
         save_svg(output)
@@ -251,7 +248,7 @@ def find_layout(config_path: str | None, scanner: str | None, recording: str | N
     except KeyboardInterrupt:
         click.echo("scan-agent: stopped before the calibration barcode was scanned", err=True)
         sys.exit(EXIT_ERROR)
-    report = finding.report()
+    report = finding.report(configured)
     if configured is not None and (verdict := finding.verdict(configured)):
         report += "\n" + verdict
     click.echo(report)

@@ -3,9 +3,11 @@
 The calibration barcode is a Code 128 holding every printable ASCII character once
 (:data:`CALIBRATION_TEXT`). A keyboard-wedge scanner types it with the keys of the layout set
 in the scanner; :func:`find_layouts` decodes those key events under every layout this
-machine's XKB data knows and keeps those that give exactly the calibration text. Two layouts
-that both give it type every printable ASCII character with the same keys: the barcode cannot
-tell them apart, and either decodes ASCII barcodes the same.
+machine's XKB data knows and keeps those that give exactly the calibration text, with no dead
+key that typed itself for want of a Space after it (a scanner set to a layout types a dead
+key's character as the dead key then Space). Two layouts that both give it decode every
+printable ASCII character the scanner types the same way: the barcode cannot tell them apart,
+and either decodes ASCII barcodes the same.
 
 >>> from tests.drivers.keyevents import Typist                        # doctest: +SKIP
 >>> finding = find_layouts(Typist("ch(fr)").scan(CALIBRATION_TEXT).take())  # doctest: +SKIP
@@ -18,18 +20,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import difflib
-import io
 import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from evdev import InputEvent
 
+from drivers.calibration_barcode import CALIBRATION_TEXT, calibration_barcode_svg, save_svg
 from drivers.errors import DriverError, UnknownLayoutError
-from drivers.keymap import KeyDecoder, Terminator
+from drivers.keymap import DecodedScan, KeyDecoder, Terminator
 from drivers.xkb import LayoutInfo, compile_keymap, installed_layouts
 
 __all__ = [
@@ -45,29 +46,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Every printable ASCII character once; the space in the middle, where no scanner trims it.
-CALIBRATION_TEXT = "".join(chr(c) for c in range(0x21, 0x41)) + " " + "".join(
-    chr(c) for c in range(0x41, 0x7F))
 #: An AIM symbology identifier the scanner may put before it (``]C0`` for Code 128).
 _AIM = re.compile(r"^\][A-Za-z][0-9A-Za-z]")
 #: The finder's own framing: Enter or Tab ends a scan, or half a second without a key.
 _FINDER_TIMEOUT_MS = 500
-
-
-def calibration_barcode_svg(*, module_mm: float = 0.2, height_mm: float = 18.0) -> bytes:
-    """The calibration barcode as an SVG image, in true size (print at 100%).
-
-    With 0.2 mm modules (8 mil, which every handheld reads) it is about 22 cm wide: print
-    it landscape on A4 or Letter.
-    """
-    from barcode import Code128
-    from barcode.writer import SVGWriter
-
-    out = io.BytesIO()
-    Code128(CALIBRATION_TEXT, writer=SVGWriter()).write(out, options={
-        "module_width": module_mm, "module_height": height_mm, "quiet_zone": 6.0,
-        "write_text": False})
-    return out.getvalue()
 
 
 def _matches(text: str) -> bool:
@@ -120,21 +102,34 @@ class Finding:
                     "calibration barcode right: change it as above.")
         return ""
 
-    def report(self) -> str:
-        """The finding in words, with the config line to paste."""
+    def report(self, configured: str | None = None) -> str:
+        """The finding in words, with the config line to paste.
+
+        That line keeps the ``configured`` layout when it is one of the matches (a Swedish
+        scanner's dock that says ``se`` is not told to write ``fi``), else it is
+        :attr:`recommended`.
+        """
+        keep = configured is not None and any(m.name == configured for m in self.matches)
+        line = f'    layout = "{configured if keep else self.recommended}"'
         if not self.scans:
             return ("The recording holds no scan (no key events that end with Enter, Tab or a "
                     "pause). Scan the calibration barcode (docs/calibration-barcode.svg).")
         if not self.matches:
             lines = [f"No layout of the {self.checked} installed gives exactly the calibration "
                      "text, so this is not the calibration barcode, or the scanner changes it "
-                     "(Caps Lock on, a prefix or suffix other than Enter, a \"universal\" "
-                     "keyboard mode that sends only Alt codes: then any layout works)."]
+                     "(Caps Lock on, a prefix, or a suffix other than Enter or Tab)."]
             if self.closest:
                 lines.append("Closest:")
                 lines += [f"  {n.name:<20} {n.ratio:.0%} alike: {n.text[:60]!r}"
                           for n in self.closest]
             return "\n".join(lines)
+        if self.checked > 1 and len(self.matches) == self.checked:
+            return (f"All {self.checked} layouts checked give exactly the calibration text, "
+                    "so any of them decodes this scanner's ASCII barcodes the same (a scanner "
+                    "in a \"universal\" keyboard mode, typing Alt+numpad codes, fits every "
+                    "layout).\n\n"
+                    "Put this in the scanner's [[scanners]] table of the dock config:\n"
+                    + line)
         width = max(len(m.name) for m in self.matches) + 2
         listed = [f"  {m.name:<{width}}{m.description}" for m in self.matches]
         if len(self.matches) == 1:
@@ -146,14 +141,26 @@ class Finding:
         return "\n".join([
             head, *listed, "",
             "Put this in the scanner's [[scanners]] table of the dock config:",
-            f'    layout = "{self.recommended}"',
+            line,
         ])
 
 
-def _scan_texts(events: Sequence[InputEvent], decoder: KeyDecoder) -> list[str]:
+def _scans(events: Sequence[InputEvent], decoder: KeyDecoder) -> list[DecodedScan]:
     scans = decoder.feed_many(events)
     last = decoder.expire()
-    return [s.text for s in [*scans, *([last] if last else [])]]
+    return [*scans, *([last] if last else [])]
+
+
+def _types_calibration(scan: DecodedScan) -> bool:
+    """Whether ``scan`` is the calibration barcode as typed by a scanner set to the layout.
+
+    Besides the text, no dead key may have typed itself without a Space after it: a scanner
+    set to the layout sends a dead key's character as the dead key then Space, so a layout
+    where one of its keys is a dead key followed by something else (or by the end of the scan)
+    is not the scanner's, even when the text comes out right (``de(deadtilde)`` for a ``de``
+    scanner's final ``~``: it would make ``~A`` an ``Ã``).
+    """
+    return scan.loose_dead_keys == 0 and _matches(scan.text)
 
 
 def find_layouts(events: Iterable[InputEvent], *,
@@ -177,14 +184,13 @@ def find_layouts(events: Iterable[InputEvent], *,
         except UnknownLayoutError:
             broken.append(info.name)  # listed, but its symbols do not compile here
             continue
-        texts = _scan_texts(recorded, KeyDecoder(keymap, terminator="timeout",
-                                                 timeout_ms=_FINDER_TIMEOUT_MS,
-                                                 max_length=4096))
-        scans = max(scans, len(texts))
-        if any(_matches(t) for t in texts):
+        got = _scans(recorded, KeyDecoder(keymap, terminator="timeout",
+                                          timeout_ms=_FINDER_TIMEOUT_MS, max_length=4096))
+        scans = max(scans, len(got))
+        if any(_types_calibration(s) for s in got):
             matches.append(info)
-        elif texts and not matches:
-            decoded.append((info.name, texts))
+        elif got and not matches:
+            decoded.append((info.name, [s.text for s in got]))
     if broken:
         log.debug("layouts that do not compile: %s", ", ".join(broken))
     near: list[Near] = []
@@ -268,21 +274,6 @@ async def listen_for_calibration(
         loop.remove_reader(fd)
         if quiet is not None:
             quiet.cancel()
-
-
-def save_svg(path: str | Path) -> None:
-    """Write the calibration barcode's SVG to ``path`` (``-`` for standard output)."""
-    data = calibration_barcode_svg()
-    if str(path) == "-":
-        import sys
-
-        sys.stdout.buffer.write(data)
-        return
-    try:
-        Path(path).write_bytes(data)
-    except OSError as exc:
-        raise DriverError(f"{path}: cannot write the barcode: {exc.strerror or exc}") from exc
-
 
 
 async def record_calibration(

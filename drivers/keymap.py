@@ -107,12 +107,18 @@ class DecodedScan:
     ``text`` is best effort; ``error`` is set when it is not a trustworthy read (dropped events,
     unknown keys, over-long, no terminator). ``started_us`` / ``ended_us`` are the timestamps
     (microseconds, on the events' clock) of its first key and of its end.
+
+    ``loose_dead_keys`` counts the dead keys that typed their own character because the key
+    after them was not one they combine with, or the scan ended. Not an error (a desktop types
+    them too), but a scanner set to the decoding layout never sends one: it types a dead key's
+    character as the dead key then Space. The layout finder rejects a layout that needs them.
     """
 
     text: str
     error: str | None = None
     started_us: int = 0
     ended_us: int = 0
+    loose_dead_keys: int = 0
 
 
 def can_type_barcode(key_codes: Collection[int]) -> bool:
@@ -174,6 +180,7 @@ class KeyDecoder:
     _errors: list[str]
     _dead: list[int]  # dead keysyms waiting for the key they combine with
     _alt_digits: str
+    _loose_dead: int  # dead keys that typed themselves, not followed by Space or a partner
     _tainted: bool
     _overflow: bool
 
@@ -350,6 +357,7 @@ class KeyDecoder:
         self._errors = []
         self._dead = []
         self._alt_digits = ""
+        self._loose_dead = 0
         self._tainted = False
         self._overflow = False
         if self._compose is not None:
@@ -472,6 +480,7 @@ class KeyDecoder:
             if compose_status(compose) == "composing":
                 self._dead.append(keysym)
             elif alone := spacing_char(keysym):
+                self._loose_dead += 1
                 self._type_plain_raw(alone)
             else:
                 self._error(f"{_key_name(code)}{self._levels()}: a dead key that types nothing "
@@ -497,6 +506,7 @@ class KeyDecoder:
     def _flush_dead(self) -> None:
         """Type the pending dead keys as themselves (as a dead key then Space would)."""
         dead, self._dead = self._dead, []
+        self._loose_dead += len(dead)
         if self._compose is not None:
             self._compose.reset()
         for keysym in dead:
@@ -533,14 +543,14 @@ class KeyDecoder:
         if self._overflow:
             problems.append(f"over-long input: more than {self.max_length} characters")
         text = "".join(self._text)
-        started = self._started_us
+        started, loose = self._started_us, self._loose_dead
         self._start_scan_state()
         if not text and not problems:
             return None  # a lone Enter, lock keys or modifiers only: nothing was scanned
         errors = ([error] if error else []) + problems
         if len(errors) > _MAX_ERRORS:
             errors[_MAX_ERRORS:] = [f"and {len(errors) - _MAX_ERRORS} more"]
-        return DecodedScan(text, "; ".join(errors) or None, started, ended_us)
+        return DecodedScan(text, "; ".join(errors) or None, started, ended_us, loose)
 
 
 def decode_events(

@@ -72,3 +72,15 @@ def test_the_ledger_imports_nothing_from_the_agent() -> None:
         and not re.match(r"\s*from\s+drivers\.settings\s+import\b", line)
     ]
     assert not offenders, offenders
+
+
+def test_the_drivers_import_nothing_from_the_agent() -> None:
+    """Drivers stand on their own: the agent imports ``drivers``, never the other way, so a
+    driver can be used and tested without the agent (docs/scanners.md)."""
+    offenders = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in sorted((ROOT / "drivers").rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.match(r"\s*(from|import)\s+agent\b", line)
+    ]
+    assert not offenders, offenders

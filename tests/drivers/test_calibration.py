@@ -165,6 +165,14 @@ def test_the_finder_over_every_installed_layout_and_combined_reports() -> None:
     assert 'layout = "de"' in finding.report()
 
 
+def test_the_finders_output_in_the_docs_is_what_it_prints() -> None:
+    """docs/scanners.md shows the finder's answer for a Portuguese scanner configured as US:
+    over every installed layout, that is what it says."""
+    finding = find_layouts(calibration("pt"))
+    shown = finding.report() + "\n" + finding.verdict("us")
+    assert "```\n" + shown + "\n```" in (ROOT / "docs" / "scanners.md").read_text()
+
+
 def test_the_finder_says_when_layouts_are_indistinguishable() -> None:
     """ch and ch(fr) differ only in letters with accents: the ASCII barcode cannot tell."""
     finding = find_layouts(calibration("ch(fr)"))
@@ -175,6 +183,8 @@ def test_the_finder_says_when_layouts_are_indistinguishable() -> None:
                              "type every printable ASCII character with the same keys, so the "
                              "barcode cannot tell them apart")
     assert report.endswith('layout = "ch"')
+    assert finding.report("ch(fr)").endswith('layout = "ch(fr)"')  # a right config stays
+    assert finding.report("de").endswith('layout = "ch"')
     assert finding.verdict("ch(fr)") == 'The configured layout = "ch(fr)" is right.'
     assert "does not decode the calibration barcode right" in finding.verdict("de")
 
@@ -186,6 +196,35 @@ def test_dead_keys_tell_layouts_apart() -> None:
         "de(nodeadkeys)"]
     assert [m.name for m in find_layouts(calibration("de"),
                                          layouts=["de", "de(nodeadkeys)"]).matches] == ["de"]
+
+
+def test_a_layout_that_needs_a_dead_key_alone_is_not_the_scanners() -> None:
+    """A German scanner types the final '~' with AltGr+], a dead tilde on de(deadtilde): the
+    text comes out right there only because the dead key ends the scan, and that layout would
+    make the scanner's '~A' an 'Ã'. The finder does not offer it."""
+    events = calibration("de")
+    assert find_layouts(events, layouts=["de(deadtilde)"]).scans == 1
+    assert [m.name for m in find_layouts(events, layouts=["de", "de(deadtilde)"]).matches] == [
+        "de"]
+    assert [m.name for m in find_layouts(calibration("de(deadtilde)"),
+                                         layouts=["de", "de(deadtilde)"]).matches] == [
+        "de(deadtilde)"]
+
+
+def test_a_scanner_typing_alt_codes_fits_every_layout() -> None:
+    """A "universal" keyboard mode types each character as Alt+numpad digits: every layout
+    decodes it, and the finder says so rather than listing them all."""
+    t = Typist("fr")
+    for ch in CALIBRATION_TEXT:
+        t.alt_code(f"0{ord(ch):03d}")
+    finding = find_layouts(t.enter().take(), layouts=SOME)
+    assert len(finding.matches) == finding.checked == len(SOME)
+    assert finding.report() == (
+        f"All {len(SOME)} layouts checked give exactly the calibration text, so any of them "
+        "decodes this scanner's ASCII barcodes the same (a scanner in a \"universal\" keyboard "
+        "mode, typing Alt+numpad codes, fits every layout).\n\nPut this in the scanner's "
+        '[[scanners]] table of the dock config:\n    layout = "us"')
+    assert finding.verdict("fr") == 'The configured layout = "fr" is right.'
 
 
 def test_an_aim_identifier_before_the_barcode_is_accepted() -> None:

@@ -71,6 +71,18 @@ def test_de_dead_keys_compose_or_type_themselves() -> None:
     assert texts(decode(t.take(), "de")) == ["^êà^q^"]
 
 
+def test_dead_keys_that_type_themselves_are_counted() -> None:
+    """A dead key then Space, or then a key it combines with, is how a layout types; a dead
+    key then another key, or the end of the scan, is not what a scanner set to it sends."""
+    t = Typist("de")
+    t.tap(E.KEY_GRAVE).tap(E.KEY_SPACE).tap(E.KEY_GRAVE).tap(E.KEY_E).enter()  # '^', 'ê'
+    t.tap(E.KEY_GRAVE).tap(E.KEY_Q).enter()                                     # '^q'
+    t.tap(E.KEY_A).tap(E.KEY_GRAVE).enter()                                     # 'a^'
+    t.tap(E.KEY_GRAVE).tap(E.KEY_EQUAL, SHIFT).tap(E.KEY_GRAVE).tap(E.KEY_SPACE).enter()
+    assert [(s.text, s.loose_dead_keys) for s in decode(t.take(), "de")] == [
+        ("^ê", 0), ("^q", 1), ("a^", 1), ("^`^", 2)]
+
+
 def test_fr_digits_need_shift() -> None:
     """AZERTY: the digit row types &é"'(-è_çà unshifted; a scanner sends Shift for digits."""
     t = Typist("fr")
