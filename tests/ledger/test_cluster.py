@@ -36,17 +36,23 @@ SITES = ("WH1", "WH2", "WH3")
 class Process:
     """One ``scan-ledger serve`` process on port 0."""
 
-    def __init__(self, db: str, config: Path | None = None) -> None:
+    def __init__(self, db: str, config: Path | None = None, log: Path | None = None) -> None:
+        """``log``: where its standard error goes, at log level info (else a pipe, at
+        warning)."""
         argv = [sys.executable, "-m", "ledger", "serve", "--db", db, "--port", "0",
-                "--log-level", "warning"]
+                "--log-level", "warning" if log is None else "info"]
         if config is not None:
             argv += ["--config", str(config)]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        self.log = log
+        err = subprocess.PIPE if log is None else log.open("w")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err,
                                      text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if log is not None:
+            err.close()  # type: ignore[union-attr]
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
-        assert line.startswith("scan-ledger listening on "), (line, self.proc.stderr.read()
-                                                             if self.proc.stderr else "")
+        assert line.startswith("scan-ledger listening on "), (
+            line, self.proc.stderr.read() if self.proc.stderr else log and log.read_text())
         self.url = line.split()[-1]
 
     def kill(self) -> None:
@@ -248,12 +254,13 @@ class Station(threading.Thread):
 
 
 def test_a_process_killed_mid_batch_loses_nothing_and_its_sites_move_within_10_s(
-        cluster_db: str, processes: list[Process]) -> None:
+        tmp_path: Path, cluster_db: str, processes: list[Process]) -> None:
     """SIGKILL one of two processes while stations post to both: every acknowledged event is
     stored once, balances count each event once, and a station of a site the dead process
-    owned is acknowledged again (by the other) within 10 s of the kill."""
+    owned is acknowledged again (by the other) within 10 s of the kill. The other one's log
+    says it took those sites from their snapshots, and nothing of each forwarded batch."""
     tokens = _stations(cluster_db, per_site=2)
-    a, b = Process(cluster_db), Process(cluster_db)
+    a, b = Process(cluster_db), Process(cluster_db, log=tmp_path / "b.log")
     processes += [a, b]
     _wait_until_shared(cluster_db)
     live = [a.url, b.url]
@@ -282,6 +289,10 @@ def test_a_process_killed_mid_batch_loses_nothing_and_its_sites_move_within_10_s
         assert s.sent == len(s.acked) == 40 * 20
         assert balances[f"BIN-{s.station}"] == s.sent, "an event lost or counted twice"
         assert set(s.acked) <= set(ids)
+    log = (tmp_path / "b.log").read_text()
+    for site in victims:
+        assert f"took site {site}: a snapshot," in log, log
+    assert "HTTP Request" not in log, "a log line for every forwarded batch"
 
 
 @pytest.mark.slow
