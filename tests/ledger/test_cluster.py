@@ -219,6 +219,7 @@ class Station(threading.Thread):
         self.successes: list[float] = []  # when a batch was acknowledged
         self.stop = False
         self.error: BaseException | None = None
+        self.inflight: str | None = None  # where a batch is posted and not yet answered
 
     def run(self) -> None:
         try:
@@ -238,10 +239,12 @@ class Station(threading.Thread):
                                           station=self.station, site=self.site, seq=seq))
                 while not self.stop:
                     url = rnd.choice(self.urls)
+                    self.inflight = url
                     try:
                         r = _post(http, url, self.token, self.station, events)
                     except httpx.HTTPError:
                         r = None
+                    self.inflight = None
                     if r is not None and r.status_code == 200:
                         for res in r.json()["results"]:
                             assert res["status"] in ("accepted", "duplicate"), res
@@ -270,6 +273,10 @@ def test_a_process_killed_mid_batch_loses_nothing_and_its_sites_move_within_10_s
     time.sleep(1.0)
     victims = {s for s, (u, _held) in _owner_urls(cluster_db).items() if u == a.url}
     assert victims
+    deadline = time.monotonic() + 10
+    while not any(s.inflight == a.url for s in stations):  # kill it mid-batch
+        assert time.monotonic() < deadline, "no batch reached the process"
+        time.sleep(0.001)
     a.kill()
     killed_at = time.monotonic()
     live.remove(a.url)  # the load balancer notices too
