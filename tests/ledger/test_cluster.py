@@ -161,11 +161,15 @@ def _state(http: httpx.Client, url: str) -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize("failover", [False, True], ids=["two", "one-killed-one-joins"])
 def test_two_processes_give_what_one_sqlite_ledger_gives(tmp_path: Path, cluster_db: str,
-                                                          processes: list[Process]) -> None:
+                                                          processes: list[Process],
+                                                          failover: bool) -> None:
     """Batches reach either process at random (as behind a load balancer): answers
     (statuses, reasons, warnings), incidents, balances and holds are exactly those of one
-    SQLite ledger fed the same batches in the same order."""
+    SQLite ledger fed the same batches in the same order. With ``failover``, halfway
+    through one process is killed (SIGKILL) and a new one joins: the sites move twice
+    (taken over from the log, then handed to the newcomer), and nothing differs."""
     cfg = tmp_path / "ledger.toml"
     cfg.write_text(CONFIG)
     lite_tokens = _stations(tmp_path / "one.db")
@@ -177,6 +181,11 @@ def test_two_processes_give_what_one_sqlite_ledger_gives(tmp_path: Path, cluster
     with LedgerServer(tmp_path / "one.db", cfg) as one, httpx.Client(timeout=30) as http:
         urls = [p.url for p in processes]
         for k, (st, events) in enumerate(history):
+            if failover and k == len(history) // 2:
+                processes[0].kill()
+                processes.append(Process(cluster_db, cfg))
+                urls = [p.url for p in processes[1:]]
+                _wait_until_served_by(cluster_db, urls)
             wm = None if k < len(history) - len(SITES) * 2 else "2026-11-22T12:00:00.000000Z"
             a = _post(http, one.url, lite_tokens[st][1], st, events, wm)
             b = _post(http, rnd.choice(urls), pg_tokens[st][1], st, events, wm)
@@ -202,6 +211,17 @@ def _wait_until_shared(db: str) -> None:
     deadline = time.monotonic() + 10
     while len({u for u, held in _owner_urls(db).values() if held}) < 2:
         assert time.monotonic() < deadline, "the sites were not shared"
+        time.sleep(0.2)
+
+
+def _wait_until_served_by(db: str, urls: list[str]) -> None:
+    """Until every site is held, and by exactly the processes at ``urls``, each owning some."""
+    deadline = time.monotonic() + 15
+    while True:
+        owners = _owner_urls(db).values()
+        if all(held for _u, held in owners) and {u for u, _held in owners} == set(urls):
+            return
+        assert time.monotonic() < deadline, f"the sites did not move: {owners}"
         time.sleep(0.2)
 
 
