@@ -197,6 +197,19 @@ def test_two_processes_give_what_one_sqlite_ledger_gives(tmp_path: Path, cluster
         assert any(e["voided_by"] for e in expected["events"])
         for url in urls:
             assert _state(http, url) == expected
+            # paged, 4 at a time, across the processes: the same list
+            whole = http.get(url + "/v1/negatives", params={"limit": 10000}).json()
+            assert whole["next"] is None and len(whole["incidents"]) > 8
+            pages, after = [], None
+            while True:
+                page = http.get(url + "/v1/negatives", params={
+                    "limit": 4, **({"after": after} if after else {})}).json()
+                assert len(page["incidents"]) <= 4
+                pages += page["incidents"]
+                after = page["next"]
+                if after is None:
+                    break
+            assert pages == whole["incidents"]
         owners = {r[0] for r in _owner_urls(cluster_db).values()}
         assert owners == set(urls), "both processes own sites"
 
