@@ -27,7 +27,7 @@ from ledger.server import LedgerServer
 from ledger.service import hash_token, new_token
 from ledger.store import open_store
 from tests.ledger.factory import batch, count, move, pick, receipt, void
-from tests.pgcluster import PgCluster
+from tests.pgcluster import PgCluster, pg_missing
 
 CONFIG = "[sites.WH2]\nallow_negative = false\n"
 SITES = ("WH1", "WH2", "WH3")
@@ -460,3 +460,32 @@ def test_the_managers_page_and_connectors_span_every_process(
         assert all(a[0]["running"] for a in answers)
         assert sorted(x[0]["running"] for x in local) == [False, True]
         assert wh1 > 0
+
+
+@pytest.mark.skipif(pg_missing() is not None, reason=str(pg_missing()))
+def test_a_database_server_restart_is_503_then_served_again() -> None:
+    """PostgreSQL stops (a restart, a failover to a replica): batches get 503 with
+    Retry-After while it is away, never a 500; once it is back the ledger reconnects, takes
+    its sites again and serves them, with nothing lost or doubled."""
+    with PgCluster.start() as pg, \
+            LedgerServer(pg.create_database(), None) as srv, httpx.Client(timeout=30) as http:
+        token = srv.add_station("dock-1", "WH1")
+        first = receipt(1, "BIN", 1, station="dock-1")
+        assert _post(http, srv.url, token, "dock-1", [first]).status_code == 200
+        pg.stop_server()
+        second = receipt(1, "BIN", 2, station="dock-1")
+        away = _post(http, srv.url, token, "dock-1", [second])
+        assert away.status_code == 503, away.text
+        assert int(away.headers["retry-after"]) > 0
+        pg.start_server()
+        deadline = time.monotonic() + 30
+        while (r := _post(http, srv.url, token, "dock-1", [second])).status_code != 200:
+            assert r.status_code == 503, r.text
+            assert time.monotonic() < deadline, "not served again"
+            time.sleep(0.5)
+        assert _post(http, srv.url, token, "dock-1", [first]).json()["results"][0][
+            "status"] == "duplicate"
+        events = http.get(srv.url + "/v1/events").json()["events"]
+        assert sorted(e["event_id"] for e in events) == sorted(
+            [first["event_id"], second["event_id"]])
+        assert http.get(srv.url + "/v1/balances").json()["balances"][0]["on_hand"] == 2
