@@ -74,12 +74,16 @@ class Api:
         assert res["status"] == "accepted", res
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[Api]:
+    """One ledger for the module, on a SQLite file, then on a PostgreSQL database."""
     d: Path = tmp_path_factory.mktemp("ledger")
     cfg = d / "ledger.toml"
     cfg.write_text(f"max_batch_events = {MAX_EVENTS}\nmax_body_bytes = {MAX_BODY}\n")
-    with LedgerServer(d / "ledger.db", cfg) as srv:
+    db: str | Path = (d / "ledger.db" if request.param == "sqlite"
+                      else request.getfixturevalue("pg_cluster").create_database())
+    with LedgerServer(db, cfg) as srv:
         a = Api(srv)
         try:
             yield a
