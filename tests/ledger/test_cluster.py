@@ -161,21 +161,23 @@ def _state(http: httpx.Client, url: str) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("failover", [False, True], ids=["two", "one-killed-one-joins"])
+@pytest.mark.parametrize(("count", "failover"), [(2, False), (3, False), (2, True)],
+                         ids=["two", "three", "one-killed-one-joins"])
 def test_two_processes_give_what_one_sqlite_ledger_gives(tmp_path: Path, cluster_db: str,
                                                           processes: list[Process],
-                                                          failover: bool) -> None:
-    """Batches reach either process at random (as behind a load balancer): answers
+                                                          count: int, failover: bool) -> None:
+    """Batches reach any process at random (as behind a load balancer): answers
     (statuses, reasons, warnings), incidents, balances and holds are exactly those of one
-    SQLite ledger fed the same batches in the same order. With ``failover``, halfway
-    through one process is killed (SIGKILL) and a new one joins: the sites move twice
-    (taken over from the log, then handed to the newcomer), and nothing differs."""
+    SQLite ledger fed the same batches in the same order; with two processes and with three
+    (a site each). With ``failover``, halfway through one process is killed (SIGKILL) and a
+    new one joins: the sites move twice (taken over from the log, then handed to the
+    newcomer), and nothing differs."""
     cfg = tmp_path / "ledger.toml"
     cfg.write_text(CONFIG)
     lite_tokens = _stations(tmp_path / "one.db")
     pg_tokens = _stations(cluster_db)
-    processes += [Process(cluster_db, cfg), Process(cluster_db, cfg)]
-    _wait_until_shared(cluster_db)
+    processes += [Process(cluster_db, cfg) for _ in range(count)]
+    _wait_until_served_by(cluster_db, [p.url for p in processes])
     rnd = random.Random(7)
     history = _history(sorted(lite_tokens), rnd, 120)
     with LedgerServer(tmp_path / "one.db", cfg) as one, httpx.Client(timeout=30) as http:
