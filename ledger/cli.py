@@ -63,6 +63,9 @@ def serve(db: str, host: str, port: int, config_path: str | None, log_level: str
     stamp = "" if to_journal(sys.stderr.fileno()) else "%(asctime)s "
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format=stamp + "%(levelname)s %(name)s: %(message)s")
+    # a line per forwarded batch and per read of another process's sites is noise
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("httpcore").setLevel(max(logging.WARNING, logging.getLogger().level))
     config = load_config(config_path)
     run_server(db, host=host, port=port, config=config, advertise=advertise,
                log_level="warning" if log_level in ("info", "debug") else log_level)

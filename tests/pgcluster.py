@@ -127,6 +127,15 @@ class PgCluster:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
+    def stop_server(self) -> None:
+        """Stop the server (fast shutdown: every session ends), keeping its data."""
+        self._run(["pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "30", "stop"])
+
+    def start_server(self) -> None:
+        """Start the server again after :meth:`stop_server`, on the same port."""
+        self._run(["pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"),
+                   "-w", "-t", "60", "start"])
+
     def stop(self) -> None:
         """Stop the server (fast shutdown) and remove its directory; idempotent."""
         if (self.data / "postmaster.pid").exists():

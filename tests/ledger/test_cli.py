@@ -290,3 +290,13 @@ def test_a_postgresql_password_comes_from_the_passfile_never_the_command_line(
                           role_url], capture_output=True, text=True, timeout=60,
                          env={**env, "PGPASSFILE": str(passfile)})
     assert out.returncode == 0, out.stderr
+    # a service file names host, port, database and role; the password still from the file
+    services = tmp_path / "pg_service.conf"
+    services.write_text(f"[ledger]\nhost=127.0.0.1\nport={pg_cluster.port}\ndbname={dbname}\n"
+                        f"user={PASSWORD_ROLE}\n")
+    listed = subprocess.run([*LEDGER, "station", "list", "--json", "--db",
+                             "postgresql:///?service=ledger"], capture_output=True, text=True,
+                            timeout=60, env={**env, "PGPASSFILE": str(passfile),
+                                             "PGSERVICEFILE": str(services)})
+    assert listed.returncode == 0, listed.stderr
+    assert '"dock-1"' in listed.stdout

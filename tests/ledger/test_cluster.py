@@ -27,7 +27,7 @@ from ledger.server import LedgerServer
 from ledger.service import hash_token, new_token
 from ledger.store import open_store
 from tests.ledger.factory import batch, count, move, pick, receipt, void
-from tests.pgcluster import PgCluster
+from tests.pgcluster import PgCluster, pg_missing
 
 CONFIG = "[sites.WH2]\nallow_negative = false\n"
 SITES = ("WH1", "WH2", "WH3")
@@ -36,17 +36,23 @@ SITES = ("WH1", "WH2", "WH3")
 class Process:
     """One ``scan-ledger serve`` process on port 0."""
 
-    def __init__(self, db: str, config: Path | None = None) -> None:
+    def __init__(self, db: str, config: Path | None = None, log: Path | None = None) -> None:
+        """``log``: where its standard error goes, at log level info (else a pipe, at
+        warning)."""
         argv = [sys.executable, "-m", "ledger", "serve", "--db", db, "--port", "0",
-                "--log-level", "warning"]
+                "--log-level", "warning" if log is None else "info"]
         if config is not None:
             argv += ["--config", str(config)]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        self.log = log
+        err = subprocess.PIPE if log is None else log.open("w")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err,
                                      text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if log is not None:
+            err.close()  # type: ignore[union-attr]
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
-        assert line.startswith("scan-ledger listening on "), (line, self.proc.stderr.read()
-                                                             if self.proc.stderr else "")
+        assert line.startswith("scan-ledger listening on "), (
+            line, self.proc.stderr.read() if self.proc.stderr else log and log.read_text())
         self.url = line.split()[-1]
 
     def kill(self) -> None:
@@ -155,22 +161,33 @@ def _state(http: httpx.Client, url: str) -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize(("count", "failover"), [(2, False), (3, False), (2, True)],
+                         ids=["two", "three", "one-killed-one-joins"])
 def test_two_processes_give_what_one_sqlite_ledger_gives(tmp_path: Path, cluster_db: str,
-                                                          processes: list[Process]) -> None:
-    """Batches reach either process at random (as behind a load balancer): answers
+                                                          processes: list[Process],
+                                                          count: int, failover: bool) -> None:
+    """Batches reach any process at random (as behind a load balancer): answers
     (statuses, reasons, warnings), incidents, balances and holds are exactly those of one
-    SQLite ledger fed the same batches in the same order."""
+    SQLite ledger fed the same batches in the same order; with two processes and with three
+    (a site each). With ``failover``, halfway through one process is killed (SIGKILL) and a
+    new one joins: the sites move twice (taken over from the log, then handed to the
+    newcomer), and nothing differs."""
     cfg = tmp_path / "ledger.toml"
     cfg.write_text(CONFIG)
     lite_tokens = _stations(tmp_path / "one.db")
     pg_tokens = _stations(cluster_db)
-    processes += [Process(cluster_db, cfg), Process(cluster_db, cfg)]
-    _wait_until_shared(cluster_db)
+    processes += [Process(cluster_db, cfg) for _ in range(count)]
+    _wait_until_served_by(cluster_db, [p.url for p in processes])
     rnd = random.Random(7)
     history = _history(sorted(lite_tokens), rnd, 120)
     with LedgerServer(tmp_path / "one.db", cfg) as one, httpx.Client(timeout=30) as http:
         urls = [p.url for p in processes]
         for k, (st, events) in enumerate(history):
+            if failover and k == len(history) // 2:
+                processes[0].kill()
+                processes.append(Process(cluster_db, cfg))
+                urls = [p.url for p in processes[1:]]
+                _wait_until_served_by(cluster_db, urls)
             wm = None if k < len(history) - len(SITES) * 2 else "2026-11-22T12:00:00.000000Z"
             a = _post(http, one.url, lite_tokens[st][1], st, events, wm)
             b = _post(http, rnd.choice(urls), pg_tokens[st][1], st, events, wm)
@@ -182,6 +199,19 @@ def test_two_processes_give_what_one_sqlite_ledger_gives(tmp_path: Path, cluster
         assert any(e["voided_by"] for e in expected["events"])
         for url in urls:
             assert _state(http, url) == expected
+            # paged, 4 at a time, across the processes: the same list
+            whole = http.get(url + "/v1/negatives", params={"limit": 10000}).json()
+            assert whole["next"] is None and len(whole["incidents"]) > 8
+            pages, after = [], None
+            while True:
+                page = http.get(url + "/v1/negatives", params={
+                    "limit": 4, **({"after": after} if after else {})}).json()
+                assert len(page["incidents"]) <= 4
+                pages += page["incidents"]
+                after = page["next"]
+                if after is None:
+                    break
+            assert pages == whole["incidents"]
         owners = {r[0] for r in _owner_urls(cluster_db).values()}
         assert owners == set(urls), "both processes own sites"
 
@@ -199,6 +229,17 @@ def _wait_until_shared(db: str) -> None:
         time.sleep(0.2)
 
 
+def _wait_until_served_by(db: str, urls: list[str]) -> None:
+    """Until every site is held, and by exactly the processes at ``urls``, each owning some."""
+    deadline = time.monotonic() + 15
+    while True:
+        owners = _owner_urls(db).values()
+        if all(held for _u, held in owners) and {u for u, _held in owners} == set(urls):
+            return
+        assert time.monotonic() < deadline, f"the sites did not move: {owners}"
+        time.sleep(0.2)
+
+
 class Station(threading.Thread):
     """Posts receipts (qty 1 each, to its own bin) like an agent: the same batch again
     after any failure, to any live process, until every batch is acknowledged."""
@@ -213,6 +254,7 @@ class Station(threading.Thread):
         self.successes: list[float] = []  # when a batch was acknowledged
         self.stop = False
         self.error: BaseException | None = None
+        self.inflight: str | None = None  # where a batch is posted and not yet answered
 
     def run(self) -> None:
         try:
@@ -232,10 +274,12 @@ class Station(threading.Thread):
                                           station=self.station, site=self.site, seq=seq))
                 while not self.stop:
                     url = rnd.choice(self.urls)
+                    self.inflight = url
                     try:
                         r = _post(http, url, self.token, self.station, events)
                     except httpx.HTTPError:
                         r = None
+                    self.inflight = None
                     if r is not None and r.status_code == 200:
                         for res in r.json()["results"]:
                             assert res["status"] in ("accepted", "duplicate"), res
@@ -248,12 +292,13 @@ class Station(threading.Thread):
 
 
 def test_a_process_killed_mid_batch_loses_nothing_and_its_sites_move_within_10_s(
-        cluster_db: str, processes: list[Process]) -> None:
+        tmp_path: Path, cluster_db: str, processes: list[Process]) -> None:
     """SIGKILL one of two processes while stations post to both: every acknowledged event is
     stored once, balances count each event once, and a station of a site the dead process
-    owned is acknowledged again (by the other) within 10 s of the kill."""
+    owned is acknowledged again (by the other) within 10 s of the kill. The other one's log
+    says it took those sites from their snapshots, and nothing of each forwarded batch."""
     tokens = _stations(cluster_db, per_site=2)
-    a, b = Process(cluster_db), Process(cluster_db)
+    a, b = Process(cluster_db), Process(cluster_db, log=tmp_path / "b.log")
     processes += [a, b]
     _wait_until_shared(cluster_db)
     live = [a.url, b.url]
@@ -263,6 +308,10 @@ def test_a_process_killed_mid_batch_loses_nothing_and_its_sites_move_within_10_s
     time.sleep(1.0)
     victims = {s for s, (u, _held) in _owner_urls(cluster_db).items() if u == a.url}
     assert victims
+    deadline = time.monotonic() + 10
+    while not any(s.inflight == a.url for s in stations):  # kill it mid-batch
+        assert time.monotonic() < deadline, "no batch reached the process"
+        time.sleep(0.001)
     a.kill()
     killed_at = time.monotonic()
     live.remove(a.url)  # the load balancer notices too
@@ -282,6 +331,10 @@ def test_a_process_killed_mid_batch_loses_nothing_and_its_sites_move_within_10_s
         assert s.sent == len(s.acked) == 40 * 20
         assert balances[f"BIN-{s.station}"] == s.sent, "an event lost or counted twice"
         assert set(s.acked) <= set(ids)
+    log = (tmp_path / "b.log").read_text()
+    for site in victims:
+        assert f"took site {site}: a snapshot," in log, log
+    assert "HTTP Request" not in log, "a log line for every forwarded batch"
 
 
 @pytest.mark.slow
@@ -409,3 +462,32 @@ def test_the_managers_page_and_connectors_span_every_process(
         assert all(a[0]["running"] for a in answers)
         assert sorted(x[0]["running"] for x in local) == [False, True]
         assert wh1 > 0
+
+
+@pytest.mark.skipif(pg_missing() is not None, reason=str(pg_missing()))
+def test_a_database_server_restart_is_503_then_served_again() -> None:
+    """PostgreSQL stops (a restart, a failover to a replica): batches get 503 with
+    Retry-After while it is away, never a 500; once it is back the ledger reconnects, takes
+    its sites again and serves them, with nothing lost or doubled."""
+    with PgCluster.start() as pg, \
+            LedgerServer(pg.create_database(), None) as srv, httpx.Client(timeout=30) as http:
+        token = srv.add_station("dock-1", "WH1")
+        first = receipt(1, "BIN", 1, station="dock-1")
+        assert _post(http, srv.url, token, "dock-1", [first]).status_code == 200
+        pg.stop_server()
+        second = receipt(1, "BIN", 2, station="dock-1")
+        away = _post(http, srv.url, token, "dock-1", [second])
+        assert away.status_code == 503, away.text
+        assert int(away.headers["retry-after"]) > 0
+        pg.start_server()
+        deadline = time.monotonic() + 30
+        while (r := _post(http, srv.url, token, "dock-1", [second])).status_code != 200:
+            assert r.status_code == 503, r.text
+            assert time.monotonic() < deadline, "not served again"
+            time.sleep(0.5)
+        assert _post(http, srv.url, token, "dock-1", [first]).json()["results"][0][
+            "status"] == "duplicate"
+        events = http.get(srv.url + "/v1/events").json()["events"]
+        assert sorted(e["event_id"] for e in events) == sorted(
+            [first["event_id"], second["event_id"]])
+        assert http.get(srv.url + "/v1/balances").json()["balances"][0]["on_hand"] == 2

@@ -256,8 +256,10 @@ def test_reposts_and_a_lost_answer_forward_nothing_twice(tmp_path: Path, trytond
     assert trytond.stock() == expected
 
 
-def test_sigkill_mid_forwarding_then_restart(tmp_path: Path, trytond: Trytond) -> None:
-    db = tmp_path / "ledger.db"
+def test_sigkill_mid_forwarding_then_restart(tmp_path: Path, ledger_db: str | Path,
+                                            trytond: Trytond) -> None:
+    """On either store (a SQLite file, a PostgreSQL database)."""
+    db = ledger_db
     subprocess.run([str(BIN / "scan-ledger"), "station", "add", "dock-1", "--site", "WH1",
                     "--db", str(db)], check=True, capture_output=True)
     token = _token(db)
@@ -298,20 +300,28 @@ def test_sigkill_mid_forwarding_then_restart(tmp_path: Path, trytond: Trytond) -
     assert trytond.stock() == {f"{r['item']}@{r['location']}": r["on_hand"] for r in balances}
 
 
-def connectors_after_kill(db: Path) -> int:
-    with sqlite3.connect(db) as con:
-        (n,) = con.execute("SELECT count(*) FROM connector_outbox WHERE state = 'forwarded'"
-                           ).fetchone()
+def _execute(db: str | Path, statement: str, *args: Any) -> Any:
+    """One statement on either database (``?`` placeholders); its first row."""
+    if isinstance(db, Path):
+        with sqlite3.connect(db) as con:
+            return con.execute(statement, args).fetchone()
+    import psycopg
+
+    with psycopg.connect(db, autocommit=True) as pg:
+        cur = pg.execute(statement.replace("?", "%s"), args)
+        return cur.fetchone() if cur.description else None
+
+
+def connectors_after_kill(db: str | Path) -> int:
+    (n,) = _execute(db, "SELECT count(*) FROM connector_outbox WHERE state = 'forwarded'")
     return int(n)
 
 
-def _token(db: Path) -> str:
+def _token(db: str | Path) -> str:
     # the CLI printed it; a second station add would refuse, so issue through the store
     from ledger.service import hash_token, new_token
     token = new_token()
-    with sqlite3.connect(db) as con:
-        con.execute("UPDATE stations SET token_hash = ? WHERE name = 'dock-1'",
-                    (hash_token(token),))
+    _execute(db, "UPDATE stations SET token_hash = ? WHERE name = 'dock-1'", hash_token(token))
     return token
 
 

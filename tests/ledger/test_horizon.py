@@ -506,7 +506,7 @@ def test_a_snapshot_that_cannot_be_read_means_one_full_replay(ledger_db: Any,
     assert bytes(state) != b"not a snapshot"
 
 
-def test_a_held_pick_released_behind_the_horizon_takes_effect_at_it(tmp_path: Path,
+def test_a_held_pick_released_behind_the_horizon_takes_effect_at_it(ledger_db: Any,
                                                                    monkeypatch: Any) -> None:
     """A site that forbids negatives holds a pick dated behind the horizon; a later receipt
     covers it: the pick is released at the horizon (nothing before it changes), not at its
@@ -515,7 +515,7 @@ def test_a_held_pick_released_behind_the_horizon_takes_effect_at_it(tmp_path: Pa
     monkeypatch.setattr("ledger.service.SETTLE_MIN", 1)
     from ledger.config import parse_config
     cfg = parse_config({"sites": {"WH1": {"allow_negative": False}}})
-    with LedgerServer(tmp_path / "ledger.db", config=cfg) as srv, \
+    with LedgerServer(ledger_db, config=cfg) as srv, \
             httpx.Client(base_url=srv.url) as http:
         tok = srv.add_station("dock-1", "WH1")
         held = pick(3, "L1", 20, station="dock-1")
@@ -532,12 +532,12 @@ def test_a_held_pick_released_behind_the_horizon_takes_effect_at_it(tmp_path: Pa
                 http.get("/v1/balances").json()["balances"]} == {"L1": 0}
 
 
-def test_ids_in_capitals_find_settled_events(tmp_path: Path, monkeypatch: Any) -> None:
+def test_ids_in_capitals_find_settled_events(ledger_db: Any, monkeypatch: Any) -> None:
     """Event ids are compared in lower case (as stored): a settled event posted again with
     its id in capitals is recognised (not stored twice: once the database refused it and
     every retry got 503), and a void naming a settled target in capitals finds it."""
     monkeypatch.setattr("ledger.service.SETTLE_MIN", 1)
-    with LedgerServer(tmp_path / "ledger.db") as srv, httpx.Client(base_url=srv.url) as http:
+    with LedgerServer(ledger_db) as srv, httpx.Client(base_url=srv.url) as http:
         tok = srv.add_station("dock-1", "WH1")
         first = receipt(5, "L1", 0, station="dock-1")
         assert _post(http, tok, "dock-1", [first], 30)[0]["status"] == "accepted"

@@ -17,13 +17,14 @@ from ledger.store import open_store
 from tests.ledger.factory import pick
 
 
-def names(db: Path) -> dict[str, str]:
+def names(db: str | Path) -> dict[str, str]:
     with open_store(db) as store:
         return store.item_names(["04006381333931", "SKU-000123", "05901234123457"])
 
 
-def test_import_then_reimport_updates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    db = tmp_path / "ledger.db"
+def test_import_then_reimport_updates(tmp_path: Path, ledger_db: str | Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    db = ledger_db
     f = tmp_path / "items.csv"
     f.write_text("item,name,unit\n04006381333931,Mug 0.3 l,pcs\nSKU-000123,Tea 250 g,box\n")
     assert main(["items", "import", str(f), "--db", str(db)]) == 0
@@ -51,10 +52,10 @@ def test_import_then_reimport_updates(tmp_path: Path, capsys: pytest.CaptureFixt
     ('item,name\nA,"open\n', ["line 2: unexpected end of data"]),
 ], ids=["empty", "no-item", "no-name", "empty-cells", "short-row", "long-name", "two-names",
         "line-break", "bad-quote"])
-def test_a_bad_file_imports_nothing_and_says_where(tmp_path: Path, text: str,
-                                                   problems: list[str],
+def test_a_bad_file_imports_nothing_and_says_where(tmp_path: Path, ledger_db: str | Path,
+                                                   text: str, problems: list[str],
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    db = tmp_path / "ledger.db"
+    db = ledger_db
     f = tmp_path / "items.csv"
     f.write_text("item,name\nKEEP,Kept\n")
     assert main(["items", "import", str(f), "--db", str(db)]) == 0

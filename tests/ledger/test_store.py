@@ -1,4 +1,5 @@
-"""The SQLite store on its own: schema migrations and the reads the API is built on."""
+"""The stores on their own: schema migrations, the reads the API is built on, and which
+store loads what."""
 
 from __future__ import annotations
 
@@ -194,3 +195,43 @@ def test_postgresql_read_only_open_creates_nothing(pg_cluster: Any) -> None:
     open_store(url2).close()
     with open_store(url2, create=False) as store:
         assert store.stations() == []
+
+
+def test_a_sqlite_ledger_and_the_agent_never_load_the_postgresql_driver(tmp_path: Path) -> None:
+    """psycopg loads the system's libpq when imported: a dock, the demo and a SQLite ledger
+    must run where libpq is not installed, so only a ``postgresql://`` URL may import it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pathlib\n"
+        "import agent.daemon, agent.demo, agent.cli, ledger.cli\n"
+        "from ledger.server import LedgerServer\n"
+        "with LedgerServer(pathlib.Path(sys.argv[1])) as srv:\n"
+        "    srv.add_station('dock-1', 'WH1')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'psycopg'))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ledger.db")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_postgresql_gives_up_on_a_vanished_machine_within_the_takeover_time(
+        pg_cluster: Any) -> None:
+    """A machine that vanishes closes no socket: the server must drop its session (and with
+    it the site leases) through keepalives or the user timeout soon enough that another
+    process serves its sites within 10 s: the settings as the server sees them."""
+    from ledger import pgstore
+    from ledger.service import LedgerService
+
+    with pgstore.PgStore(pg_cluster.create_database()) as store:
+        rows = store._db.execute(
+            "SELECT name, setting::int * CASE unit WHEN 's' THEN 1000 ELSE 1 END "
+            "FROM pg_settings WHERE name IN ('tcp_keepalives_idle', 'tcp_keepalives_interval', "
+            "'tcp_keepalives_count', 'tcp_user_timeout')").fetchall()
+    got = dict(rows)
+    probes = (got["tcp_keepalives_idle"]
+              + got["tcp_keepalives_count"] * got["tcp_keepalives_interval"])
+    assert probes > 0 and got["tcp_user_timeout"] > 0, got
+    worst = max(probes, got["tcp_user_timeout"]) + LedgerService.TEND_INTERVAL_S * 1000
+    assert worst < 10_000, got

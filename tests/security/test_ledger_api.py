@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ledger.server import LedgerServer
+from tests.ledger.conftest import ledger_db, new_db, pg_cluster  # noqa: F401 (fixtures)
 from tests.ledger.factory import batch, receipt
 
 MAX_EVENTS = 50
@@ -73,12 +74,16 @@ class Api:
         assert res["status"] == "accepted", res
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[Api]:
+    """One ledger for the module, on a SQLite file, then on a PostgreSQL database."""
     d: Path = tmp_path_factory.mktemp("ledger")
     cfg = d / "ledger.toml"
     cfg.write_text(f"max_batch_events = {MAX_EVENTS}\nmax_body_bytes = {MAX_BODY}\n")
-    with LedgerServer(d / "ledger.db", cfg) as srv:
+    db: str | Path = (d / "ledger.db" if request.param == "sqlite"
+                      else request.getfixturevalue("pg_cluster").create_database())
+    with LedgerServer(db, cfg) as srv:
         a = Api(srv)
         try:
             yield a
@@ -352,14 +357,15 @@ def test_bad_query_parameters_are_4xx_or_ignored_never_5xx(api: Api, path: str) 
 
 
 def test_a_batch_the_store_cannot_bind_rolls_back_and_the_next_one_saves(
-        tmp_path: Path) -> None:
+        ledger_db: str | Path) -> None:  # noqa: F811 (the imported fixture)
     """Regression: a value SQLite cannot bind (an integer over 64 bits) raised OverflowError
     inside the batch's transaction, which stayed open, so every later batch was refused
-    (503, "cannot start a transaction within a transaction") until a restart."""
+    (503, "cannot start a transaction within a transaction") until a restart. PostgreSQL's
+    store, too, rolls such a batch back and saves the next."""
     from ledger.errors import StoreError
     from ledger.store import NewEvent, open_store
 
-    store = open_store(tmp_path / "ledger.db")
+    store = open_store(ledger_db)
     try:
         store.add_station("dock-1", "WH1", "0" * 64, "2026-11-22T10:00:00.000000Z")
         at = "2026-11-22T10:00:00.000000Z"

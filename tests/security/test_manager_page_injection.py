@@ -17,6 +17,7 @@ import pytest
 
 from ledger.cli import main as ledger_main
 from ledger.server import LedgerServer
+from tests.ledger.conftest import ledger_db, new_db, pg_cluster  # noqa: F401 (fixtures)
 from tests.ledger.factory import batch, pick, receipt
 from tests.ledger.test_dashboard import dump_dom, needs_chromium
 from tests.security.test_dashboard_escaping import PAYLOADS
@@ -144,17 +145,26 @@ def test_csv_export_neutralises_formulas(srv: LedgerServer) -> None:
     assert rows[0]["notes"].startswith("[")
 
 
-def test_sql_in_filters_and_item_files_is_data(srv: LedgerServer, tmp_path: Path) -> None:
-    token = srv.add_station("dock-1", "WH1")
-    _post(srv, token, "dock-1", [pick(1, "A-1", 1, station="dock-1"),
-                                 receipt(1, "B-1", 2, station="dock-1")])
-    for param in ("site", "station", "class", "status", "from"):
-        r = httpx.get(srv.url + "/v1/negatives", params={param: "WH1' OR '1'='1"})
-        assert r.status_code == 400, r.text
-    f = tmp_path / "items.csv"
-    f.write_text("item,name\n04006381333931,\"x'); DROP TABLE items;--\"\n")
-    assert ledger_main(["items", "import", str(f), "--db", str(srv.db_path)]) == 0
-    (inc,) = httpx.get(srv.url + "/v1/negatives").json()["incidents"]
-    assert inc["item_name"] == "x'); DROP TABLE items;--"
-    with sqlite3.connect(srv.db_path) as conn:
-        assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 1
+def test_sql_in_filters_and_item_files_is_data(
+        ledger_db: str | Path, tmp_path: Path) -> None:  # noqa: F811 (the imported fixture)
+    """On either store (a SQLite file, a PostgreSQL database)."""
+    with LedgerServer(ledger_db) as srv:
+        token = srv.add_station("dock-1", "WH1")
+        _post(srv, token, "dock-1", [pick(1, "A-1", 1, station="dock-1"),
+                                     receipt(1, "B-1", 2, station="dock-1")])
+        for param in ("site", "station", "class", "status", "from"):
+            r = httpx.get(srv.url + "/v1/negatives", params={param: "WH1' OR '1'='1"})
+            assert r.status_code == 400, r.text
+        f = tmp_path / "items.csv"
+        f.write_text("item,name\n04006381333931,\"x'); DROP TABLE items;--\"\n")
+        assert ledger_main(["items", "import", str(f), "--db", str(srv.db_path)]) == 0
+        (inc,) = httpx.get(srv.url + "/v1/negatives").json()["incidents"]
+        assert inc["item_name"] == "x'); DROP TABLE items;--"
+    if isinstance(ledger_db, Path):
+        with sqlite3.connect(ledger_db) as conn:
+            assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 1
+    else:
+        import psycopg
+
+        with psycopg.connect(ledger_db) as pg:
+            assert pg.execute("SELECT count(*) FROM items").fetchone() == (1,)
