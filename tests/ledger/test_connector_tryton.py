@@ -100,6 +100,31 @@ class Trytond:
         finally:
             rpc.close()
 
+    def quantities(self) -> dict[str, int]:
+        """Tryton's own figures (``product.product``'s ``quantity`` in the context of a
+        location, today): ``item@CODE`` per bin, ``item@WAREHOUSE`` for the whole warehouse
+        and ``item@input`` / ``item@output`` for its zones; zeros left out."""
+        rpc = self.client()
+        try:
+            (wh,) = rpc.call("stock.location", "search_read", [("type", "=", "warehouse")],
+                             0, 1, None, ["input_location", "output_location"])
+            places = {r["id"]: r["code"] for r in rpc.call(
+                "stock.location", "search_read", [("code", "in", list(tryton_env.BINS))],
+                0, None, None, ["code"])}
+            places.update({wh["id"]: "WAREHOUSE", wh["input_location"]: "input",
+                           wh["output_location"]: "output"})
+            products = rpc.call("product.product", "search_read", [], 0, None, None,
+                                ["code"])
+            out: dict[str, int] = {}
+            for loc, name in places.items():
+                for p in rpc.call("product.product", "read", [p["id"] for p in products],
+                                  ["quantity", "code"], context={"locations": [loc]}):
+                    if p["quantity"]:
+                        out[f"{p['code'] or E}@{name}"] = int(p["quantity"])
+            return dict(sorted(out.items()))
+        finally:
+            rpc.close()
+
     def references(self) -> list[str]:
         rpc = self.client()
         try:
@@ -215,6 +240,11 @@ def test_a_shift_lands_in_tryton_bin_by_bin(ledger_with_erp: Ledger, trytond: Tr
     expected = ledger_stock(ledger_with_erp)
     assert expected == {f"{P}@A-01": 3, f"{P}@B-02": 3, f"{P}@DOCK-3": 4, f"{E}@DOCK-3": 5}
     assert trytond.stock() == expected
+    # Tryton's own stock figures agree: per bin, and for the whole warehouse, since receipts
+    # come in from a supplier location and picks go out to a customer location (the input
+    # and output zones they pass through are left empty)
+    assert trytond.quantities() == {
+        **expected, f"{P}@WAREHOUSE": 10, f"{E}@WAREHOUSE": 5}
     # every movement once (the late receipt before the count also made its correction)
     refs = trytond.references()
     ids = [e["event_id"] for b in batches for e in b]
@@ -222,14 +252,33 @@ def test_a_shift_lands_in_tryton_bin_by_bin(ledger_with_erp: Ledger, trytond: Tr
         assert refs.count(eid) == 1, eid
     late_a, count_a = batches[4][1]["event_id"], batches[2][0]["event_id"]
     assert refs.count(f"{late_a}>{count_a}") == 1
-    # posted on the day the movement happened
+    # posted on the day each movement happened (a void on its target's, a correction on its
+    # count's), the move from the supplier or to the customer on its shipment's
+    day = {e["event_id"]: e["occurred_at"][:10] for b in batches for e in b}
+    day.update({e["event_id"]: day[e["voids"]] for b in batches for e in b if e["voids"]})
     rpc = trytond.client()
     try:
-        dates = {d["effective_date"]["day"] for d in rpc.call(
-            "stock.move", "search_read", [], 0, None, None, ["effective_date"])}
+        shipments = rpc.call("stock.shipment.internal", "search_read", [], 0, None, None,
+                             ["reference", "effective_date", "moves"])
+        moves = {m["id"]: m for m in rpc.call("stock.move", "search_read", [], 0, None, None,
+                                              ["effective_date", "origin", "state"])}
     finally:
         rpc.close()
-    assert dates == {22, 23}
+
+    def iso(d: dict[str, int]) -> str:
+        return f"{d['year']:04d}-{d['month']:02d}-{d['day']:02d}"
+
+    assert {iso(s["effective_date"]) for s in shipments} == {"2026-11-22", "2026-11-23"}
+    for s in shipments:
+        want = day[s["reference"].split(">")[-1]]
+        assert iso(s["effective_date"]) == want, s
+        assert {iso(moves[m]["effective_date"]) for m in s["moves"]} == {want}, s
+    legs = [m for m in moves.values() if m["origin"]]
+    assert len(legs) == 9  # 4 receipts, 4 picks and the void of a pick
+    for leg in legs:
+        shipped = moves[int(leg["origin"].split(",")[1])]
+        assert iso(leg["effective_date"]) == iso(shipped["effective_date"])
+    assert {m["state"] for m in moves.values()} == {"done"}
 
 
 def test_reposts_and_a_lost_answer_forward_nothing_twice(tmp_path: Path, trytond: Trytond
