@@ -414,3 +414,81 @@ def test_credentials_never_reach_the_log_or_the_status(
     assert "refused the login" in c["last_error"]
     assert "not-the-password" not in json.dumps(c) + caplog.text
     assert os.stat(secret).st_mode & 0o777 == 0o600
+
+
+class _Killed(BaseException):
+    """The process died here (not an error the adapter could handle)."""
+
+
+class _CrashBefore(TrytonAdapter):
+    """An adapter that dies (as a SIGKILLed ledger would) just before one call reaches
+    Tryton: what came before it is in Tryton, nothing after it."""
+
+    def __init__(self, cfg: Any, model: str, method: str) -> None:
+        super().__init__(cfg)
+        self.at = (model, method)
+
+    def call(self, model: str, method: str, *args: Any,
+             context: dict[str, Any] | None = None) -> Any:
+        if (model, method) == self.at:
+            raise _Killed(f"killed before {model}.{method}")
+        return super().call(model, method, *args, context=context)
+
+
+@pytest.mark.parametrize("model, method", [
+    ("stock.shipment.internal", "wait"), ("stock.shipment.internal", "assign_force"),
+    ("stock.shipment.internal", "done"), ("stock.move", "create"), ("stock.move", "do")],
+    ids=["created", "waiting", "assigned", "shipment-done", "leg-draft"])
+def test_a_movement_left_half_done_is_finished_by_the_look_up_never_posted_again(
+        trytond: Trytond, model: str, method: str) -> None:
+    """A ledger killed between the calls that put one receipt into Tryton left a shipment
+    (or its move from the supplier) half-way; the next look-up must finish what is there,
+    not create a second shipment or a second move from the supplier."""
+    from ledger.connectors.plan import Transfer
+    from ledger.events import parse_time
+
+    cfg = load_config(trytond.home.parent / "ledger.toml").connectors[0]
+    op = Transfer("r-half", "WH1", P, None, "DOCK-3", 4,
+                  parse_time("2026-11-22T10:00:00Z"), "receipt")
+    dying = _CrashBefore(cfg, model, method)
+    try:
+        assert dying.find(op) is None
+        with pytest.raises(_Killed):
+            dying.post(op)
+    finally:
+        dying.close()
+    again = trytond.client()
+    try:
+        found = again.find(op)
+        assert found is not None and found.ref.startswith("stock.shipment.internal,")
+        assert again.find(op) == found  # and once finished, found as it is
+        moves = again.call("stock.move", "search_read", [], 0, None, None, ["state"])
+    finally:
+        again.close()
+    assert trytond.references() == ["r-half"]
+    assert len(moves) == 2 and {m["state"] for m in moves} == {"done"}
+    assert trytond.quantities() == {f"{P}@DOCK-3": 4, f"{P}@WAREHOUSE": 4}
+
+
+def test_trytond_killed_mid_forwarding_then_started_again(ledger_with_erp: Ledger,
+                                                          trytond: Trytond) -> None:
+    """trytond dies (SIGKILL) while the connector is posting: whatever Tryton had committed
+    stays, the rest is rolled back; once it is started again every movement is in it once."""
+    url = ledger_with_erp.server.url
+    dock = ledger_with_erp.dock("dock-1")
+    events = [receipt(2, "DOCK-3", i) if i % 3 == 0 else
+              move(1, "DOCK-3", "A-01", i) if i % 3 == 1 else pick(1, "A-01", i)
+              for i in range(24)]
+    dock.post(*events)
+    wait_for(url, lambda c: c["forwarded"] >= 3)
+    assert trytond.proc is not None
+    trytond.proc.kill()
+    trytond.proc.wait(10)
+    trytond.proc = None
+    c = wait_for(url, lambda c: c["last_error"] is not None, timeout=30)
+    assert c["pending"] > 0, "trytond was killed too late to test anything"
+    trytond.start()
+    wait_for(url, lambda c: c["forwarded"] == len(events) and not c["pending"])
+    assert sorted(trytond.references()) == sorted(e["event_id"] for e in events)
+    expected = ledger_stock(ledger_with_erp)
+    assert trytond.quantities() == {**expected, f"{P}@WAREHOUSE": sum(expected.values())}
