@@ -8,6 +8,7 @@ starts its own ``trytond`` process on it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -75,8 +76,11 @@ class Trytond:
             self.proc = None
 
     def client(self) -> TrytonAdapter:
+        """A look into Tryton as its administrator (the ledger's connector logs in as
+        ``tryton_env.CONNECTOR_USER``, with only the groups docs/connectors.md names)."""
         cfg = load_config(self.home.parent / "ledger.toml").connectors[0]
-        return TrytonAdapter(cfg)
+        return TrytonAdapter(dataclasses.replace(cfg, credentials={
+            "user": tryton_env.USER, "password": tryton_env.PASSWORD}))
 
     def stock(self) -> dict[str, int]:
         """``item@bin`` -> quantity in Tryton, from its done moves."""
@@ -162,7 +166,8 @@ def trytond(tryton_template: Path, tmp_path: Path) -> Iterator[Trytond]:
     shutil.copy(tryton_template / f"{tryton_env.DB}.sqlite", home)
     server = Trytond(home)
     secret = tmp_path / "erp.secret"
-    secret.write_text(f'user = "{tryton_env.USER}"\npassword = "{tryton_env.PASSWORD}"\n')
+    secret.write_text(f'user = "{tryton_env.CONNECTOR_USER}"\n'
+                      f'password = "{tryton_env.PASSWORD}"\n')
     secret.chmod(0o600)
     (tmp_path / "ledger.toml").write_text(
         '[[connectors]]\nname = "erp"\nkind = "tryton"\n'
@@ -405,7 +410,7 @@ def test_an_unknown_item_waits_as_unmapped_until_the_product_exists(
 def test_credentials_never_reach_the_log_or_the_status(
         tmp_path: Path, trytond: Trytond, caplog: pytest.LogCaptureFixture) -> None:
     secret = tmp_path / "erp.secret"
-    secret.write_text(f'user = "{tryton_env.USER}"\npassword = "not-the-password"\n')
+    secret.write_text(f'user = "{tryton_env.CONNECTOR_USER}"\npassword = "not-the-password"\n')
     with LedgerServer(tmp_path / "ledger.db", tmp_path / "ledger.toml") as server:
         led = Ledger(server)
         led.dock("dock-1").post(receipt(1, "DOCK-3", 0))
