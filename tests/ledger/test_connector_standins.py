@@ -151,6 +151,29 @@ def test_erpnext_error_answers_are_retried_and_a_lost_answer_posts_once(
     assert len(errors) == 2
 
 
+def test_erpnext_void_of_a_count_cancels_its_reconciliation_once_though_the_answer_is_lost(
+        erpnext: tuple[ErpNext, Ledger]) -> None:
+    erp, led = erpnext
+    erp.fail_next = [("POST", "frappe.client.cancel", 0, None)]  # cancelled, answer lost
+    r1 = receipt(10, "DOCK-3", 0)
+    c1 = count(4, "DOCK-3", 5)
+    v1 = void(c1, 6)
+    dock = led.dock()
+    for ev in (r1, c1, v1):
+        dock.post(ev)
+    c = wait_for(led.server.url, lambda c: c["forwarded"] == 3 and not c["pending"])
+    assert "ERPNext at" in (c["last_error"] or "")  # the lost answer, retried
+    (reco,) = erp.docs["Stock Reconciliation"].values()
+    (cancel,) = erp.posts("/api/method/frappe.client.cancel")
+    assert cancel.body == {"doctype": "Stock Reconciliation", "name": reco["name"]}
+    assert reco["docstatus"] == 2
+    # the look-up before each try: the target read by name
+    gets = [c for c in erp.calls
+            if c.method == "GET" and c.path == f"/api/resource/Stock Reconciliation/{reco['name']}"]
+    assert len(gets) == 2
+    assert erp.on_hand(P, "DOCK-3 - SA") == balances(led)[(P, "DOCK-3")] == 10
+
+
 def test_erpnext_refusal_shows_as_last_error(erpnext: tuple[ErpNext, Ledger]) -> None:
     erp, led = erpnext
     erp.fail_next = [("POST", "Stock Entry", *frappe_error(
@@ -216,9 +239,10 @@ def test_odoo_pickings_and_quant_inventory_call_by_call(odoo: tuple[Odoo, Ledger
     c1 = count(3, "A-01", 30)
     late = receipt(2, "A-01", 20)     # before the count, reaching Odoo after it
     v1 = void(m1, 40)
-    for ev in (r1, m1, p1, r2, c1, late, v1):
+    c2 = count(3, "A-01", 41, item=E)  # a bin with no quant of that product yet
+    for ev in (r1, m1, p1, r2, c1, late, v1, c2):
         dock.post(ev)
-    wait_for(led.server.url, lambda c: c["forwarded"] == 7 and not c["pending"])
+    wait_for(led.server.url, lambda c: c["forwarded"] == 8 and not c["pending"])
 
     assert {c.headers["authorization"] for c in erp.calls} == {"bearer 0doo-key"}
     assert {c.headers["x-odoo-database"] for c in erp.calls} == {"prod"}
@@ -247,12 +271,42 @@ def test_odoo_pickings_and_quant_inventory_call_by_call(odoo: tuple[Odoo, Ledger
     validate = erp.posts("/json/2/stock.picking/button_validate")[0]
     assert validate.body == {"ids": [pid], "context": {"skip_backorder": True,
                                                        "skip_sms": True}}
-    # the count: the bin's quant set to the counted quantity, applied under the event id
+    # the count: the bin's quant read, set to the counted quantity, applied under the event
+    # id; then the corrections at that count, each under its own key: of the late receipt,
+    # and of the void (the move it reverses came before the count)
+    (quant,) = [q["id"] for q in erp.models["stock.quant"].values()
+                if q["product_id"] == 30 and q["location_id"] == 21]
+    reads = erp.posts("/json/2/stock.quant/search_read")
+    assert reads[0].body == {"domain": [["product_id", "=", 30], ["location_id", "=", 21]],
+                             "fields": ["quantity"]}
+    writes = erp.posts("/json/2/stock.quant/write")
+    assert [w.body for w in writes] == [
+        {"ids": [quant], "vals": {"inventory_quantity": 3},
+         "context": {"inventory_mode": True}},   # 4 in the bin, counted 3
+        {"ids": [quant], "vals": {"inventory_quantity": 3},
+         "context": {"inventory_mode": True}},   # 5 after the late receipt: back to 3
+        {"ids": [quant], "vals": {"inventory_quantity": 3},
+         "context": {"inventory_mode": True}}]   # -3 after the void: back to 3
     applies = erp.posts("/json/2/stock.quant/action_apply_inventory")
-    assert applies[0].body["context"] == {"inventory_name": c1["event_id"]}
-    # and the late receipt's correction at that count, under its own key
-    assert applies[1].body["context"] == {
-        "inventory_name": f"{late['event_id']}>{c1['event_id']}"}
+    assert [a.body for a in applies[:3]] == [
+        {"ids": [quant], "context": {"inventory_name": c1["event_id"]}},
+        {"ids": [quant], "context": {
+            "inventory_name": f"{late['event_id']}>{c1['event_id']}"}},
+        {"ids": [quant], "context": {
+            "inventory_name": f"{v1['event_id']}>{c1['event_id']}"}}]
+    # the count of a product the bin has no quant of: the quant created in inventory mode
+    (create,) = erp.posts("/json/2/stock.quant/create")
+    assert create.body == {"vals_list": [{"product_id": 31, "location_id": 21,
+                                          "inventory_quantity": 3}],
+                           "context": {"inventory_mode": True}}
+    assert applies[3].body == {"ids": [create_id := max(erp.models["stock.quant"])],
+                               "context": {"inventory_name": c2["event_id"]}}
+    assert erp.models["stock.quant"][create_id]["product_id"] == 31
+    # adjustments are looked up by the reference of the move Odoo made, done
+    looked_moves = [c.body["domain"] for c in erp.posts("/json/2/stock.move/search_read")]
+    for key in (c1["event_id"], f"{late['event_id']}>{c1['event_id']}",
+                f"{v1['event_id']}>{c1['event_id']}", c2["event_id"]):
+        assert [["reference", "=", key], ["state", "=", "done"]] in looked_moves
     # every picking looked up by its origin before it was created
     looked = [c.body["domain"] for c in erp.posts("/json/2/stock.picking/search_read")]
     for ev in (r1, m1, p1, r2, late, v1):
