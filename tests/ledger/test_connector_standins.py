@@ -190,6 +190,47 @@ def test_erpnext_refusal_shows_as_last_error(erpnext: tuple[ErpNext, Ledger]) ->
     wait_for(led.server.url, lambda c: c["forwarded"] == 1)
 
 
+def test_a_slow_erp_delays_forwarding_never_ingest_nor_shutdown(tmp_path: Path) -> None:
+    """Every ERPNext answer takes 2 s: stations' posts and the status are answered at once
+    all the same; the ledger stops under a call in flight within the connector's bound
+    (``timeout_s`` + 1 s, at most 10 s), and what was in flight is found by the next start's
+    look-up, not posted twice."""
+    erp = ErpNext()
+    erp.delay_s = 2.0
+    events = [receipt(1, "DOCK-3", i) for i in range(8)]
+    with serve(erp) as url:
+        cfg = write_config(tmp_path, "erpnext", url,
+                           f'api_key = "{erp.API_KEY}"\napi_secret = "{erp.API_SECRET}"\n')
+        server = LedgerServer(tmp_path / "ledger.db", cfg).start()
+        try:
+            led = Ledger(server)
+            dock = led.dock()
+            dock.post(events[0])
+            wait_for(server.url, lambda c: len(erp.calls) > 0)
+            for ev in events[1:]:
+                t0 = time.monotonic()
+                assert dock.post(ev)[0]["status"] == "accepted"
+                assert time.monotonic() - t0 < 1.0
+            t0 = time.monotonic()
+            c = status(server.url)
+            assert time.monotonic() - t0 < 1.0 and c["forwarded"] < len(events)
+            led.close()
+        finally:
+            t0 = time.monotonic()
+            server.stop()
+            stopped_in = time.monotonic() - t0
+        assert stopped_in < 5.0 + 1 + 1.5  # timeout_s = 5
+        erp.delay_s = 0.0
+        quiet = len(erp.calls) - 1  # what the stopped connector still had in flight ends
+        while len(erp.calls) != quiet:
+            quiet = len(erp.calls)
+            time.sleep(0.5)
+        with LedgerServer(tmp_path / "ledger.db", cfg) as server:
+            wait_for(server.url, lambda c: c["forwarded"] == len(events))
+    keys = sorted(d["custom_scan_event_id"] for d in erp.docs["Stock Entry"].values())
+    assert keys == sorted(e["event_id"] for e in events)
+
+
 def test_erpnext_unknown_item_waits_then_goes_through(erpnext: tuple[ErpNext, Ledger]
                                                       ) -> None:
     erp, led = erpnext
