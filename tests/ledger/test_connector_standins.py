@@ -245,6 +245,23 @@ def test_erpnext_unknown_item_waits_then_goes_through(erpnext: tuple[ErpNext, Le
     wait_for(led.server.url, lambda c: c["forwarded"] == 1 and c["unmapped"] == 0)
 
 
+def test_erpnext_site_without_its_warehouse_waits_then_goes_through(
+        erpnext: tuple[ErpNext, Ledger]) -> None:
+    """A site is matched by its warehouse (ERPNext: the group warehouse named like it); an
+    ERP without it keeps the site's movements unmapped until it exists."""
+    erp, led = erpnext
+    erp.docs["Warehouse"]["WH1 - SA"]["warehouse_name"] = "Main"
+    ev = receipt(3, "DOCK-3", 0)
+    led.dock().post(ev)
+    c = wait_for(led.server.url, lambda c: c["unmapped"] == 1)
+    assert c["unmapped_events"] == [{
+        "event_id": ev["event_id"], "reason": "ERPNext has no group warehouse named 'WH1'"}]
+    erp.docs["Warehouse"]["WH1 - SA"]["warehouse_name"] = "WH1"
+    wait_for(led.server.url, lambda c: c["forwarded"] == 1 and c["unmapped"] == 0)
+    (doc,) = erp.docs["Stock Entry"].values()
+    assert doc["custom_scan_event_id"] == ev["event_id"]
+
+
 def test_erpnext_bad_key(tmp_path: Path) -> None:
     erp = ErpNext()
     with serve(erp) as url:
