@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import signal
@@ -423,6 +424,9 @@ def test_an_unknown_item_waits_as_unmapped_until_the_product_exists(
 
 def test_credentials_never_reach_the_log_or_the_status(
         tmp_path: Path, trytond: Trytond, caplog: pytest.LogCaptureFixture) -> None:
+    """Neither a wrong password nor the right one (nor the session Tryton gives for it)
+    appears in the log, at any level, or in the status."""
+    caplog.set_level(logging.DEBUG)
     secret = tmp_path / "erp.secret"
     secret.write_text(f'user = "{tryton_env.CONNECTOR_USER}"\npassword = "not-the-password"\n')
     with LedgerServer(tmp_path / "ledger.db", tmp_path / "ledger.toml") as server:
@@ -433,6 +437,16 @@ def test_credentials_never_reach_the_log_or_the_status(
     assert "refused the login" in c["last_error"]
     assert "not-the-password" not in json.dumps(c) + caplog.text
     assert os.stat(secret).st_mode & 0o777 == 0o600
+    secret.write_text(f'user = "{tryton_env.CONNECTOR_USER}"\n'
+                      f'password = "{tryton_env.PASSWORD}"\n')
+    with LedgerServer(tmp_path / "ledger.db", tmp_path / "ledger.toml") as server:
+        c = wait_for(server.url, lambda c: c["forwarded"] == 1)
+        session = server.service.forwarders[0].adapter._auth  # type: ignore[attr-defined]
+    assert session and "Session" in session
+    logged = caplog.text + json.dumps(c)
+    assert "HTTP Request: POST" in logged  # the calls were logged, at DEBUG and INFO
+    for text in (tryton_env.PASSWORD, session, session.split()[1]):
+        assert text not in logged
 
 
 class _Killed(BaseException):
