@@ -4,7 +4,12 @@ Every movement is a done internal shipment (``stock.shipment.internal``) whose `
 is the key (the ``event_id``), carrying one stock move, with ``effective_date`` the day the
 movement happened (Tryton's stock keeps dates, not times):
 
-- receipt: warehouse input zone -> bin; pick: bin -> warehouse output zone; move: bin -> bin;
+- receipt: warehouse input zone -> bin; pick: bin -> warehouse output zone; move: bin -> bin.
+  A receipt's goods come into the input zone from a supplier location, and a pick's leave the
+  output zone for a customer location, each by a done move of its own whose ``origin`` is the
+  shipment's move (the look-up finds it there): so the warehouse's stock in Tryton grows by a
+  receipt and shrinks by a pick, as the path of Tryton's own supplier and customer shipments
+  does, and the zones are left as they were;
 - count: the difference between the counted quantity and what Tryton holds in the bin at the
   end of that day, to or from the lost-and-found location (what Tryton's own inventory
   posts; ``stock.inventory`` has no field that could carry the event id in the same
@@ -74,6 +79,8 @@ class TrytonAdapter:
         self._locations: dict[tuple[str, str], int] = {}
         self._products: dict[str, tuple[int, int]] = {}
         self._lost_found: int | None = None
+        self._world: dict[str, int] = {}
+        self._currency: Any = None
 
     def close(self) -> None:
         self._http.close()
@@ -160,6 +167,17 @@ class TrytonAdapter:
             loc = self._locations[(site, code)] = int(ids[0])
         return loc
 
+    def _outside(self, kind: str) -> int:
+        """The first location of ``kind`` (``supplier`` or ``customer``): where a receipt's
+        goods come from and a pick's go to."""
+        loc = self._world.get(kind)
+        if loc is None:
+            ids = self.call("stock.location", "search", [("type", "=", kind)], 0, 1, None)
+            if not ids:
+                raise ConnectorError(f"Tryton has no {kind} location")
+            loc = self._world[kind] = int(ids[0])
+        return loc
+
     def _lost_and_found(self) -> int:
         if self._lost_found is None:
             ids = self.call("stock.location", "search", [("type", "=", "lost_found")], 0, 1,
@@ -214,6 +232,9 @@ class TrytonAdapter:
             return None
         shipment = rows[0]
         self._finish(int(shipment["id"]), str(shipment["state"]))
+        transfer = op.transfer if isinstance(op, Reverse) else op
+        if isinstance(transfer, Transfer) and shipment["moves"]:
+            self._outside_leg(transfer, int(shipment["moves"][0]))
         delta = None
         if isinstance(op, Adjust):
             moves = self.call("stock.move", "read", shipment["moves"],
@@ -260,7 +281,47 @@ class TrytonAdapter:
             }]]],
         }])
         self._finish(int(sid), "draft")
+        if op.purpose in ("receipt", "pick"):
+            (shipment,) = self.call(SHIPMENT, "read", [sid], ["moves"])
+            self._outside_leg(op, int(shipment["moves"][0]))
         return f"{SHIPMENT},{sid}"
+
+    def _outside_leg(self, op: Transfer, move: int) -> None:
+        """For a receipt or a pick (or its reverse): the done move between the warehouse's
+        zone and the supplier or customer location, whose ``origin`` is the shipment's move
+        ``move``; found and finished if it is already there."""
+        if op.purpose not in ("receipt", "pick"):
+            return
+        origin = f"stock.move,{move}"
+        rows = self.call("stock.move", "search_read", [("origin", "=", origin)], 0, 1, None,
+                         ["state"])
+        if rows:
+            if rows[0]["state"] != "done":
+                self.call("stock.move", "do", [int(rows[0]["id"])])
+            return
+        wh = self._warehouse(op.site)
+        if op.purpose == "receipt":
+            zone, world = int(wh["input_location"]), self._outside("supplier")
+        else:
+            zone, world = int(wh["output_location"]), self._outside("customer")
+        # into the warehouse when the shipment leaves the zone, out of it when it enters it
+        src, dst = (world, zone) if op.from_location is None else (zone, world)
+        product, uom = self._product(op.item)
+        company = self._context.get("company")
+        if self._currency is None:
+            (row,) = self.call("company.company", "read", [company], ["currency"])
+            self._currency = row["currency"]
+        (cost,) = self.call("product.product", "read", [product], ["cost_price"])
+        day = _date(self._day(op.at))
+        (leg,) = self.call("stock.move", "create", [{
+            "product": product, "unit": uom, "quantity": op.qty, "from_location": src,
+            "to_location": dst, "company": company, "planned_date": day,
+            "effective_date": day, "origin": origin, "currency": self._currency,
+            # a price Tryton requires of moves from a supplier or to a customer: the
+            # product's cost price, so its average cost stays as it was
+            "unit_price": cost["cost_price"] or {"__class__": "Decimal", "decimal": "0"},
+        }])
+        self.call("stock.move", "do", [int(leg)])
 
     def _finish(self, sid: int, state: str) -> None:
         steps = {"draft": ("wait", "assign_force", "done"), "waiting": ("assign_force", "done"),

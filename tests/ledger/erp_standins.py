@@ -16,7 +16,9 @@ by field, and answer errors in each product's shape:
 from __future__ import annotations
 
 import json
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +46,8 @@ class StandIn:
     #: connection (a lost answer)
     fail_next: list[tuple[str, str, int, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: a slow ERP: every answer comes this many seconds late
+    delay_s: float = 0.0
 
     def handle(self, call: Call) -> tuple[int, Any]:
         raise NotImplementedError
@@ -66,6 +70,8 @@ def serve(standin: StandIn) -> Iterator[str]:
                         {k: v[0] for k, v in parse_qs(parts.query).items()},
                         {k.lower(): v for k, v in self.headers.items()},
                         json.loads(raw) if raw else None)
+            if standin.delay_s:
+                time.sleep(standin.delay_s)
             with standin.lock:
                 standin.calls.append(call)
                 scripted = None
@@ -89,7 +95,12 @@ def serve(standin: StandIn) -> Iterator[str]:
 
         do_GET = do_POST = do_PUT = _do
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that gave up
+                super().handle_error(request, client_address)
+
+    server = Server(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -200,3 +200,57 @@ def test_a_held_depletion_is_forwarded_when_released_after_what_covered_it() -> 
                               credentials_file="", sites=("WH1",), credentials={})
         Forwarder(cfg, erp, svc.run, lambda: svc.store).forward_pending()
         assert erp.on_hand() == {(p["item"], "A-01"): 2}
+
+
+def test_failures_back_off_with_capped_exponential_full_jitter() -> None:
+    """An ERP that keeps failing is retried after a random wait (full jitter) whose bound
+    starts at 1 s and doubles with each failure in a row up to ``retry_max_s``, as
+    docs/connectors.md says; the status shows the error and the wait; the same entry is tried
+    again each time (order kept) and nothing is marked."""
+    import threading
+
+    from ledger.errors import ConnectorError
+
+    class Down(ModelErp):
+        def __init__(self) -> None:
+            super().__init__(dated=True)
+            self.tries: list[str] = []
+
+        def find(self, op: Op) -> Posted | None:
+            self.tries.append(op.key)
+            raise ConnectorError("ERP at http://model unreachable: ConnectError")
+
+    class Bounds(random.Random):
+        def __init__(self) -> None:
+            super().__init__(0)
+            self.bounds: list[float] = []
+            self.enough = threading.Event()
+
+        def uniform(self, a: float, b: float) -> float:
+            self.bounds.append(b)
+            if len(self.bounds) >= 7:
+                self.enough.set()
+            return 0.01
+
+    erp, rng = Down(), Bounds()
+    with tempfile.TemporaryDirectory() as d, \
+            LedgerService(Path(d) / "ledger.db", LedgerConfig()) as svc:
+        svc.run(svc.store.set_connector_routes, [("m", "WH1")])
+        token = svc.run(svc.add_station, "s1", "WH1")
+        evs = [receipt(1, "L1", 0, station="s1"), receipt(2, "L1", 1, station="s1")]
+        body = json.dumps({"station": "s1", "events": evs}).encode()
+        svc.run(svc.ingest, token, body, now_us())
+        cfg = ConnectorConfig(name="m", kind="tryton", url="http://model", database=None,
+                              credentials_file="", sites=("WH1",), credentials={},
+                              retry_max_s=6.0, unmapped_retry_s=60.0)
+        fw = Forwarder(cfg, erp, svc.run, lambda: svc.store, rng=rng).start()
+        try:
+            assert rng.enough.wait(30)
+            st = fw.status()
+        finally:
+            fw.close()
+        assert rng.bounds[:7] == [1.0, 2.0, 4.0, 6.0, 6.0, 6.0, 6.0]
+        assert set(erp.tries) == {evs[0]["event_id"]}
+        assert st["last_error"] == "ERP at http://model unreachable: ConnectError"
+        assert st["retry_in_s"] is not None and st["retry_in_s"] <= 0.1
+        assert svc.run(svc.store.outbox_counts) == {"m": {"pending": 2}}

@@ -151,6 +151,29 @@ def test_erpnext_error_answers_are_retried_and_a_lost_answer_posts_once(
     assert len(errors) == 2
 
 
+def test_erpnext_void_of_a_count_cancels_its_reconciliation_once_though_the_answer_is_lost(
+        erpnext: tuple[ErpNext, Ledger]) -> None:
+    erp, led = erpnext
+    erp.fail_next = [("POST", "frappe.client.cancel", 0, None)]  # cancelled, answer lost
+    r1 = receipt(10, "DOCK-3", 0)
+    c1 = count(4, "DOCK-3", 5)
+    v1 = void(c1, 6)
+    dock = led.dock()
+    for ev in (r1, c1, v1):
+        dock.post(ev)
+    c = wait_for(led.server.url, lambda c: c["forwarded"] == 3 and not c["pending"])
+    assert "ERPNext at" in (c["last_error"] or "")  # the lost answer, retried
+    (reco,) = erp.docs["Stock Reconciliation"].values()
+    (cancel,) = erp.posts("/api/method/frappe.client.cancel")
+    assert cancel.body == {"doctype": "Stock Reconciliation", "name": reco["name"]}
+    assert reco["docstatus"] == 2
+    # the look-up before each try: the target read by name
+    gets = [c for c in erp.calls
+            if c.method == "GET" and c.path == f"/api/resource/Stock Reconciliation/{reco['name']}"]
+    assert len(gets) == 2
+    assert erp.on_hand(P, "DOCK-3 - SA") == balances(led)[(P, "DOCK-3")] == 10
+
+
 def test_erpnext_refusal_shows_as_last_error(erpnext: tuple[ErpNext, Ledger]) -> None:
     erp, led = erpnext
     erp.fail_next = [("POST", "Stock Entry", *frappe_error(
@@ -167,6 +190,47 @@ def test_erpnext_refusal_shows_as_last_error(erpnext: tuple[ErpNext, Ledger]) ->
     wait_for(led.server.url, lambda c: c["forwarded"] == 1)
 
 
+def test_a_slow_erp_delays_forwarding_never_ingest_nor_shutdown(tmp_path: Path) -> None:
+    """Every ERPNext answer takes 2 s: stations' posts and the status are answered at once
+    all the same; the ledger stops under a call in flight within the connector's bound
+    (``timeout_s`` + 1 s, at most 10 s), and what was in flight is found by the next start's
+    look-up, not posted twice."""
+    erp = ErpNext()
+    erp.delay_s = 2.0
+    events = [receipt(1, "DOCK-3", i) for i in range(8)]
+    with serve(erp) as url:
+        cfg = write_config(tmp_path, "erpnext", url,
+                           f'api_key = "{erp.API_KEY}"\napi_secret = "{erp.API_SECRET}"\n')
+        server = LedgerServer(tmp_path / "ledger.db", cfg).start()
+        try:
+            led = Ledger(server)
+            dock = led.dock()
+            dock.post(events[0])
+            wait_for(server.url, lambda c: len(erp.calls) > 0)
+            for ev in events[1:]:
+                t0 = time.monotonic()
+                assert dock.post(ev)[0]["status"] == "accepted"
+                assert time.monotonic() - t0 < 1.0
+            t0 = time.monotonic()
+            c = status(server.url)
+            assert time.monotonic() - t0 < 1.0 and c["forwarded"] < len(events)
+            led.close()
+        finally:
+            t0 = time.monotonic()
+            server.stop()
+            stopped_in = time.monotonic() - t0
+        assert stopped_in < 5.0 + 1 + 1.5  # timeout_s = 5
+        erp.delay_s = 0.0
+        quiet = len(erp.calls) - 1  # what the stopped connector still had in flight ends
+        while len(erp.calls) != quiet:
+            quiet = len(erp.calls)
+            time.sleep(0.5)
+        with LedgerServer(tmp_path / "ledger.db", cfg) as server:
+            wait_for(server.url, lambda c: c["forwarded"] == len(events))
+    keys = sorted(d["custom_scan_event_id"] for d in erp.docs["Stock Entry"].values())
+    assert keys == sorted(e["event_id"] for e in events)
+
+
 def test_erpnext_unknown_item_waits_then_goes_through(erpnext: tuple[ErpNext, Ledger]
                                                       ) -> None:
     erp, led = erpnext
@@ -179,6 +243,23 @@ def test_erpnext_unknown_item_waits_then_goes_through(erpnext: tuple[ErpNext, Le
     assert erp.posts("Stock Entry") == []
     erp.docs["Item"]["SKU-9"] = {"name": "SKU-9", "item_code": "SKU-9"}
     wait_for(led.server.url, lambda c: c["forwarded"] == 1 and c["unmapped"] == 0)
+
+
+def test_erpnext_site_without_its_warehouse_waits_then_goes_through(
+        erpnext: tuple[ErpNext, Ledger]) -> None:
+    """A site is matched by its warehouse (ERPNext: the group warehouse named like it); an
+    ERP without it keeps the site's movements unmapped until it exists."""
+    erp, led = erpnext
+    erp.docs["Warehouse"]["WH1 - SA"]["warehouse_name"] = "Main"
+    ev = receipt(3, "DOCK-3", 0)
+    led.dock().post(ev)
+    c = wait_for(led.server.url, lambda c: c["unmapped"] == 1)
+    assert c["unmapped_events"] == [{
+        "event_id": ev["event_id"], "reason": "ERPNext has no group warehouse named 'WH1'"}]
+    erp.docs["Warehouse"]["WH1 - SA"]["warehouse_name"] = "WH1"
+    wait_for(led.server.url, lambda c: c["forwarded"] == 1 and c["unmapped"] == 0)
+    (doc,) = erp.docs["Stock Entry"].values()
+    assert doc["custom_scan_event_id"] == ev["event_id"]
 
 
 def test_erpnext_bad_key(tmp_path: Path) -> None:
@@ -216,9 +297,10 @@ def test_odoo_pickings_and_quant_inventory_call_by_call(odoo: tuple[Odoo, Ledger
     c1 = count(3, "A-01", 30)
     late = receipt(2, "A-01", 20)     # before the count, reaching Odoo after it
     v1 = void(m1, 40)
-    for ev in (r1, m1, p1, r2, c1, late, v1):
+    c2 = count(3, "A-01", 41, item=E)  # a bin with no quant of that product yet
+    for ev in (r1, m1, p1, r2, c1, late, v1, c2):
         dock.post(ev)
-    wait_for(led.server.url, lambda c: c["forwarded"] == 7 and not c["pending"])
+    wait_for(led.server.url, lambda c: c["forwarded"] == 8 and not c["pending"])
 
     assert {c.headers["authorization"] for c in erp.calls} == {"bearer 0doo-key"}
     assert {c.headers["x-odoo-database"] for c in erp.calls} == {"prod"}
@@ -247,12 +329,42 @@ def test_odoo_pickings_and_quant_inventory_call_by_call(odoo: tuple[Odoo, Ledger
     validate = erp.posts("/json/2/stock.picking/button_validate")[0]
     assert validate.body == {"ids": [pid], "context": {"skip_backorder": True,
                                                        "skip_sms": True}}
-    # the count: the bin's quant set to the counted quantity, applied under the event id
+    # the count: the bin's quant read, set to the counted quantity, applied under the event
+    # id; then the corrections at that count, each under its own key: of the late receipt,
+    # and of the void (the move it reverses came before the count)
+    (quant,) = [q["id"] for q in erp.models["stock.quant"].values()
+                if q["product_id"] == 30 and q["location_id"] == 21]
+    reads = erp.posts("/json/2/stock.quant/search_read")
+    assert reads[0].body == {"domain": [["product_id", "=", 30], ["location_id", "=", 21]],
+                             "fields": ["quantity"]}
+    writes = erp.posts("/json/2/stock.quant/write")
+    assert [w.body for w in writes] == [
+        {"ids": [quant], "vals": {"inventory_quantity": 3},
+         "context": {"inventory_mode": True}},   # 4 in the bin, counted 3
+        {"ids": [quant], "vals": {"inventory_quantity": 3},
+         "context": {"inventory_mode": True}},   # 5 after the late receipt: back to 3
+        {"ids": [quant], "vals": {"inventory_quantity": 3},
+         "context": {"inventory_mode": True}}]   # -3 after the void: back to 3
     applies = erp.posts("/json/2/stock.quant/action_apply_inventory")
-    assert applies[0].body["context"] == {"inventory_name": c1["event_id"]}
-    # and the late receipt's correction at that count, under its own key
-    assert applies[1].body["context"] == {
-        "inventory_name": f"{late['event_id']}>{c1['event_id']}"}
+    assert [a.body for a in applies[:3]] == [
+        {"ids": [quant], "context": {"inventory_name": c1["event_id"]}},
+        {"ids": [quant], "context": {
+            "inventory_name": f"{late['event_id']}>{c1['event_id']}"}},
+        {"ids": [quant], "context": {
+            "inventory_name": f"{v1['event_id']}>{c1['event_id']}"}}]
+    # the count of a product the bin has no quant of: the quant created in inventory mode
+    (create,) = erp.posts("/json/2/stock.quant/create")
+    assert create.body == {"vals_list": [{"product_id": 31, "location_id": 21,
+                                          "inventory_quantity": 3}],
+                           "context": {"inventory_mode": True}}
+    assert applies[3].body == {"ids": [create_id := max(erp.models["stock.quant"])],
+                               "context": {"inventory_name": c2["event_id"]}}
+    assert erp.models["stock.quant"][create_id]["product_id"] == 31
+    # adjustments are looked up by the reference of the move Odoo made, done
+    looked_moves = [c.body["domain"] for c in erp.posts("/json/2/stock.move/search_read")]
+    for key in (c1["event_id"], f"{late['event_id']}>{c1['event_id']}",
+                f"{v1['event_id']}>{c1['event_id']}", c2["event_id"]):
+        assert [["reference", "=", key], ["state", "=", "done"]] in looked_moves
     # every picking looked up by its origin before it was created
     looked = [c.body["domain"] for c in erp.posts("/json/2/stock.picking/search_read")]
     for ev in (r1, m1, p1, r2, late, v1):

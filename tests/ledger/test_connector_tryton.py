@@ -8,7 +8,9 @@ starts its own ``trytond`` process on it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import shutil
 import signal
@@ -75,8 +77,11 @@ class Trytond:
             self.proc = None
 
     def client(self) -> TrytonAdapter:
+        """A look into Tryton as its administrator (the ledger's connector logs in as
+        ``tryton_env.CONNECTOR_USER``, with only the groups docs/connectors.md names)."""
         cfg = load_config(self.home.parent / "ledger.toml").connectors[0]
-        return TrytonAdapter(cfg)
+        return TrytonAdapter(dataclasses.replace(cfg, credentials={
+            "user": tryton_env.USER, "password": tryton_env.PASSWORD}))
 
     def stock(self) -> dict[str, int]:
         """``item@bin`` -> quantity in Tryton, from its done moves."""
@@ -97,6 +102,31 @@ class Trytond:
                         k = f"{names[m['product']]}@{locs[loc]}"
                         out[k] = out.get(k, 0) + sign * int(m["quantity"])
             return {k: v for k, v in sorted(out.items()) if v}
+        finally:
+            rpc.close()
+
+    def quantities(self) -> dict[str, int]:
+        """Tryton's own figures (``product.product``'s ``quantity`` in the context of a
+        location, today): ``item@CODE`` per bin, ``item@WAREHOUSE`` for the whole warehouse
+        and ``item@input`` / ``item@output`` for its zones; zeros left out."""
+        rpc = self.client()
+        try:
+            (wh,) = rpc.call("stock.location", "search_read", [("type", "=", "warehouse")],
+                             0, 1, None, ["input_location", "output_location"])
+            places = {r["id"]: r["code"] for r in rpc.call(
+                "stock.location", "search_read", [("code", "in", list(tryton_env.BINS))],
+                0, None, None, ["code"])}
+            places.update({wh["id"]: "WAREHOUSE", wh["input_location"]: "input",
+                           wh["output_location"]: "output"})
+            products = rpc.call("product.product", "search_read", [], 0, None, None,
+                                ["code"])
+            out: dict[str, int] = {}
+            for loc, name in places.items():
+                for p in rpc.call("product.product", "read", [p["id"] for p in products],
+                                  ["quantity", "code"], context={"locations": [loc]}):
+                    if p["quantity"]:
+                        out[f"{p['code'] or E}@{name}"] = int(p["quantity"])
+            return dict(sorted(out.items()))
         finally:
             rpc.close()
 
@@ -137,7 +167,8 @@ def trytond(tryton_template: Path, tmp_path: Path) -> Iterator[Trytond]:
     shutil.copy(tryton_template / f"{tryton_env.DB}.sqlite", home)
     server = Trytond(home)
     secret = tmp_path / "erp.secret"
-    secret.write_text(f'user = "{tryton_env.USER}"\npassword = "{tryton_env.PASSWORD}"\n')
+    secret.write_text(f'user = "{tryton_env.CONNECTOR_USER}"\n'
+                      f'password = "{tryton_env.PASSWORD}"\n')
     secret.chmod(0o600)
     (tmp_path / "ledger.toml").write_text(
         '[[connectors]]\nname = "erp"\nkind = "tryton"\n'
@@ -172,6 +203,16 @@ def ledger_stock(ledger: Ledger) -> dict[str, int]:
     rows = ledger.get("/v1/balances", site="WH1")["balances"]
     return {f"{r['item']}@{r['location']}": r["on_hand"] for r in sorted(
         rows, key=lambda r: (r["item"], r["location"])) if r["on_hand"]}
+
+
+def with_warehouse(bins: dict[str, int]) -> dict[str, int]:
+    """``item@bin`` quantities plus what Tryton must then show for the whole warehouse
+    (``item@WAREHOUSE``), its input and output zones holding nothing."""
+    out = dict(bins)
+    for k, q in bins.items():
+        key = k.split("@")[0] + "@WAREHOUSE"
+        out[key] = out.get(key, 0) + q
+    return dict(sorted((k, v) for k, v in out.items() if v))
 
 
 def shift() -> list[list[dict[str, Any]]]:
@@ -215,6 +256,11 @@ def test_a_shift_lands_in_tryton_bin_by_bin(ledger_with_erp: Ledger, trytond: Tr
     expected = ledger_stock(ledger_with_erp)
     assert expected == {f"{P}@A-01": 3, f"{P}@B-02": 3, f"{P}@DOCK-3": 4, f"{E}@DOCK-3": 5}
     assert trytond.stock() == expected
+    # Tryton's own stock figures agree: per bin, and for the whole warehouse, since receipts
+    # come in from a supplier location and picks go out to a customer location (the input
+    # and output zones they pass through are left empty)
+    assert trytond.quantities() == with_warehouse(expected) == {
+        **expected, f"{P}@WAREHOUSE": 10, f"{E}@WAREHOUSE": 5}
     # every movement once (the late receipt before the count also made its correction)
     refs = trytond.references()
     ids = [e["event_id"] for b in batches for e in b]
@@ -222,14 +268,33 @@ def test_a_shift_lands_in_tryton_bin_by_bin(ledger_with_erp: Ledger, trytond: Tr
         assert refs.count(eid) == 1, eid
     late_a, count_a = batches[4][1]["event_id"], batches[2][0]["event_id"]
     assert refs.count(f"{late_a}>{count_a}") == 1
-    # posted on the day the movement happened
+    # posted on the day each movement happened (a void on its target's, a correction on its
+    # count's), the move from the supplier or to the customer on its shipment's
+    day = {e["event_id"]: e["occurred_at"][:10] for b in batches for e in b}
+    day.update({e["event_id"]: day[e["voids"]] for b in batches for e in b if e["voids"]})
     rpc = trytond.client()
     try:
-        dates = {d["effective_date"]["day"] for d in rpc.call(
-            "stock.move", "search_read", [], 0, None, None, ["effective_date"])}
+        shipments = rpc.call("stock.shipment.internal", "search_read", [], 0, None, None,
+                             ["reference", "effective_date", "moves"])
+        moves = {m["id"]: m for m in rpc.call("stock.move", "search_read", [], 0, None, None,
+                                              ["effective_date", "origin", "state"])}
     finally:
         rpc.close()
-    assert dates == {22, 23}
+
+    def iso(d: dict[str, int]) -> str:
+        return f"{d['year']:04d}-{d['month']:02d}-{d['day']:02d}"
+
+    assert {iso(s["effective_date"]) for s in shipments} == {"2026-11-22", "2026-11-23"}
+    for s in shipments:
+        want = day[s["reference"].split(">")[-1]]
+        assert iso(s["effective_date"]) == want, s
+        assert {iso(moves[m]["effective_date"]) for m in s["moves"]} == {want}, s
+    legs = [m for m in moves.values() if m["origin"]]
+    assert len(legs) == 9  # 4 receipts, 4 picks and the void of a pick
+    for leg in legs:
+        shipped = moves[int(leg["origin"].split(",")[1])]
+        assert iso(leg["effective_date"]) == iso(shipped["effective_date"])
+    assert {m["state"] for m in moves.values()} == {"done"}
 
 
 def test_reposts_and_a_lost_answer_forward_nothing_twice(tmp_path: Path, trytond: Trytond
@@ -254,6 +319,7 @@ def test_reposts_and_a_lost_answer_forward_nothing_twice(tmp_path: Path, trytond
         wait_for(server.url, lambda c: c["forwarded"] == n and not c["pending"])
     assert trytond.references() == before
     assert trytond.stock() == expected
+    assert trytond.quantities() == with_warehouse(expected)
 
 
 def test_sigkill_mid_forwarding_then_restart(tmp_path: Path, ledger_db: str | Path,
@@ -297,7 +363,9 @@ def test_sigkill_mid_forwarding_then_restart(tmp_path: Path, ledger_db: str | Pa
             proc.stdout.close()
     refs = trytond.references()
     assert sorted(refs) == sorted(e["event_id"] for e in events)
-    assert trytond.stock() == {f"{r['item']}@{r['location']}": r["on_hand"] for r in balances}
+    bins = {f"{r['item']}@{r['location']}": r["on_hand"] for r in balances}
+    assert trytond.stock() == bins
+    assert trytond.quantities() == with_warehouse(bins)
 
 
 def _execute(db: str | Path, statement: str, *args: Any) -> Any:
@@ -342,6 +410,7 @@ def test_tryton_down_delays_forwarding_never_ingest(ledger_with_erp: Ledger, try
     trytond.start()
     wait_for(url, lambda c: c["forwarded"] == 4 and not c["pending"], timeout=60)
     assert trytond.stock() == ledger_stock(ledger_with_erp)
+    assert trytond.quantities() == with_warehouse(ledger_stock(ledger_with_erp))
     assert sorted(trytond.references()) == sorted(e["event_id"] for e in first + later)
 
 
@@ -360,13 +429,16 @@ def test_an_unknown_item_waits_as_unmapped_until_the_product_exists(
     assert 'id="connectors"' in page and "Unmapped" in page and "SKU-NEW" in page
     trytond.add_product("SKU-NEW")
     wait_for(url, lambda c: c["forwarded"] == 2 and c["unmapped"] == 0)
-    assert trytond.stock() == {"SKU-NEW@A-01": 7, f"{P}@A-01": 2}
+    assert trytond.quantities() == with_warehouse({"SKU-NEW@A-01": 7, f"{P}@A-01": 2})
 
 
 def test_credentials_never_reach_the_log_or_the_status(
         tmp_path: Path, trytond: Trytond, caplog: pytest.LogCaptureFixture) -> None:
+    """Neither a wrong password nor the right one (nor the session Tryton gives for it)
+    appears in the log, at any level, or in the status."""
+    caplog.set_level(logging.DEBUG)
     secret = tmp_path / "erp.secret"
-    secret.write_text(f'user = "{tryton_env.USER}"\npassword = "not-the-password"\n')
+    secret.write_text(f'user = "{tryton_env.CONNECTOR_USER}"\npassword = "not-the-password"\n')
     with LedgerServer(tmp_path / "ledger.db", tmp_path / "ledger.toml") as server:
         led = Ledger(server)
         led.dock("dock-1").post(receipt(1, "DOCK-3", 0))
@@ -375,3 +447,91 @@ def test_credentials_never_reach_the_log_or_the_status(
     assert "refused the login" in c["last_error"]
     assert "not-the-password" not in json.dumps(c) + caplog.text
     assert os.stat(secret).st_mode & 0o777 == 0o600
+    secret.write_text(f'user = "{tryton_env.CONNECTOR_USER}"\n'
+                      f'password = "{tryton_env.PASSWORD}"\n')
+    with LedgerServer(tmp_path / "ledger.db", tmp_path / "ledger.toml") as server:
+        c = wait_for(server.url, lambda c: c["forwarded"] == 1)
+        session = server.service.forwarders[0].adapter._auth  # type: ignore[attr-defined]
+    assert session and "Session" in session
+    logged = caplog.text + json.dumps(c)
+    assert "HTTP Request: POST" in logged  # the calls were logged, at DEBUG and INFO
+    for text in (tryton_env.PASSWORD, session, session.split()[1]):
+        assert text not in logged
+
+
+class _Killed(BaseException):
+    """The process died here (not an error the adapter could handle)."""
+
+
+class _CrashBefore(TrytonAdapter):
+    """An adapter that dies (as a SIGKILLed ledger would) just before one call reaches
+    Tryton: what came before it is in Tryton, nothing after it."""
+
+    def __init__(self, cfg: Any, model: str, method: str) -> None:
+        super().__init__(cfg)
+        self.at = (model, method)
+
+    def call(self, model: str, method: str, *args: Any,
+             context: dict[str, Any] | None = None) -> Any:
+        if (model, method) == self.at:
+            raise _Killed(f"killed before {model}.{method}")
+        return super().call(model, method, *args, context=context)
+
+
+@pytest.mark.parametrize("model, method", [
+    ("stock.shipment.internal", "wait"), ("stock.shipment.internal", "assign_force"),
+    ("stock.shipment.internal", "done"), ("stock.move", "create"), ("stock.move", "do")],
+    ids=["created", "waiting", "assigned", "shipment-done", "leg-draft"])
+def test_a_movement_left_half_done_is_finished_by_the_look_up_never_posted_again(
+        trytond: Trytond, model: str, method: str) -> None:
+    """A ledger killed between the calls that put one receipt into Tryton left a shipment
+    (or its move from the supplier) half-way; the next look-up must finish what is there,
+    not create a second shipment or a second move from the supplier."""
+    from ledger.connectors.plan import Transfer
+    from ledger.events import parse_time
+
+    cfg = load_config(trytond.home.parent / "ledger.toml").connectors[0]
+    op = Transfer("r-half", "WH1", P, None, "DOCK-3", 4,
+                  parse_time("2026-11-22T10:00:00Z"), "receipt")
+    dying = _CrashBefore(cfg, model, method)
+    try:
+        assert dying.find(op) is None
+        with pytest.raises(_Killed):
+            dying.post(op)
+    finally:
+        dying.close()
+    again = trytond.client()
+    try:
+        found = again.find(op)
+        assert found is not None and found.ref.startswith("stock.shipment.internal,")
+        assert again.find(op) == found  # and once finished, found as it is
+        moves = again.call("stock.move", "search_read", [], 0, None, None, ["state"])
+    finally:
+        again.close()
+    assert trytond.references() == ["r-half"]
+    assert len(moves) == 2 and {m["state"] for m in moves} == {"done"}
+    assert trytond.quantities() == with_warehouse({f"{P}@DOCK-3": 4})
+
+
+def test_trytond_killed_mid_forwarding_then_started_again(ledger_with_erp: Ledger,
+                                                          trytond: Trytond) -> None:
+    """trytond dies (SIGKILL) while the connector is posting: whatever Tryton had committed
+    stays, the rest is rolled back; once it is started again every movement is in it once."""
+    url = ledger_with_erp.server.url
+    dock = ledger_with_erp.dock("dock-1")
+    events = [receipt(2, "DOCK-3", i) if i % 3 == 0 else
+              move(1, "DOCK-3", "A-01", i) if i % 3 == 1 else pick(1, "A-01", i)
+              for i in range(24)]
+    dock.post(*events)
+    wait_for(url, lambda c: c["forwarded"] >= 3)
+    assert trytond.proc is not None
+    trytond.proc.kill()
+    trytond.proc.wait(10)
+    trytond.proc = None
+    c = wait_for(url, lambda c: c["last_error"] is not None, timeout=30)
+    assert c["pending"] > 0, "trytond was killed too late to test anything"
+    trytond.start()
+    wait_for(url, lambda c: c["forwarded"] == len(events) and not c["pending"])
+    assert sorted(trytond.references()) == sorted(e["event_id"] for e in events)
+    expected = ledger_stock(ledger_with_erp)
+    assert trytond.quantities() == with_warehouse(expected)

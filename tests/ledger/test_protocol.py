@@ -192,6 +192,12 @@ def test_a_read_token_protects_reads_but_not_ingest(make_ledger: Any) -> None:
     ok = ledger.http.get("/v1/balances", headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200
     assert ledger.http.get("/", params={"token": "s3cret"}).status_code == 200
+    # the ERP connectors' status too (docs/connectors.md): not to a station's token
+    assert ledger.http.get("/v1/connectors").status_code == 401
+    assert ledger.http.get("/v1/connectors", headers={
+        "Authorization": f"Bearer {dock.token}"}).status_code in (401, 403)
+    assert ledger.http.get("/v1/connectors", headers={
+        "Authorization": "Bearer s3cret"}).json() == {"connectors": []}
 
 
 def test_a_station_token_reads_its_own_sites_incidents_only(make_ledger: Any) -> None:

@@ -9,7 +9,9 @@ Run as a script in its own process (trytond keeps global state; the test process
 ``DIR`` holds ``trytond.conf`` and the database ``erp.sqlite``. The warehouse's code is ``WH1``;
 its bins (storage locations under the warehouse's storage zone) are ``DOCK-3``, ``A-01`` and
 ``B-02``. Products: ``04006381333931`` (by code) and one known only by its EAN-13 identifier
-``5901234123457`` (stations send it as the GTIN-14 ``05901234123457``).
+``5901234123457`` (stations send it as the GTIN-14 ``05901234123457``). Users: ``admin`` and
+the connector's ``scan-ledger``, in the groups Stock and Stock Force Assignment only, both with
+the password ``PASSWORD``. ``DIR`` must exist.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pathlib import Path
 DB = "erp"
 USER = "admin"
 PASSWORD = "tryton-test-password"
+#: the connector's user: only the groups docs/connectors.md asks for
+CONNECTOR_USER = "scan-ledger"
 BINS = ("DOCK-3", "A-01", "B-02")
 
 
@@ -58,6 +62,12 @@ def create(d: Path) -> None:
     force, = Group.find([("name", "=", "Stock Force Assignment")])
     admin_user.groups.append(force)
     admin_user.save()
+    stock_group, = Group.find([("name", "=", "Stock")])
+    connector = User(login=CONNECTOR_USER, name="scan-ledger", password=PASSWORD)
+    connector.groups.extend([Group(stock_group.id), Group(force.id)])
+    connector.companies.append(company)
+    connector.company = company
+    connector.save()
     Location = Model.get("stock.location")
     warehouse, = Location.find([("type", "=", "warehouse")])
     warehouse.code = "WH1"
