@@ -60,37 +60,40 @@ class _Answers:
 
     :meth:`answer` is each scan's commit callback: the ACK or NAK goes out there and then
     when the driver can send it without waiting (``acknowledge_now``), else (and after any
-    answer still queued) from a task, in order.
+    answer still queued) from a task, in order. ``waiting`` counts the scans submitted and
+    not answered yet, queued answers included: the reader waits while it is ``_IN_FLIGHT``.
+    Something broken (a commit's future failing other than with an outcome, a driver raising
+    what it must not) stops the reader, as a failing read does.
     """
 
     def __init__(self, agent: Agent, scanner: Scanner, reading: asyncio.Task[Any] | None) -> None:
         self.agent, self.scanner, self.reading = agent, scanner, reading
-        self.waiting = 0  # scans submitted and not answered yet
+        self.waiting = 0
         self.failure: BaseException | None = None
         self._queued: collections.deque[Outcome] = collections.deque()
         self._sending: asyncio.Task[None] | None = None
-        self._wake: asyncio.Event | None = None  # set when there is room, or all is sent
+        self._wake: asyncio.Event | None = None  # set at each answer
 
     def answer(self, done: asyncio.Future[Outcome]) -> None:
-        self.waiting -= 1
-        if done.cancelled() or done.exception() is not None:
-            # not a capture failure (those are outcomes): something is broken; stop reading
-            if self.failure is None:
-                self.failure = (asyncio.CancelledError() if done.cancelled()
-                                else done.exception())
-                if self.reading is not None:
-                    self.reading.cancel()
-        else:
+        try:
+            if done.cancelled() or done.exception() is not None:
+                # not a capture failure (those are outcomes): something is broken
+                self.waiting -= 1
+                self._fail(asyncio.CancelledError() if done.cancelled() else done.exception())
+                return
             outcome = done.result()
             if self._queued or not self.scanner.acknowledge_now(outcome.ok):
                 self._queued.append(outcome)
                 if self._sending is None:
                     self._sending = asyncio.get_running_loop().create_task(
                         self._send(), name=f"answer:{self.scanner.name}")
-            else:
-                self.agent._answered(outcome)
-        if self._wake is not None:
-            self._wake.set()
+                return
+            self.waiting -= 1
+            self.agent._answered(outcome)
+        except Exception as exc:
+            self._fail(exc)
+        finally:
+            self._woken()
 
     async def _send(self) -> None:
         try:
@@ -101,19 +104,33 @@ class _Answers:
                 except (AgentError, DriverError) as exc:
                     log.warning("scanner %s: feedback failed: %s", self.scanner.name, exc)
                 self._queued.popleft()
+                self.waiting -= 1
                 self.agent._answered(outcome)
+                self._woken()
+        except Exception as exc:
+            self._fail(exc)
         finally:
             self._sending = None
-            if self._wake is not None:
-                self._wake.set()
+            self._woken()
+
+    def _fail(self, exc: BaseException | None) -> None:
+        if self.failure is None and exc is not None:
+            self.failure = exc
+            if self.reading is not None:
+                self.reading.cancel()
+
+    def _woken(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
 
     async def room(self) -> None:
         """Until fewer than ``_IN_FLIGHT`` scans wait for their answer."""
         await self._until(lambda: self.waiting < _IN_FLIGHT)
 
     async def all_sent(self) -> None:
-        """Until every scan submitted is answered."""
-        await self._until(lambda: self.waiting == 0 and not self._queued)
+        """Until every scan submitted is answered (or answering broke)."""
+        await self._until(lambda: self.waiting == 0 or (
+            self.failure is not None and self._sending is None))
 
     async def _until(self, ready: Callable[[], bool]) -> None:
         while not ready():
@@ -149,7 +166,7 @@ class Agent:
     _stopping_sent: bool = False
     _time_base: TimeBase = field(default_factory=lambda: TimeBase(boot_id()))
     _loop: asyncio.AbstractEventLoop | None = None  # the main loop (sync, metrics, status)
-    _saving_alerts: bool = False
+    _saving_alerts: asyncio.Task[None] | None = None  # (a reference keeps the task alive)
 
     async def __aenter__(self) -> Agent:
         await self.start()
@@ -368,19 +385,28 @@ class Agent:
         submit = self.station.submit
         answers = _Answers(self, scanner, asyncio.current_task())
         try:
-            async for scan in scanner:
-                if answers.waiting >= _IN_FLIGHT:
-                    await answers.room()
-                answers.waiting += 1
-                submit(scan, answers.answer)
+            try:
+                async for scan in scanner:
+                    if answers.waiting >= _IN_FLIGHT:
+                        await answers.room()
+                    answers.waiting += 1
+                    try:
+                        submit(scan, answers.answer)
+                    except BaseException:
+                        answers.waiting -= 1
+                        raise
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                try:
+                    await answers.all_sent()
+                finally:
+                    raise exc  # (the reading's failure, not a cancel that came meanwhile)
+            await answers.all_sent()
         except asyncio.CancelledError:
             if answers.failure is not None:
                 raise answers.failure from None  # answering failed: that is why we stopped
             raise
-        except BaseException:
-            await answers.all_sent()
-            raise
-        await answers.all_sent()
 
     def _answered(self, outcome: Outcome) -> None:
         """After a scan's ACK/NAK: beep and LEDs, and the alert of a failed capture."""
@@ -391,15 +417,15 @@ class Agent:
                 self.feedback.error(outcome.reason or outcome.status)
         if outcome.status == "failed":
             self._alerts_due.append((time.time(), outcome.reason or ""))
-        if self._alerts_due and not self._saving_alerts:
-            self._saving_alerts = True
-            asyncio.get_running_loop().create_task(self._save_alerts_task())
+        if self._alerts_due and self._saving_alerts is None:
+            self._saving_alerts = asyncio.get_running_loop().create_task(
+                self._save_alerts_task(), name="capture alerts")
 
     async def _save_alerts_task(self) -> None:
         try:
             await self._save_alerts()
         finally:
-            self._saving_alerts = False
+            self._saving_alerts = None
 
     async def _save_alerts(self) -> None:
         """Record capture failures for ``status``. On a full disk the alert cannot be written

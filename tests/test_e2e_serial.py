@@ -533,12 +533,15 @@ async def test_a_failing_reader_still_answers_what_it_read_and_stops_the_agent(
 
 class _SlowToAnswerScanner:
     """A scanner whose first answers cannot go out at once (a port written from a worker
-    thread, say): they are sent from a task, and the answers after them must wait their turn."""
+    thread, say): they are sent from a task, and the answers after them must wait their turn.
+    ``gap``: seconds between two scans (0: all at once, committed together)."""
 
-    def __init__(self, name: str, texts: Sequence[str]) -> None:
-        self.name, self.texts = name, texts
+    def __init__(self, name: str, texts: Sequence[str], gap: float = 0.0,
+                 not_at_once: int = 2) -> None:
+        self.name, self.texts, self.gap, self.not_at_once = name, texts, gap, not_at_once
         self.answers: list[tuple[str, bool]] = []
         self.state = ScannerState(name, True, "fake")
+        self.most_unanswered = 0  # the most scans read and not answered, as each is read
         self._closed = asyncio.Event()
         self._asked_now = 0
 
@@ -546,17 +549,20 @@ class _SlowToAnswerScanner:
         return self._scans()
 
     async def _scans(self) -> AsyncIterator[RawScan]:
-        for text in self.texts:
+        for n, text in enumerate(self.texts):
+            self.most_unanswered = max(self.most_unanswered, n + 1 - len(self.answers))
             yield RawScan(self.name, text, text.encode())
+            if self.gap:
+                await asyncio.sleep(self.gap)
         await self._closed.wait()
 
     async def acknowledge(self, ok: bool) -> None:
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.02)
         self.answers.append(("from a task", ok))
 
     def acknowledge_now(self, ok: bool) -> bool:
         self._asked_now += 1
-        if self._asked_now <= 2:
+        if self._asked_now <= self.not_at_once:
             return False
         self.answers.append(("at once", ok))
         return True
@@ -565,26 +571,75 @@ class _SlowToAnswerScanner:
         self._closed.set()
 
 
-async def test_answers_that_cannot_go_out_at_once_keep_the_order_of_the_scans(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def _run_slow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                    scanner: _SlowToAnswerScanner) -> Agent:
+    """Run an agent on ``scanner`` until every scan is answered (or the agent stops)."""
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    made: list[_SlowToAnswerScanner] = []
-    texts = ["LOC-A-01", EAN13, "4006381333932", OTHER, EAN13]  # the third: a bad check digit
-
-    def open_slow(sc: Any, on_state: Any = None) -> _SlowToAnswerScanner:
-        made.append(_SlowToAnswerScanner(sc.name, texts))
-        return made[-1]
-
-    monkeypatch.setattr(daemon, "open_scanner", open_slow)
+    monkeypatch.setattr(daemon, "open_scanner", lambda sc, on_state=None: scanner)
     cfg = load_config(write_config(tmp_path, "/dev/null"))
     agent = Agent(cfg)
     try:
         await agent.start()
         async with asyncio.timeout(TIMEOUT):
-            while len(made[0].answers) < len(texts):
+            while len(scanner.answers) < len(scanner.texts) and not agent.stopping.is_set():
                 await asyncio.sleep(0.01)
     finally:
         await asyncio.wait_for(agent.close(), TIMEOUT)
-    assert [ok for _, ok in made[0].answers] == [True, True, False, True, True]
-    assert [how for how, _ in made[0].answers][:2] == ["from a task", "from a task"]
+    return agent
+
+
+SLOW_TEXTS = ["LOC-A-01", EAN13, "4006381333932", OTHER, EAN13]  # the third: bad check digit
+
+
+async def test_answers_that_cannot_go_out_at_once_keep_the_order_of_the_scans(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scanner = _SlowToAnswerScanner("handheld", SLOW_TEXTS)
+    agent = await _run_slow(tmp_path, monkeypatch, scanner)
+    assert [ok for _, ok in scanner.answers] == [True, True, False, True, True]
+    assert [how for how, _ in scanner.answers][:2] == ["from a task", "from a task"]
     assert agent.failed is None
+
+
+async def test_answers_go_out_at_once_again_once_those_queued_are_sent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scans committed one by one: the first two answers from the task, each sent before the
+    next scan comes, and then at once."""
+    scanner = _SlowToAnswerScanner("handheld", SLOW_TEXTS, gap=0.1)
+    agent = await _run_slow(tmp_path, monkeypatch, scanner)
+    assert scanner.answers == [("from a task", True), ("from a task", True),
+                               ("at once", False), ("at once", True), ("at once", True)]
+    assert agent.failed is None
+
+
+async def test_answers_waiting_to_be_sent_hold_the_reader_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scanner whose answers all go through the task, slower than its scans come: the
+    reader waits while _IN_FLIGHT scans are unanswered, queued answers included."""
+    monkeypatch.setattr(daemon, "_IN_FLIGHT", 3)
+    scanner = _SlowToAnswerScanner("handheld", ["LOC-A-01"] + [EAN13] * 19,
+                                   not_at_once=10**6)
+    agent = await _run_slow(tmp_path, monkeypatch, scanner)
+    assert [ok for _, ok in scanner.answers] == [True] * 20
+    assert scanner.most_unanswered <= 3 + 1  # (the scan just read, before the reader waits)
+    assert agent.failed is None
+
+
+async def test_a_scan_the_station_cannot_take_stops_the_agent_after_answering_the_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in the capture path (here: submit raising on the third scan) must stop the agent
+    so that it is restarted, once the scans before it are answered; not hang it."""
+    real = daemon.Station.submit
+    calls = 0
+
+    def submit(self: Any, scan: RawScan, then: Any = None) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("a bug in the capture path")
+        return real(self, scan, then)
+
+    monkeypatch.setattr(daemon.Station, "submit", submit)
+    scanner = _SlowToAnswerScanner("handheld", SLOW_TEXTS)
+    agent = await _run_slow(tmp_path, monkeypatch, scanner)
+    assert [ok for _, ok in scanner.answers] == [True, True]
+    assert agent.failed == "scan:handheld stopped unexpectedly"
