@@ -97,15 +97,6 @@ class _ScannerSlot:
 
 
 Listener = Callable[[Outcome], None]
-Answer = Callable[["asyncio.Future[Outcome]"], None]
-
-
-def _answer(then: Answer | None, done: asyncio.Future[Outcome]) -> None:
-    if then is not None:
-        try:
-            then(done)
-        except Exception:  # an answer never breaks capture
-            log.exception("answering a scan failed")
 
 
 @dataclass
@@ -151,12 +142,8 @@ class Station:
         """Capture one scan. Never raises for bad input; journal failures give ``failed``."""
         return await self.submit(scan)
 
-    def submit(self, scan: RawScan, then: Answer | None = None) -> asyncio.Future[Outcome]:
+    def submit(self, scan: RawScan) -> asyncio.Future[Outcome]:
         """Work out one scan and queue its commit; the future gives its outcome once committed.
-
-        ``then(future)`` runs as soon as the future is settled, with no turn of the loop in
-        between (on the capture thread: right after the commit), so that the scanner can be
-        answered at once; it must not raise.
 
         A scanner's next scan may be submitted before this one's commit is done: it is worked
         out from the session as this scan leaves it, and commits after it (in the same
@@ -196,24 +183,22 @@ class Station:
             ntp_synced=self._ntp_synced(),
             chain=(scan.scanner, slot.chain),
         )
-        done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        done = asyncio.get_running_loop().create_future()
         # Only a read that commits counts for debounce: a rescan after a failed commit is kept.
         last_read = (text, scan.boot_ns) if scan.error is None else slot.last_read
         state = step.state if step is not None and not step.rejected else slot.state
         after = (state, last_read, slot.chain)
         try:
-            self.writer.submit(
-                record, lambda f: self._committed(f, slot, record, after, done, then))
+            self.writer.submit(record, lambda f: self._committed(f, slot, record, after, done))
         except JournalError as exc:
             done.set_result(self._failed(scan.scanner, text, exc))
-            _answer(then, done)
             return done
         slot.state, slot.last_read = state, last_read
         return done
 
     def _committed(self, f: asyncio.Future[Captured], slot: _ScannerSlot, record: Capture,
                    after: tuple[SessionState, tuple[str, int] | None, int],
-                   done: asyncio.Future[Outcome], then: Answer | None) -> None:
+                   done: asyncio.Future[Outcome]) -> None:
         """A submitted scan's commit ended: update the saved session, log, tell listeners."""
         state, last_read, chain = after
         exc = f.exception() if not f.cancelled() else JournalError("commit cancelled")
@@ -224,7 +209,6 @@ class Station:
             if not isinstance(exc, JournalError):
                 if not done.done():
                     done.set_exception(exc)
-                _answer(then, done)
                 return
             outcome = self._failed(record.scanner, record.text, exc)
         else:
@@ -242,7 +226,6 @@ class Station:
             self._emit(outcome)
         if not done.done():
             done.set_result(outcome)
-        _answer(then, done)
 
     def _failed(self, scanner: str, text: str, exc: JournalError) -> Outcome:
         what = "disk full" if isinstance(exc, JournalFullError) else "journal error"

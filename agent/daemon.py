@@ -8,7 +8,6 @@ stop the sync loop, then close the journal. ``scan-agent run`` is ``asyncio.run(
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import os
@@ -55,90 +54,6 @@ _SWITCH_INTERVAL = 0.001  # seconds (see run)
 _SCANNING_CORES = 0.25
 
 
-class _Answers:
-    """One scanner's answers, sent in the order its scans were read.
-
-    :meth:`answer` is each scan's commit callback: the ACK or NAK goes out there and then
-    when the driver can send it without waiting (``acknowledge_now``), else (and after any
-    answer still queued) from a task, in order. ``waiting`` counts the scans submitted and
-    not answered yet, queued answers included: the reader waits while it is ``_IN_FLIGHT``.
-    Something broken (a commit's future failing other than with an outcome, a driver raising
-    what it must not) stops the reader, as a failing read does.
-    """
-
-    def __init__(self, agent: Agent, scanner: Scanner, reading: asyncio.Task[Any] | None) -> None:
-        self.agent, self.scanner, self.reading = agent, scanner, reading
-        self.waiting = 0
-        self.failure: BaseException | None = None
-        self._queued: collections.deque[Outcome] = collections.deque()
-        self._sending: asyncio.Task[None] | None = None
-        self._wake: asyncio.Event | None = None  # set at each answer
-
-    def answer(self, done: asyncio.Future[Outcome]) -> None:
-        try:
-            if done.cancelled() or done.exception() is not None:
-                # not a capture failure (those are outcomes): something is broken
-                self.waiting -= 1
-                self._fail(asyncio.CancelledError() if done.cancelled() else done.exception())
-                return
-            outcome = done.result()
-            if self._queued or not self.scanner.acknowledge_now(outcome.ok):
-                self._queued.append(outcome)
-                if self._sending is None:
-                    self._sending = asyncio.get_running_loop().create_task(
-                        self._send(), name=f"answer:{self.scanner.name}")
-                return
-            self.waiting -= 1
-            self.agent._answered(outcome)
-        except Exception as exc:
-            self._fail(exc)
-        finally:
-            self._woken()
-
-    async def _send(self) -> None:
-        try:
-            while self._queued:
-                outcome = self._queued[0]
-                try:
-                    await self.scanner.acknowledge(outcome.ok)
-                except (AgentError, DriverError) as exc:
-                    log.warning("scanner %s: feedback failed: %s", self.scanner.name, exc)
-                self._queued.popleft()
-                self.waiting -= 1
-                self.agent._answered(outcome)
-                self._woken()
-        except Exception as exc:
-            self._fail(exc)
-        finally:
-            self._sending = None
-            self._woken()
-
-    def _fail(self, exc: BaseException | None) -> None:
-        if self.failure is None and exc is not None:
-            self.failure = exc
-            if self.reading is not None:
-                self.reading.cancel()
-
-    def _woken(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
-
-    async def room(self) -> None:
-        """Until fewer than ``_IN_FLIGHT`` scans wait for their answer."""
-        await self._until(lambda: self.waiting < _IN_FLIGHT)
-
-    async def all_sent(self) -> None:
-        """Until every scan submitted is answered (or answering broke)."""
-        await self._until(lambda: self.waiting == 0 or (
-            self.failure is not None and self._sending is None))
-
-    async def _until(self, ready: Callable[[], bool]) -> None:
-        while not ready():
-            self._wake = asyncio.Event()
-            await self._wake.wait()
-        self._wake = None
-
-
 @dataclass
 class Agent:
     """A running station. Use as ``async with Agent(cfg) as agent: await agent.wait()``."""
@@ -166,7 +81,6 @@ class Agent:
     _stopping_sent: bool = False
     _time_base: TimeBase = field(default_factory=lambda: TimeBase(boot_id()))
     _loop: asyncio.AbstractEventLoop | None = None  # the main loop (sync, metrics, status)
-    _saving_alerts: asyncio.Task[None] | None = None  # (a reference keeps the task alive)
 
     async def __aenter__(self) -> Agent:
         await self.start()
@@ -374,58 +288,64 @@ class Agent:
         """Read a scanner's scans and capture each at once; answer them in order as they commit.
 
         A scan does not wait for the previous one's commit: a scanner that streams (a fixed
-        reader, a quick operator) gets its scans committed together. Each is answered from its
-        commit's callback, on this thread, with no turn of the loop in between (see
-        :class:`_Answers`). At most ``_IN_FLIGHT`` wait for their answer; past that the reader
-        waits, and further scans wait in the driver. If reading fails, the scans already read
-        are still answered before the failure stops the agent: they are in the journal, and
-        an unanswered scan is scanned again.
+        reader, a quick operator) gets its scans committed together. At most ``_IN_FLIGHT``
+        wait for their answer; past that the reader waits, and further scans wait in the
+        driver. If reading fails, the scans already read are still answered before the
+        failure stops the agent: they are in the journal, and an unanswered scan is scanned
+        again.
         """
         assert self.station is not None
-        submit = self.station.submit
-        answers = _Answers(self, scanner, asyncio.current_task())
+        station = self.station
+        room = asyncio.Semaphore(_IN_FLIGHT)
+        inflight: asyncio.Queue[asyncio.Future[Outcome] | None] = asyncio.Queue()
+        answering = asyncio.create_task(self._answer(scanner, inflight, room),
+                                        name=f"answer:{scanner.name}")
+        reading = asyncio.current_task()
+
+        def answering_ended(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None and reading is not None:
+                reading.cancel()  # nobody answers this scanner any more: stop
+
+        answering.add_done_callback(answering_ended)
         try:
-            try:
-                async for scan in scanner:
-                    if answers.waiting >= _IN_FLIGHT:
-                        await answers.room()
-                    answers.waiting += 1
-                    try:
-                        submit(scan, answers.answer)
-                    except BaseException:
-                        answers.waiting -= 1
-                        raise
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:
-                try:
-                    await answers.all_sent()
-                finally:
-                    raise exc  # (the reading's failure, not a cancel that came meanwhile)
-            await answers.all_sent()
+            async for scan in scanner:
+                await room.acquire()
+                inflight.put_nowait(station.submit(scan))
         except asyncio.CancelledError:
-            if answers.failure is not None:
-                raise answers.failure from None  # answering failed: that is why we stopped
+            if answering.done() and not answering.cancelled() and (
+                    failure := answering.exception()) is not None:
+                raise failure from None  # the answers failed: that is why we were cancelled
+            answering.cancel()
             raise
+        except BaseException:
+            inflight.put_nowait(None)
+            await answering  # (cancelling this task cancels it too)
+            raise
+        inflight.put_nowait(None)
+        await answering
 
-    def _answered(self, outcome: Outcome) -> None:
-        """After a scan's ACK/NAK: beep and LEDs, and the alert of a failed capture."""
-        if self.feedback is not None:
-            if outcome.ok:
-                self.feedback.good(outcome.note)
-            else:
-                self.feedback.error(outcome.reason or outcome.status)
-        if outcome.status == "failed":
-            self._alerts_due.append((time.time(), outcome.reason or ""))
-        if self._alerts_due and self._saving_alerts is None:
-            self._saving_alerts = asyncio.get_running_loop().create_task(
-                self._save_alerts_task(), name="capture alerts")
-
-    async def _save_alerts_task(self) -> None:
-        try:
-            await self._save_alerts()
-        finally:
-            self._saving_alerts = None
+    async def _answer(self, scanner: Scanner,
+                      inflight: asyncio.Queue[asyncio.Future[Outcome] | None],
+                      room: asyncio.Semaphore) -> None:
+        """Acknowledge each scan once its commit ends: ACK/NAK, beep and LEDs, alerts."""
+        while (pending := await inflight.get()) is not None:
+            try:
+                outcome = await pending
+            finally:
+                room.release()
+            try:
+                await scanner.acknowledge(outcome.ok)
+            except (AgentError, DriverError) as exc:
+                log.warning("scanner %s: feedback failed: %s", scanner.name, exc)
+            if self.feedback is not None:
+                if outcome.ok:
+                    self.feedback.good(outcome.note)
+                else:
+                    self.feedback.error(outcome.reason or outcome.status)
+            if outcome.status == "failed":
+                self._alerts_due.append((time.time(), outcome.reason or ""))
+            if self._alerts_due:
+                await self._save_alerts()
 
     async def _save_alerts(self) -> None:
         """Record capture failures for ``status``. On a full disk the alert cannot be written

@@ -1,8 +1,7 @@
 """The one small interface every scanner driver implements.
 
 A driver is an async iterator of :class:`RawScan` plus ``acknowledge()`` (operator feedback
-sent back to the scanner, if it supports any; ``acknowledge_now()`` where it can be sent at
-once, without waiting) and an idempotent ``close()``. Drivers reconnect
+sent back to the scanner, if it supports any) and an idempotent ``close()``. Drivers reconnect
 by themselves when a device goes away and comes back: the iterator only ends on ``close()``.
 Connection changes are reported through ``state`` and the optional ``on_state`` callback.
 
@@ -79,10 +78,6 @@ class Scanner(Protocol):
 
     async def acknowledge(self, ok: bool) -> None:
         """Tell the scanner a scan was committed (``ok``) or rejected. No-op if unsupported."""
-
-    def acknowledge_now(self, ok: bool) -> bool:
-        """As :meth:`acknowledge` when that needs no waiting (a write to a non-blocking
-        descriptor, or nothing to send): whether it was done. False: call ``acknowledge``."""
 
     async def close(self) -> None:
         """Stop reading and release the device. Idempotent."""

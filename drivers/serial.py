@@ -192,38 +192,25 @@ class SerialScanner(SupervisedScanner):
 
     async def acknowledge(self, ok: bool) -> None:
         """Send ``ack`` (``ok``) or ``nak`` to the scanner, if configured. Never raises."""
-        if self.acknowledge_now(ok):
-            return
-        conn = self._conn
-        assert conn is not None
-        try:
-            await asyncio.to_thread(conn.port.write, self._ack if ok else self._nak)
-        except Exception as exc:  # a vanished port must never break the capture loop
-            log.warning("scanner %s: %s not sent: %s", self.name, "ACK" if ok else "NAK", exc)
-
-    def acknowledge_now(self, ok: bool) -> bool:
-        """Send ``ack`` or ``nak`` at once where the port is a non-blocking descriptor (or
-        say why nothing is sent). False only for a port read by a thread (a network URL):
-        its write may block, so :meth:`acknowledge` sends it from a worker thread."""
         data = self._ack if ok else self._nak
         if data is None:
-            return True
+            return
         what = "ACK" if ok else "NAK"
         conn = self._conn
         if conn is None or conn.gone.done():
             log.warning("scanner %s: %s not sent: %s", self.name, what, self._state.detail)
-            return True
-        if conn.fd is None:
-            return False
+            return
         try:
-            # Non-blocking and synchronous: the fd cannot be closed between check and write.
-            written = os.write(conn.fd, data)
-            if written < len(data):
-                log.warning("scanner %s: %s cut short (%d of %d bytes written)",
-                            self.name, what, written, len(data))
+            if conn.fd is not None:
+                # Non-blocking and synchronous: the fd cannot be closed between check and write.
+                written = os.write(conn.fd, data)
+                if written < len(data):
+                    log.warning("scanner %s: %s cut short (%d of %d bytes written)",
+                                self.name, what, written, len(data))
+            else:
+                await asyncio.to_thread(conn.port.write, data)
         except Exception as exc:  # a vanished port must never break the capture loop
             log.warning("scanner %s: %s not sent: %s", self.name, what, exc)
-        return True
 
     # -- connection supervision ---------------------------------------------------------------
 

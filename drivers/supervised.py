@@ -54,10 +54,6 @@ class SupervisedScanner:
     async def acknowledge(self, ok: bool) -> None:
         """Operator feedback through the scanner; nothing by default."""
 
-    def acknowledge_now(self, ok: bool) -> bool:
-        """Nothing to send by default: done."""
-        return True
-
     async def close(self) -> None:
         """Stop reading: cancel the supervisor (which releases the device), then end the
         iterator. Idempotent; a second caller waits for the first to finish."""

@@ -496,9 +496,6 @@ class _FailingScanner:
     async def acknowledge(self, ok: bool) -> None:
         self.answers.append(ok)
 
-    def acknowledge_now(self, ok: bool) -> bool:
-        return False  # answered by acknowledge(), from a task
-
     async def close(self) -> None:
         pass
 
@@ -532,18 +529,15 @@ async def test_a_failing_reader_still_answers_what_it_read_and_stops_the_agent(
 
 
 class _SlowToAnswerScanner:
-    """A scanner whose first answers cannot go out at once (a port written from a worker
-    thread, say): they are sent from a task, and the answers after them must wait their turn.
-    ``gap``: seconds between two scans (0: all at once, committed together)."""
+    """A scanner whose answers take a while to send (a port written from a worker thread, a
+    slow adapter), scanning faster than that."""
 
-    def __init__(self, name: str, texts: Sequence[str], gap: float = 0.0,
-                 not_at_once: int = 2) -> None:
-        self.name, self.texts, self.gap, self.not_at_once = name, texts, gap, not_at_once
-        self.answers: list[tuple[str, bool]] = []
+    def __init__(self, name: str, texts: Sequence[str]) -> None:
+        self.name, self.texts = name, texts
+        self.answers: list[bool] = []
         self.state = ScannerState(name, True, "fake")
         self.most_unanswered = 0  # the most scans read and not answered, as each is read
         self._closed = asyncio.Event()
-        self._asked_now = 0
 
     def __aiter__(self) -> AsyncIterator[RawScan]:
         return self._scans()
@@ -552,20 +546,11 @@ class _SlowToAnswerScanner:
         for n, text in enumerate(self.texts):
             self.most_unanswered = max(self.most_unanswered, n + 1 - len(self.answers))
             yield RawScan(self.name, text, text.encode())
-            if self.gap:
-                await asyncio.sleep(self.gap)
         await self._closed.wait()
 
     async def acknowledge(self, ok: bool) -> None:
         await asyncio.sleep(0.02)
-        self.answers.append(("from a task", ok))
-
-    def acknowledge_now(self, ok: bool) -> bool:
-        self._asked_now += 1
-        if self._asked_now <= self.not_at_once:
-            return False
-        self.answers.append(("at once", ok))
-        return True
+        self.answers.append(ok)
 
     async def close(self) -> None:
         self._closed.set()
@@ -588,39 +573,16 @@ async def _run_slow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     return agent
 
 
-SLOW_TEXTS = ["LOC-A-01", EAN13, "4006381333932", OTHER, EAN13]  # the third: bad check digit
-
-
-async def test_answers_that_cannot_go_out_at_once_keep_the_order_of_the_scans(
+async def test_answers_slower_than_the_scans_hold_the_reader_back(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    scanner = _SlowToAnswerScanner("handheld", SLOW_TEXTS)
-    agent = await _run_slow(tmp_path, monkeypatch, scanner)
-    assert [ok for _, ok in scanner.answers] == [True, True, False, True, True]
-    assert [how for how, _ in scanner.answers][:2] == ["from a task", "from a task"]
-    assert agent.failed is None
-
-
-async def test_answers_go_out_at_once_again_once_those_queued_are_sent(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Scans committed one by one: the first two answers from the task, each sent before the
-    next scan comes, and then at once."""
-    scanner = _SlowToAnswerScanner("handheld", SLOW_TEXTS, gap=0.1)
-    agent = await _run_slow(tmp_path, monkeypatch, scanner)
-    assert scanner.answers == [("from a task", True), ("from a task", True),
-                               ("at once", False), ("at once", True), ("at once", True)]
-    assert agent.failed is None
-
-
-async def test_answers_waiting_to_be_sent_hold_the_reader_back(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A scanner whose answers all go through the task, slower than its scans come: the
-    reader waits while _IN_FLIGHT scans are unanswered, queued answers included."""
+    """The reader waits while _IN_FLIGHT scans wait for their answer: what a scanner sends
+    meanwhile waits in the driver (and the device), not in the agent's memory."""
     monkeypatch.setattr(daemon, "_IN_FLIGHT", 3)
-    scanner = _SlowToAnswerScanner("handheld", ["LOC-A-01"] + [EAN13] * 19,
-                                   not_at_once=10**6)
+    scanner = _SlowToAnswerScanner("handheld", ["LOC-A-01"] + [EAN13] * 19)
     agent = await _run_slow(tmp_path, monkeypatch, scanner)
-    assert [ok for _, ok in scanner.answers] == [True] * 20
-    assert scanner.most_unanswered <= 3 + 1  # (the scan just read, before the reader waits)
+    assert scanner.answers == [True] * 20
+    # the scans waiting, the one being answered, the one just read before the reader waits
+    assert scanner.most_unanswered <= 3 + 2, scanner.most_unanswered
     assert agent.failed is None
 
 
@@ -631,15 +593,15 @@ async def test_a_scan_the_station_cannot_take_stops_the_agent_after_answering_th
     real = daemon.Station.submit
     calls = 0
 
-    def submit(self: Any, scan: RawScan, then: Any = None) -> Any:
+    def submit(self: Any, scan: RawScan) -> Any:
         nonlocal calls
         calls += 1
         if calls == 3:
             raise RuntimeError("a bug in the capture path")
-        return real(self, scan, then)
+        return real(self, scan)
 
     monkeypatch.setattr(daemon.Station, "submit", submit)
-    scanner = _SlowToAnswerScanner("handheld", SLOW_TEXTS)
+    scanner = _SlowToAnswerScanner("handheld", ["LOC-A-01", EAN13, OTHER, EAN13])
     agent = await _run_slow(tmp_path, monkeypatch, scanner)
-    assert [ok for _, ok in scanner.answers] == [True, True]
+    assert scanner.answers == [True, True]
     assert agent.failed == "scan:handheld stopped unexpectedly"

@@ -107,10 +107,6 @@ class EvdevScanner:
     async def acknowledge(self, ok: bool) -> None:
         """Keyboard wedges cannot be told anything back: a no-op."""
 
-    def acknowledge_now(self, ok: bool) -> bool:
-        """Nothing to send: done."""
-        return True
-
     async def close(self) -> None:
         """Remove the reader, ungrab, close the device, cancel timers. Idempotent."""
         if self._closed:
