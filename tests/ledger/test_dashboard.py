@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import select
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,95 @@ def dump_dom(url: str, profile: Path, budget_ms: int = 3000) -> str:
         capture_output=True, text=True, timeout=90)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
+
+
+def no_script_dom(url: str, profile: Path, wait_s: float = 3.0) -> tuple[str, int]:
+    """The DOM as a browser with JavaScript turned off shows it after ``wait_s``, and how
+    many times the page loaded meanwhile (a ``<noscript>`` meta refresh reloads it).
+
+    ``--dump-dom`` needs script to read the page, so this drives Chromium over the DevTools
+    protocol on a pipe: the page's scripts are disabled (``Emulation.
+    setScriptExecutionDisabled``) and the DOM is read with ``DOM.getOuterHTML``."""
+    assert CHROMIUM is not None
+    to_r, to_w = os.pipe()
+    from_r, from_w = os.pipe()
+
+    def wire() -> None:  # in the child: Chromium reads commands on fd 3, answers on fd 4
+        os.dup2(to_r, 3)
+        os.dup2(from_w, 4)
+
+    # above 4, so that placing them on 3 and 4 cannot close one of them
+    moved = [os.dup2(fd, 100 + i) for i, fd in enumerate((to_r, from_w))]
+    for fd in (to_r, from_w):
+        os.close(fd)
+    to_r, from_w = moved
+    proc = subprocess.Popen(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={profile}", "--remote-debugging-pipe",
+         "about:blank"], preexec_fn=wire, pass_fds=(3, 4), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    os.close(to_r)
+    os.close(from_w)
+    buf = b""
+    sent = 0
+    events: list[dict[str, Any]] = []
+
+    def receive(deadline: float) -> dict[str, Any] | None:
+        nonlocal buf
+        while b"\0" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([from_r], [], [], left)[0]:
+                return None
+            chunk = os.read(from_r, 1 << 16)
+            assert chunk, "chromium closed its DevTools pipe"
+            buf += chunk
+        raw, buf = buf.split(b"\0", 1)
+        message: dict[str, Any] = json.loads(raw)
+        return message
+
+    def call(method: str, params: dict[str, Any] | None = None,
+             session: str | None = None) -> dict[str, Any]:
+        nonlocal sent
+        sent += 1
+        msg: dict[str, Any] = {"id": sent, "method": method, "params": params or {}}
+        if session is not None:
+            msg["sessionId"] = session
+        os.write(to_w, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + 30
+        while (m := receive(deadline)) is not None:
+            if m.get("id") == sent:
+                assert "error" not in m, (method, m["error"])
+                result: dict[str, Any] = m["result"]
+                return result
+            events.append(m)
+        raise AssertionError(f"chromium did not answer {method}")
+
+    try:
+        page = next(t for t in call("Target.getTargets")["targetInfos"] if t["type"] == "page")
+        session = call("Target.attachToTarget", {"targetId": page["targetId"],
+                                                 "flatten": True})["sessionId"]
+        call("Page.enable", session=session)
+        call("Emulation.setScriptExecutionDisabled", {"value": True}, session=session)
+        events.clear()
+        call("Page.navigate", {"url": url}, session=session)
+        deadline = time.monotonic() + wait_s
+        while (m := receive(deadline)) is not None:
+            events.append(m)
+        loads = sum(1 for e in events if e.get("method") == "Page.loadEventFired")
+        root = call("DOM.getDocument", {"depth": -1}, session=session)["root"]
+        dom = str(call("DOM.getOuterHTML", {"nodeId": root["nodeId"]},
+                       session=session)["outerHTML"])
+        return dom, loads
+    finally:
+        try:
+            call("Browser.close")
+            proc.wait(10)
+        except (AssertionError, OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+        os.close(to_w)
+        os.close(from_r)
 
 
 def populate(ledger: Any) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.ledger.factory import at, batch, count, move, pick, receipt, void
-from tests.ledger.test_dashboard import dump_dom, needs_chromium
+from tests.ledger.test_dashboard import dump_dom, needs_chromium, no_script_dom
 
 BERLIN = ZoneInfo("Europe/Berlin")
 CONFIG = '[sites.WH1]\ntimezone = "Europe/Berlin"\n'
@@ -111,6 +111,24 @@ def test_overview_shows_names_local_times_daily_chart_and_station_flags(
 
 
 @needs_chromium
+def test_without_script_the_overview_shows_everything_and_refreshes(
+        berlin: Any, tmp_path: Path) -> None:
+    """A browser with JavaScript turned off gets the whole page from the server, charts
+    included, and its ``<noscript>`` meta refresh reloads it."""
+    morning(berlin)
+    dom, loads = no_script_dom(berlin.server.url + "/?refresh=1", tmp_path / "profile",
+                               wait_s=3.5)
+    assert loads >= 2, "the meta refresh reloaded the page"
+    assert "data-refreshes" not in dom, "no script ran"
+    assert "Desk lamp" in section(dom, "open-item")
+    assert "Mug, stoneware 0.3 l" in section(dom, "open-location")
+    assert "2026-11-22 11:05:00 CET" in section(dom, "resolved")
+    assert section(dom, "daily").count('class="bar"') == 3
+    assert 'data-flag="clock_offset"' in section(dom, "stations")
+    assert 'id="csv"' in dom and '<form class="filters" method="get" action="/">' in dom
+
+
+@needs_chromium
 def test_filters_are_applied_and_kept_in_every_link(berlin: Any, tmp_path: Path) -> None:
     morning(berlin)
     today = datetime.now(BERLIN).date().isoformat()
@@ -153,8 +171,8 @@ def test_incident_page_explains_an_ordering_negative_with_both_orders(
     m = morning(berlin)
     inc = m["incidents"]["ordering"]
     url = berlin.server.url + f"/incidents/{inc['id']}"
-    # Without script, a browser shows the page exactly as the server sent it.
-    dom = dump_dom(url, tmp_path / "profile") if script else httpx.get(url).text
+    dom = (dump_dom(url, tmp_path / "profile") if script
+           else no_script_dom(url, tmp_path / "profile", wait_s=1.0)[0])
     chart = section(dom, "chart")
     recorded = re.search(r'class="series recorded" data-balances="([^"]*)" data-min="(-?\d+)"',
                          chart)
@@ -182,6 +200,7 @@ def test_incident_page_explains_an_ordering_negative_with_both_orders(
     if script:
         assert "<body data-refreshes" in dom, "the page's script ran"
     else:
+        assert "data-refreshes" not in dom, "no script ran"
         assert '<noscript><meta http-equiv="refresh"' in dom
 
 
