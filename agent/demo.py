@@ -498,9 +498,16 @@ def run_demo(*, keep: bool = False, speed: float = 1.0, workdir: str | None = No
                     "stopped.", fg="green", bold=True))
             click.echo(f"(the shift took {elapsed:.1f}s)")
             if keep:
+                manager = ledger.add_manager("manager")
+                still_open = shift.http.get("/v1/negatives", params={"status": "open"}).json()[
+                    "incidents"]
+                one = still_open[0]["id"] if still_open else "ID"
                 click.echo(f"\nThe ledger keeps running (database {work / 'ledger.db'}):\n"
                            f"  dashboard  {ledger.url}/\n"
                            f"  JSON       {ledger.url}/v1/negatives\n"
+                           f"  a note     curl -H 'Authorization: Bearer {manager}' "
+                           "-H 'Content-Type: application/json' -d '{\"text\": \"Counted "
+                           f"it.\"}}' {ledger.url}/v1/negatives/{one}/notes\n"
                            "Press Ctrl-C to stop it.")
                 with contextlib.suppress(KeyboardInterrupt):
                     signal.pause()
