@@ -130,6 +130,23 @@ def test_without_script_the_overview_shows_everything_and_refreshes(
     assert 'id="csv"' in dom and '<form class="filters" method="get" action="/">' in dom
 
 
+def test_the_posting_order_count_holds_whatever_the_status_filter(berlin: Any) -> None:
+    """Posting-order negatives resolve by themselves: ``/?status=open`` (the open ones to act
+    on) still says how many there were, rather than 0; the days and the class still apply."""
+    morning(berlin)
+    today = datetime.now(BERLIN).date()
+
+    def card(**query: str) -> str:
+        page = berlin.http.get("/", params=query).text
+        return page.split('id="card-ordering"')[1].split("</div>")[0]
+
+    for query in ({}, {"status": "open"}, {"status": "resolved"},
+                  {"status": "open", "from": today.isoformat()}):
+        assert "<b>1</b>" in card(**query), query
+    assert "<b>0</b>" in card(to=(today - timedelta(days=1)).isoformat())
+    assert "<b>0</b>" in card(**{"class": "item"})
+
+
 @needs_chromium
 def test_filters_are_applied_and_kept_in_every_link(berlin: Any, tmp_path: Path) -> None:
     morning(berlin)
