@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import select
@@ -41,23 +42,20 @@ def no_script_dom(url: str, profile: Path, wait_s: float = 3.0) -> tuple[str, in
     protocol on a pipe: the page's scripts are disabled (``Emulation.
     setScriptExecutionDisabled``) and the DOM is read with ``DOM.getOuterHTML``."""
     assert CHROMIUM is not None
-    to_r, to_w = os.pipe()
-    from_r, from_w = os.pipe()
-
-    def wire() -> None:  # in the child: Chromium reads commands on fd 3, answers on fd 4
-        os.dup2(to_r, 3)
-        os.dup2(from_w, 4)
-
-    # above 4, so that placing them on 3 and 4 cannot close one of them
-    moved = [os.dup2(fd, 100 + i) for i, fd in enumerate((to_r, from_w))]
-    for fd in (to_r, from_w):
+    # Chromium reads commands on fd 3 and answers on fd 4: bash puts the pipes there
+    # (from fds above 4, so that placing one cannot close the other)
+    def above_4(fd: int) -> int:
+        moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
         os.close(fd)
-    to_r, from_w = moved
+        return moved
+
+    to_r, to_w, from_r, from_w = (above_4(fd) for fd in (*os.pipe(), *os.pipe()))
     proc = subprocess.Popen(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        ["bash", "-c", f'exec "$0" "$@" 3<&{to_r} 4>&{from_w} {to_r}<&- {from_w}>&-',
+         CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
          "--no-first-run", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", f"--user-data-dir={profile}", "--remote-debugging-pipe",
-         "about:blank"], preexec_fn=wire, pass_fds=(3, 4), stdout=subprocess.DEVNULL,
+         "about:blank"], pass_fds=(to_r, from_w), stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
     os.close(to_r)
     os.close(from_w)
