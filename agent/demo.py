@@ -502,15 +502,17 @@ def run_demo(*, keep: bool = False, speed: float = 1.0, workdir: str | None = No
                 still_open = shift.http.get("/v1/negatives", params={"status": "open"}).json()[
                     "incidents"]
                 one = still_open[0]["id"] if still_open else "ID"
-                click.echo(f"\nThe ledger keeps running (database {work / 'ledger.db'}):\n"
-                           f"  dashboard  {ledger.url}/\n"
-                           f"  JSON       {ledger.url}/v1/negatives\n"
-                           f"  a note     curl -H 'Authorization: Bearer {manager}' "
-                           "-H 'Content-Type: application/json' -d '{\"text\": \"Counted "
-                           f"it.\"}}' {ledger.url}/v1/negatives/{one}/notes\n"
-                           "Press Ctrl-C to stop it.")
+                # a Ctrl-C as soon as this is shown stops it cleanly too
                 with contextlib.suppress(KeyboardInterrupt):
-                    signal.pause()
+                    click.echo(f"\nThe ledger keeps running (database {work / 'ledger.db'}):\n"
+                               f"  dashboard  {ledger.url}/\n"
+                               f"  JSON       {ledger.url}/v1/negatives\n"
+                               f"  a note     curl -H 'Authorization: Bearer {manager}' "
+                               "-H 'Content-Type: application/json' -d '{\"text\": \"Counted "
+                               f"it.\"}}' {ledger.url}/v1/negatives/{one}/notes\n"
+                               "Press Ctrl-C to stop it.")
+                    while True:  # not signal.pause(): a Ctrl-C just before it was lost
+                        time.sleep(1)
             else:
                 click.echo("The ledger stopped with the demo; 'scan-agent demo --keep' leaves "
                            "it running to browse its dashboard.")

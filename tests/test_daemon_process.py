@@ -719,6 +719,39 @@ def test_demo_keep_leaves_a_ledger_with_confirmed_incidents(tmp_path: Path) -> N
     assert "<b>manager</b>" in incident_page and "Counted it." in incident_page
 
 
+@pytest.mark.slow
+def test_demo_keep_stops_cleanly_on_a_ctrl_c_as_soon_as_it_says_so(tmp_path: Path) -> None:
+    """A Ctrl-C the moment "Press Ctrl-C" shows used to land before the demo waited for it:
+    a traceback and exit status 1, or (under load) a demo that never stopped."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "demo", "--speed", "3", "--keep", "--workdir",
+         str(tmp_path / "demo")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env, start_new_session=True)
+    out: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            out.append(line)
+            if not line or line.startswith("Press Ctrl-C"):
+                break
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            agents = _children(proc.pid)
+            os.killpg(proc.pid, signal.SIGKILL)
+            for pid in agents:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+            proc.communicate()
+    assert out[-1].startswith("Press Ctrl-C"), "".join(out)
+    assert proc.returncode == 0, "".join(out) + rest
+    assert "Traceback" not in rest, rest
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
