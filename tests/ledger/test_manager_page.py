@@ -298,6 +298,8 @@ def test_notes_by_a_manager_are_shown_and_others_are_refused(berlin: Any,
     notes = section(dom, "notes")
     assert "<b>anna</b>" in notes and "Found 3 in B-01.\nMoved back." in notes
     assert "sneaky" not in dom and "changed" not in dom
+    for control in ("<form", "<textarea", "<button", "contenteditable"):
+        assert control not in dom, f"nothing on the page edits a note: {control}"
     assert re.search(r'<time datetime="' + re.escape(note["created_at"]), notes)
 
 
