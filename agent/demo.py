@@ -502,7 +502,9 @@ def run_demo(*, keep: bool = False, speed: float = 1.0, workdir: str | None = No
                 still_open = shift.http.get("/v1/negatives", params={"status": "open"}).json()[
                     "incidents"]
                 one = still_open[0]["id"] if still_open else "ID"
-                # a Ctrl-C as soon as this is shown stops it cleanly too
+                # a Ctrl-C as soon as this is shown stops it cleanly too, and does even when
+                # the demo was started with SIGINT ignored (a shell's background job)
+                signal.signal(signal.SIGINT, signal.default_int_handler)
                 with contextlib.suppress(KeyboardInterrupt):
                     click.echo(f"\nThe ledger keeps running (database {work / 'ledger.db'}):\n"
                                f"  dashboard  {ledger.url}/\n"
