@@ -498,12 +498,23 @@ def run_demo(*, keep: bool = False, speed: float = 1.0, workdir: str | None = No
                     "stopped.", fg="green", bold=True))
             click.echo(f"(the shift took {elapsed:.1f}s)")
             if keep:
-                click.echo(f"\nThe ledger keeps running (database {work / 'ledger.db'}):\n"
-                           f"  dashboard  {ledger.url}/\n"
-                           f"  JSON       {ledger.url}/v1/negatives\n"
-                           "Press Ctrl-C to stop it.")
+                manager = ledger.add_manager("manager")
+                still_open = shift.http.get("/v1/negatives", params={"status": "open"}).json()[
+                    "incidents"]
+                one = still_open[0]["id"] if still_open else "ID"
+                # a Ctrl-C as soon as this is shown stops it cleanly too, and does even when
+                # the demo was started with SIGINT ignored (a shell's background job)
+                signal.signal(signal.SIGINT, signal.default_int_handler)
                 with contextlib.suppress(KeyboardInterrupt):
-                    signal.pause()
+                    click.echo(f"\nThe ledger keeps running (database {work / 'ledger.db'}):\n"
+                               f"  dashboard  {ledger.url}/\n"
+                               f"  JSON       {ledger.url}/v1/negatives\n"
+                               f"  a note     curl -H 'Authorization: Bearer {manager}' "
+                               "-H 'Content-Type: application/json' -d '{\"text\": \"Counted "
+                               f"it.\"}}' {ledger.url}/v1/negatives/{one}/notes\n"
+                               "Press Ctrl-C to stop it.")
+                    while True:  # not signal.pause(): a Ctrl-C just before it was lost
+                        time.sleep(1)
             else:
                 click.echo("The ledger stopped with the demo; 'scan-agent demo --keep' leaves "
                            "it running to browse its dashboard.")

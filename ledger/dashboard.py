@@ -202,7 +202,12 @@ def _cards(o: Overview, ctx: PageContext) -> str:
         parts.append(f'<div class="card" id="card-{cls}"><span>{escape(_LABELS[cls])}</span>'
                      f"<b>{len(of)}</b><span class=\"muted\">{conf} confirmed, "
                      f"{len(of) - conf} provisional</span></div>")
-    auto = sum(1 for i in o.incidents if i["class"] == "ordering")
+    # posting-order negatives resolve by themselves: counted whatever the status filter
+    # (``/?status=open`` would always show 0), within the filter's days
+    days = IncidentFilter(start=ctx.filt.start, end=ctx.filt.end)
+    auto = sum(1 for i in o.recent if i["class"] == "ordering" and days.matches(
+        site=i["site"], cls=i["class"], status=i["status"], station=i["station"],
+        opened_at=parse_time(i["opened_at"]), zone=ctx.zone))
     parts.append(f'<div class="card" id="card-ordering"><span>Posting order only</span>'
                  f'<b>{auto}</b><span class="muted">resolved by themselves</span></div>')
     parts.append(f'<div class="card" id="card-held"><span>Held depletions</span>'

@@ -686,6 +686,17 @@ def test_demo_keep_leaves_a_ledger_with_confirmed_incidents(tmp_path: Path) -> N
         incidents = httpx.get(f"{url}v1/negatives", params={"status": "open"},
                               timeout=10).json()["incidents"]
         page = httpx.get(url, timeout=10).text
+        flags = {s["name"]: s["flags"] for s in httpx.get(f"{url}v1/stations", timeout=10)
+                 .json()["stations"]}
+        # the printed curl command adds a note with the manager's token it shows
+        curl = next(ln for ln in out if ln.strip().startswith("a note ")).split()
+        token = curl[curl.index("'Authorization:") + 2].rstrip("'")
+        note_url = curl[-1]
+        r = httpx.post(note_url, json={"text": "Counted it."}, timeout=10,
+                       headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 201, r.text
+        incident_page = httpx.get(url + "incidents/" + note_url.split("/")[-2],
+                                  timeout=10).text
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
     finally:
@@ -700,6 +711,45 @@ def test_demo_keep_leaves_a_ledger_with_confirmed_incidents(tmp_path: Path) -> N
     assert sorted((i["class"], i["confirmed"]) for i in incidents) == [
         ("item", True), ("location", True)], incidents
     assert "1 confirmed, 0 provisional" in page
+    # the demo's item names beside the codes; the station whose clock is 10 min slow flagged
+    assert "Desk lamp, LED" in page and "Green tea, 250 g" in page
+    assert {i["item_name"] for i in incidents} == {"Desk lamp, LED", "Green tea, 250 g"}
+    assert flags == {"recv": [], "pick": [], "putaway": ["clock_offset"]}, flags
+    assert "clock 600." in page and "behind the ledger" in page
+    assert "<b>manager</b>" in incident_page and "Counted it." in incident_page
+
+
+@pytest.mark.slow
+def test_demo_keep_stops_cleanly_on_a_ctrl_c_as_soon_as_it_says_so(tmp_path: Path) -> None:
+    """A Ctrl-C the moment "Press Ctrl-C" shows used to land before the demo waited for it:
+    a traceback and exit status 1, or (under load) a demo that never stopped."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "demo", "--speed", "3", "--keep", "--workdir",
+         str(tmp_path / "demo")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env, start_new_session=True)
+    out: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            out.append(line)
+            if not line or line.startswith("Press Ctrl-C"):
+                break
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            agents = _children(proc.pid)
+            os.killpg(proc.pid, signal.SIGKILL)
+            for pid in agents:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+            proc.communicate()
+    assert out[-1].startswith("Press Ctrl-C"), "".join(out)
+    assert proc.returncode == 0, "".join(out) + rest
+    assert "Traceback" not in rest, rest
 
 
 def _children(pid: int) -> list[int]:

@@ -9,10 +9,12 @@ that went silent while the others post. Then the page is loaded as a browser loa
 from __future__ import annotations
 
 import csv
+import html
 import io
 import re
 import sqlite3
-from datetime import UTC, datetime, timedelta
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,7 +23,7 @@ import httpx
 import pytest
 
 from tests.ledger.factory import at, batch, count, move, pick, receipt, void
-from tests.ledger.test_dashboard import dump_dom, needs_chromium
+from tests.ledger.test_dashboard import dump_dom, needs_chromium, no_script_dom
 
 BERLIN = ZoneInfo("Europe/Berlin")
 CONFIG = '[sites.WH1]\ntimezone = "Europe/Berlin"\n'
@@ -111,6 +113,41 @@ def test_overview_shows_names_local_times_daily_chart_and_station_flags(
 
 
 @needs_chromium
+def test_without_script_the_overview_shows_everything_and_refreshes(
+        berlin: Any, tmp_path: Path) -> None:
+    """A browser with JavaScript turned off gets the whole page from the server, charts
+    included, and its ``<noscript>`` meta refresh reloads it."""
+    morning(berlin)
+    dom, loads = no_script_dom(berlin.server.url + "/?refresh=1", tmp_path / "profile",
+                               wait_s=3.5)
+    assert loads >= 2, "the meta refresh reloaded the page"
+    assert "data-refreshes" not in dom, "no script ran"
+    assert "Desk lamp" in section(dom, "open-item")
+    assert "Mug, stoneware 0.3 l" in section(dom, "open-location")
+    assert "2026-11-22 11:05:00 CET" in section(dom, "resolved")
+    assert section(dom, "daily").count('class="bar"') == 3
+    assert 'data-flag="clock_offset"' in section(dom, "stations")
+    assert 'id="csv"' in dom and '<form class="filters" method="get" action="/">' in dom
+
+
+def test_the_posting_order_count_holds_whatever_the_status_filter(berlin: Any) -> None:
+    """Posting-order negatives resolve by themselves: ``/?status=open`` (the open ones to act
+    on) still says how many there were, rather than 0; the days and the class still apply."""
+    morning(berlin)
+    today = datetime.now(BERLIN).date()
+
+    def card(**query: str) -> str:
+        page = berlin.http.get("/", params=query).text
+        return page.split('id="card-ordering"')[1].split("</div>")[0]
+
+    for query in ({}, {"status": "open"}, {"status": "resolved"},
+                  {"status": "open", "from": today.isoformat()}):
+        assert "<b>1</b>" in card(**query), query
+    assert "<b>0</b>" in card(to=(today - timedelta(days=1)).isoformat())
+    assert "<b>0</b>" in card(**{"class": "item"})
+
+
+@needs_chromium
 def test_filters_are_applied_and_kept_in_every_link(berlin: Any, tmp_path: Path) -> None:
     morning(berlin)
     today = datetime.now(BERLIN).date().isoformat()
@@ -138,6 +175,15 @@ def test_filters_are_applied_and_kept_in_every_link(berlin: Any, tmp_path: Path)
     # the form shows what is chosen
     assert re.search(r'<option value="location" selected="">', dom)
     assert re.search(r'name="from" value="' + today, dom)
+    # the page's CSV link is the same incidents as its JSON link, field for field
+    (csv_href,) = [h for h in hrefs if h.startswith("/v1/negatives.csv")]
+    (json_href,) = [h for h in hrefs if h.startswith("/v1/negatives?")]
+    r = berlin.http.get(csv_href)
+    assert r.status_code == 200 and r.headers["content-type"] == "text/csv; charset=utf-8"
+    rows = list(csv.DictReader(io.StringIO(r.content.decode("utf-8-sig"), newline="")))
+    incidents = berlin.http.get(json_href).json()["incidents"]
+    assert [i["class"] for i in incidents] == ["location"]
+    assert rows == [{k: _spelled(v) for k, v in inc.items()} for inc in incidents]
     # the incident page's way back keeps them too
     page = dump_dom(berlin.server.url + incident_links[0], tmp_path / "profile")
     back = re.search(r'id="back" href="([^"]+)"', page)
@@ -153,8 +199,8 @@ def test_incident_page_explains_an_ordering_negative_with_both_orders(
     m = morning(berlin)
     inc = m["incidents"]["ordering"]
     url = berlin.server.url + f"/incidents/{inc['id']}"
-    # Without script, a browser shows the page exactly as the server sent it.
-    dom = dump_dom(url, tmp_path / "profile") if script else httpx.get(url).text
+    dom = (dump_dom(url, tmp_path / "profile") if script
+           else no_script_dom(url, tmp_path / "profile", wait_s=1.0)[0])
     chart = section(dom, "chart")
     recorded = re.search(r'class="series recorded" data-balances="([^"]*)" data-min="(-?\d+)"',
                          chart)
@@ -182,6 +228,7 @@ def test_incident_page_explains_an_ordering_negative_with_both_orders(
     if script:
         assert "<body data-refreshes" in dom, "the page's script ran"
     else:
+        assert "data-refreshes" not in dom, "no script ran"
         assert '<noscript><meta http-equiv="refresh"' in dom
 
 
@@ -251,7 +298,96 @@ def test_notes_by_a_manager_are_shown_and_others_are_refused(berlin: Any,
     notes = section(dom, "notes")
     assert "<b>anna</b>" in notes and "Found 3 in B-01.\nMoved back." in notes
     assert "sneaky" not in dom and "changed" not in dom
+    for control in ("<form", "<textarea", "<button", "contenteditable"):
+        assert control not in dom, f"nothing on the page edits a note: {control}"
     assert re.search(r'<time datetime="' + re.escape(note["created_at"]), notes)
+
+
+@needs_chromium
+def test_the_daily_chart_counts_thirty_days_by_class_in_the_sites_days(
+        berlin: Any, tmp_path: Path) -> None:
+    """Incidents opened on past days (each batch ingested at the time it arrived): the chart
+    shows the last 30 days (today and 29 before it), by class, on the day in the site's zone;
+    a bar's link is that day's incidents."""
+    import orjson
+
+    svc = berlin.server._svc()
+    token = berlin.dock("d").token
+    today = datetime.now(BERLIN).date()
+
+    def arrival(day: int, hour: int, minute: int = 0, zone: Any = BERLIN) -> int:
+        when = datetime.combine(today - timedelta(days=day), datetime.min.time(), zone)
+        return int((when + timedelta(hours=hour, minutes=minute)).timestamp() * 1e6)
+
+    def post(received: int, *events: dict[str, Any]) -> None:
+        for ev in events:
+            ev["occurred_at"] = datetime.fromtimestamp(
+                (received - 60_000_000 + ev.pop("_s", 0) * 1_000_000) / 1e6, UTC).strftime(
+                "%Y-%m-%dT%H:%M:%S.%fZ")
+        body = batch(list(events), station="d")
+        body["sent_at"] = datetime.fromtimestamp(received / 1e6, UTC).strftime(
+            "%Y-%m-%dT%H:%M:%S.%fZ")
+        body["watermark"] = min(ev["occurred_at"] for ev in events)  # more may come
+        reply = berlin.server.call(svc.ingest, token, orjson.dumps(body), received)
+        assert reply.status == 200, reply.body
+
+    post(arrival(30, 12), pick(1, "A-1", 0, station="d", item="00000000000030"))  # too old
+    post(arrival(29, 9), pick(1, "A-1", 0, station="d", item="00000000000291"),
+         pick(1, "A-1", 0, station="d", item="00000000000292"),
+         receipt(5, "B-1", 0, station="d", item=MUG, _s=-10),
+         pick(2, "C-1", 0, station="d", item=MUG))
+    # 23:30 UTC ten days ago is 00:30 of the next day in Berlin: the bar is on that day;
+    # the receipt that came first arrives a minute later and makes it a posting-order one
+    late = arrival(10, 23, 30, UTC)
+    post(late, pick(4, "K-1", 0, station="d", item=KETTLE))
+    post(late + 60_000_000, receipt(9, "K-1", 0, station="d", item=KETTLE, _s=-100))
+
+    expected = {(today - timedelta(days=29), "item"): 2,
+                (today - timedelta(days=29), "location"): 1,
+                (today - timedelta(days=9), "ordering"): 1}
+    dom = dump_dom(berlin.server.url + "/", tmp_path / "profile")
+    daily = section(dom, "daily")
+    bars = {(date.fromisoformat(d), c): int(n) for d, c, n in re.findall(
+        r'<rect class="bar" data-day="([^"]+)" data-class="(\w+)" data-count="(\d+)"', daily)}
+    assert bars == expected, bars
+    assert "days in Europe/Berlin" in daily
+    # a bar links to its day: the same incidents as the JSON of that day
+    for day in {d for d, _ in expected}:
+        href = re.search(r'<a href="([^"]*from=' + day.isoformat() + r'[^"]*)">', daily)
+        assert href is not None, day
+        query = dict(httpx.URL(html.unescape(href.group(1))).params)
+        assert query == {"from": day.isoformat(), "to": day.isoformat()}
+        got = Counter(i["class"] for i in berlin.incidents(**query))
+        assert got == {c: n for (d, c), n in expected.items() if d == day}
+    assert len(berlin.incidents()) == 5, "the one too old is there, only not in the chart"
+
+
+@needs_chromium
+def test_other_sites_their_zones_and_held_depletions_by_name(make_ledger: Any,
+                                                            tmp_path: Path) -> None:
+    """Names beside codes in every part of the page (open, resolved, held); the site filter
+    on the page and the API; each site's times in its own zone."""
+    led = make_ledger(CONFIG + '[sites.NY]\ntimezone = "America/New_York"\n'
+                      "[sites.WH2]\nallow_negative = false\n")
+    morning(led)
+    led.dock("ny-1", site="NY").post(pick(2, "N-1", 5, station="ny-1", site="NY", item=LAMP))
+    led.dock("wh2-1", site="WH2").post(pick(1, "H-1", 5, station="wh2-1", site="WH2",
+                                            item=KETTLE))
+    dom = dump_dom(led.server.url + "/", tmp_path / "profile")
+    assert "Mug, stoneware 0.3 l" in section(dom, "resolved")
+    held = section(dom, "held")
+    assert "Kettle 1.7 l" in held and KETTLE in held and "H-1" in held
+    assert "2026-11-22 10:05:00 UTC" in held, "WH2 has no zone of its own: UTC"
+    assert "2026-11-22 05:05:00 EST" in section(dom, "open-item"), "NY's time in NY"
+    assert "2026-11-22 11:08:00 CET" in section(dom, "open-item"), "WH1's in Berlin"
+
+    ny = dump_dom(led.server.url + "/?site=NY", tmp_path / "profile")
+    assert "N-1" in section(ny, "open-item") and "C-03" not in ny and "B-02" not in ny
+    assert "days in America/New_York" in section(ny, "daily")
+    assert 'id="held"' in ny and "H-1" not in ny, "WH2's held depletion is not NY's"
+    assert {i["site"] for i in led.incidents(site="NY")} == {"NY"}
+    assert {i["site"] for i in led.incidents(site="WH1")} == {"WH1"}
+    assert len(led.incidents(site="WH1")) == 3 and led.incidents(site="WH2") == []
 
 
 def test_a_revoked_manager_cannot_add_notes(berlin: Any) -> None:
@@ -460,7 +596,9 @@ def test_the_screenshots_in_the_docs_are_made_by_a_script(tmp_path: Path) -> Non
     for p in made:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 50_000
         assert f"(img/{p.name})" in doc, "docs/ledger.md shows it"
-        assert (root / "docs" / "img" / p.name).exists()
+        # the docs' image is this script's (the same size; times differ from run to run)
+        shown = (root / "docs" / "img" / p.name).read_bytes()
+        assert shown[16:24] == p.read_bytes()[16:24], f"regenerate docs/img/{p.name}"
 
 
 def test_the_page_benchmark_runs() -> None:

@@ -6,9 +6,11 @@ the CSV export; SQL in filters and item files. Everything must come out as inert
 from __future__ import annotations
 
 import csv
+import html
 import io
 import re
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +170,74 @@ def test_sql_in_filters_and_item_files_is_data(
 
         with psycopg.connect(ledger_db) as pg:
             assert pg.execute("SELECT count(*) FROM items").fetchone() == (1,)
+
+
+@needs_chromium
+def test_the_incident_page_and_its_chart_render_inert(srv: LedgerServer, tmp_path: Path) -> None:
+    """Item codes, bins, scanner, operator and reference hold markup; the incident page shows
+    them in its story and in its chart (the chart's title, its marks): all as text."""
+    token = srv.add_station("dock-1", "WH1")
+    n = len(PAYLOADS)
+    srv.import_items([(p, PAYLOADS[(i + 2) % n]) for i, p in enumerate(PAYLOADS)])
+    picks = [pick(6, PAYLOADS[(i + 1) % n], 5 + i, item=p, station="dock-1", operator=p,
+                  scanner=p, reference=p) for i, p in enumerate(PAYLOADS)]
+    _post(srv, token, "dock-1", picks)
+    # the receipts came first but arrive late: each pick's negative is resolved by one
+    _post(srv, token, "dock-1", [receipt(10, PAYLOADS[(i + 1) % n], i, item=p,
+                                         station="dock-1", operator=p, reference=p)
+                                 for i, p in enumerate(PAYLOADS)])
+    incidents = httpx.get(srv.url + "/v1/negatives").json()["incidents"]
+    assert sorted(i["class"] for i in incidents) == ["ordering"] * n
+    for inc in incidents:
+        dom = dump_dom(srv.url + f"/incidents/{inc['id']}", tmp_path / "profile")
+        assert_inert(dom, charts=1)
+        chart = dom.split('id="chart"')[1].split("</section>")[0]
+        title = re.search(r"<title>balance of (.*?) at (.*?) over time</title>", chart)
+        assert title is not None, chart[:600]
+        assert html.unescape(title.group(1)) == inc["item"]
+        assert html.unescape(title.group(2)) == inc["location"]
+        assert "&lt;" in title.group(0) or "&gt;" in title.group(0)
+        assert "resolved" in dom and "receipt of 10 into" in dom
+
+
+@needs_chromium
+def test_station_and_site_names_written_by_anything_else_render_inert(
+        srv: LedgerServer, tmp_path: Path) -> None:
+    """The ledger refuses markup in station and site names where they are made (above); a
+    database written by anything else (an older release, a hand-made row) still shows
+    them as text: in the stations' table, their flags, the filter form and its links."""
+    token = srv.add_station("dock-1", "WH1")
+    _post(srv, token, "dock-1", [pick(1, "A-1", 1, station="dock-1")])
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    old = "2026-11-22T08:00:00.000000Z"
+    with sqlite3.connect(srv.db_path) as conn:
+        for i, p in enumerate(PAYLOADS):
+            site = PAYLOADS[(i + 1) % len(PAYLOADS)]
+            # silent for long, its clock 9 s off; another station of its site posts now
+            conn.execute(
+                "INSERT INTO stations (name, site, token_hash, created_at, last_contact, "
+                "sent_at, watermark, clock_offset_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (p, site, f"hash-{i}", old, old, old, old, 9000.0))
+            conn.execute("INSERT INTO stations (name, site, token_hash, created_at, "
+                         "last_contact) VALUES (?, ?, ?, ?, ?)",
+                         (f"fresh-{i}", site, f"fresh-{i}", now, now))
+    shown = {s["name"]: s["flags"] for s in httpx.get(srv.url + "/v1/stations").json()[
+        "stations"]}
+    assert all(shown[p] == ["clock_offset", "no_contact"] for p in PAYLOADS), shown
+    dom = dump_dom(srv.url + "/?refresh=1", tmp_path / "profile")
+    assert int(dom.split('data-refreshes="')[1].split('"')[0]) >= 1
+    assert_inert(dom, charts=1)
+    stations = dom.split('id="stations"')[1].split("</section>")[0]
+    assert stations.count('data-flag="clock_offset"') == len(PAYLOADS)
+    assert stations.count('data-flag="no_contact"') == len(PAYLOADS)
+    assert "&lt;script&gt;document.body.dataset.pwned" in stations
+    assert "while others of &lt;script&gt;document.body.dataset.pwned" in stations
+    # filtered by one of them: the form selects it, every link carries it
+    url = str(httpx.URL(srv.url + "/", params={"station": PAYLOADS[1], "site": PAYLOADS[2]}))
+    dom = dump_dom(url, tmp_path / "profile")
+    assert_inert(dom, charts=1)
+    chosen = re.findall(r'<option value="([^"]*)" selected="">', dom)
+    assert [html.unescape(v) for v in chosen] == [PAYLOADS[2], PAYLOADS[1]], chosen
+    hrefs = [html.unescape(h) for h in re.findall(r'href="([^"]+)"', dom)]
+    kept = [h for h in hrefs if h.startswith(("/incidents/", "/v1/negatives"))]
+    assert kept and all(httpx.URL(h).params.get("station") == PAYLOADS[1] for h in kept)
