@@ -2,9 +2,13 @@
 
 Every capture records the wall clock, ``CLOCK_BOOTTIME`` and the boot id. Each sync exchange
 with the ledger is an NTP-style sample: boottime before sending (t0) and after the answer (t3),
-and the ledger's ``server_time`` (T). With a symmetric path the ledger read T at boottime
-(t0 + t3) / 2, so ``ledger_time(b) = b + base`` with ``base = T - (t0 + t3) / 2``, good to
-half the round trip. An event of the current boot then gets
+and the ledger's ``server_time`` (T2, read just before it answers). With a symmetric path the
+ledger read T2 at boottime (t0 + t3) / 2, so ``ledger_time(b) = b + base`` with
+``base = T2 - (t0 + t3) / 2``, good to half the round trip. When the ledger also says when the
+request reached it (``received_at``, T1), the time it held the request (T2 - T1: reading the
+body, committing the batch, which can be seconds on a busy ledger) is no part of the path:
+``base = (T1 + T2) / 2 - (t0 + t3) / 2``, good to half of the round trip less that hold, as
+NTP does with its four timestamps. An event of the current boot then gets
 ``occurred_at = ledger_time(event_boottime)``, whatever the wall clock says.
 
 The pure parts (:class:`Sample`, :class:`TimeBase`, :func:`stamp`) take every time as an
@@ -111,21 +115,34 @@ def parse_utc(text: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One exchange: boottime at send (t0) and receive (t3), the ledger's time (T), wall at t3."""
+    """One exchange: boottime at send (t0) and receive (t3), the ledger's time as it answered
+    (T2), wall at t3; and when the ledger says the request reached it (T1), if it does."""
 
     t0_boot_ns: int
     t3_boot_ns: int
     server_ns: int
     wall_ns: int
+    received_ns: int | None = None
+
+    @property
+    def held_ns(self) -> int:
+        """How long the ledger held the request (T2 - T1): 0 when it does not say, or when
+        what it says cannot be (a negative hold, or one longer than the round trip)."""
+        if self.received_ns is None:
+            return 0
+        held = self.server_ns - self.received_ns
+        return held if 0 <= held <= self.t3_boot_ns - self.t0_boot_ns else 0
 
     @property
     def rtt_ns(self) -> int:
-        return max(0, self.t3_boot_ns - self.t0_boot_ns)
+        """The path's round trip: the exchange less the ledger's hold."""
+        return max(0, self.t3_boot_ns - self.t0_boot_ns - self.held_ns)
 
     @property
     def base_ns(self) -> int:
-        """ledger time minus boottime."""
-        return self.server_ns - (self.t0_boot_ns + self.t3_boot_ns) // 2
+        """ledger time minus boottime: the middle of the ledger's hold, at the middle of the
+        exchange."""
+        return self.server_ns - self.held_ns // 2 - (self.t0_boot_ns + self.t3_boot_ns) // 2
 
     @property
     def wall_offset_ms(self) -> float:

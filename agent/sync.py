@@ -526,13 +526,14 @@ class SyncLoop:
         try:
             data = resp.json()
             server_ns = parse_utc(str(data["server_time"]))
+            received_ns = _received_ns(data)
             results = data["results"]
             if not isinstance(results, list) or len(results) != len(rows):
                 raise ValueError(f"{len(results)} results for {len(rows)} events")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise _Retry(None, f"ledger answer unreadable: {printable(str(exc), 200)}"
                          ) from exc
-        self.time_base = self.time_base.add(Sample(t0, t3, server_ns, wall3))
+        self.time_base = self.time_base.add(Sample(t0, t3, server_ns, wall3, received_ns))
         self.stats.auth_failed = False
         await self._record(rows, results)
 
@@ -789,3 +790,15 @@ def _default_token_reader(cfg: LedgerConfig) -> str | None:
 
     return read_token(cfg)
 
+
+def _received_ns(answer: dict[str, Any]) -> int | None:
+    """When the ledger says the batch reached it (``received_at``), if it says so readably:
+    the time base uses it to leave the ledger's own time with the batch out of the round trip
+    (DESIGN's answer has only ``server_time``; this ledger adds it)."""
+    received = answer.get("received_at")
+    if not isinstance(received, str):
+        return None
+    try:
+        return parse_utc(received)
+    except ValueError:
+        return None

@@ -30,6 +30,39 @@ def test_sample_is_ntp_style() -> None:
     assert s.wall_offset_ms == pytest.approx(600_010.0)
 
 
+def test_the_ledgers_hold_on_a_request_is_no_part_of_the_path() -> None:
+    """A busy ledger took 2 s between receiving the batch (T1) and answering (T2); the path
+    took 5 ms each way. With T1 the offset is right to the path's asymmetry; without it, it
+    would be off by half the hold (1 s)."""
+    true_base = 1_700_000_000 * S  # ledger time = boottime + true_base
+    t0 = 50 * S
+    t1 = t0 + 5_000_000 + true_base  # the request arrives 5 ms later (ledger time)
+    t2 = t1 + 2 * S  # answered 2 s after that
+    t3 = t2 - true_base + 5_000_000  # and back 5 ms later (boottime)
+    held = Sample(t0, t3, server_ns=t2, wall_ns=0, received_ns=t1)
+    assert held.held_ns == 2 * S
+    assert held.rtt_ns == 10_000_000
+    assert held.base_ns == true_base
+    assert Sample(t0, t3, server_ns=t2, wall_ns=0).base_ns == true_base + S
+    # the time base picks the sample whose path was quickest, whatever the ledger's hold
+    quick_path = Sample(100 * S, 103 * S, server_ns=true_base + 103 * S - 1_000_000,
+                        wall_ns=0, received_ns=true_base + 100 * S + 1_000_000)
+    slow_path = Sample(200 * S, 200 * S + 40_000_000, true_base + 200 * S + 20_000_000, 0)
+    assert quick_path.rtt_ns == 2_000_000 and slow_path.rtt_ns == 40_000_000
+    assert TimeBase("boot-1").add(quick_path).add(slow_path).best is quick_path
+
+
+def test_a_receive_time_that_cannot_be_is_not_used() -> None:
+    """After the answer, or a hold longer than the whole exchange: the ledger's clocks do not
+    agree with themselves (another process answered, a clock stepped); T2 alone is used."""
+    t0, t3, t2 = 10 * S, 10 * S + 20_000_000, 5000 * S
+    for received in (t2 + 1, t2 - 20_000_001):
+        s = Sample(t0, t3, server_ns=t2, wall_ns=0, received_ns=received)
+        assert s.held_ns == 0
+        assert s.rtt_ns == 20_000_000
+        assert s.base_ns == Sample(t0, t3, t2, 0).base_ns
+
+
 def test_time_base_prefers_the_lowest_round_trip() -> None:
     tb = TimeBase("boot-1")
     tb = tb.add(Sample(0, 80_000_000, 1000 * S, 0))

@@ -278,7 +278,12 @@ async def test_watermark_and_clock_sample_from_each_exchange(rig: Rig) -> None:
     rig.start()
     await rig.receive(3, seed=12)
     await rig.wait_drained()
-    assert rig.sync.time_base.best is not None
+    best = rig.sync.time_base.best
+    assert best is not None
+    # the ledger said when each batch reached it: its hold is out of the round trip
+    assert all(s.received_ns is not None for s in rig.sync.time_base.samples)
+    assert any(s.held_ns > 0 for s in rig.sync.time_base.samples)
+    assert best.rtt_ns == best.t3_boot_ns - best.t0_boot_ns - best.held_ns
     stations = (await rig.ledger_get("/v1/stations"))
     text = json.dumps(stations)
     assert "dock-1" in text
