@@ -664,10 +664,10 @@ def test_demo_runs_the_whole_shift() -> None:
         "older" in lines, out
 
 
-@pytest.mark.slow
-def test_demo_keep_leaves_a_ledger_with_confirmed_incidents(tmp_path: Path) -> None:
-    """With --keep the open incidents stayed provisional for ever (the stopped stations'
-    watermarks never moved): the kept ledger shows what a manager sees the next morning."""
+@contextlib.contextmanager
+def _kept_demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """``scan-agent demo --keep``, read until it says "Press Ctrl-C" (or ends): the process and
+    its lines so far. Whatever is still running afterwards is killed, the agents too."""
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "demo", "--speed", "3", "--keep", "--workdir",
@@ -682,6 +682,22 @@ def test_demo_keep_leaves_a_ledger_with_confirmed_incidents(tmp_path: Path) -> N
             out.append(line)
             if not line or line.startswith("Press Ctrl-C"):
                 break
+        yield proc, out
+    finally:
+        if proc.poll() is None:
+            agents = _children(proc.pid)
+            os.killpg(proc.pid, signal.SIGKILL)
+            for pid in agents:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+            proc.communicate()
+
+
+@pytest.mark.slow
+def test_demo_keep_leaves_a_ledger_with_confirmed_incidents(tmp_path: Path) -> None:
+    """With --keep the open incidents stayed provisional for ever (the stopped stations'
+    watermarks never moved): the kept ledger shows what a manager sees the next morning."""
+    with _kept_demo(tmp_path) as (proc, out):
         url = next(ln.split()[1] for ln in out if ln.strip().startswith("dashboard "))
         incidents = httpx.get(f"{url}v1/negatives", params={"status": "open"},
                               timeout=10).json()["incidents"]
@@ -699,14 +715,6 @@ def test_demo_keep_leaves_a_ledger_with_confirmed_incidents(tmp_path: Path) -> N
                                   timeout=10).text
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            agents = _children(proc.pid)
-            os.killpg(proc.pid, signal.SIGKILL)
-            for pid in agents:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
-            proc.communicate()
     assert proc.returncode == 0, "".join(out) + rest
     assert sorted((i["class"], i["confirmed"]) for i in incidents) == [
         ("item", True), ("location", True)], incidents
@@ -723,30 +731,9 @@ def test_demo_keep_leaves_a_ledger_with_confirmed_incidents(tmp_path: Path) -> N
 def test_demo_keep_stops_cleanly_on_a_ctrl_c_as_soon_as_it_says_so(tmp_path: Path) -> None:
     """A Ctrl-C the moment "Press Ctrl-C" shows used to land before the demo waited for it:
     a traceback and exit status 1, or (under load) a demo that never stopped."""
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "demo", "--speed", "3", "--keep", "--workdir",
-         str(tmp_path / "demo")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=env, start_new_session=True)
-    out: list[str] = []
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            out.append(line)
-            if not line or line.startswith("Press Ctrl-C"):
-                break
+    with _kept_demo(tmp_path) as (proc, out):
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            agents = _children(proc.pid)
-            os.killpg(proc.pid, signal.SIGKILL)
-            for pid in agents:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
-            proc.communicate()
     assert out[-1].startswith("Press Ctrl-C"), "".join(out)
     assert proc.returncode == 0, "".join(out) + rest
     assert "Traceback" not in rest, rest
