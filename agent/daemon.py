@@ -8,6 +8,7 @@ stop the sync loop, then close the journal. ``scan-agent run`` is ``asyncio.run(
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -34,7 +35,7 @@ from agent.metrics import (
 )
 from agent.notify import Notifier, watchdog_task
 from drivers import open_scanner
-from drivers.base import Scanner, ScannerState
+from drivers.base import RawScan, Scanner, ScannerState, Sink
 
 if TYPE_CHECKING:
     from agent.sync import SyncLoop
@@ -77,6 +78,7 @@ class Agent:
     _metrics_server: MetricsServer | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _alerts_due: list[tuple[float, str]] = field(default_factory=list)
+    _alerting: asyncio.Task[None] | None = None
     _state_changed: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping_sent: bool = False
     _time_base: TimeBase = field(default_factory=lambda: TimeBase(boot_id()))
@@ -285,67 +287,35 @@ class Agent:
                     lambda j: j.alert(f"scanner:{st.scanner}", f"disconnected: {st.detail}"))
 
     async def _read(self, scanner: Scanner) -> None:
-        """Read a scanner's scans and capture each at once; answer them in order as they commit.
+        """Capture a scanner's scans as it reads them and answer each once committed.
 
-        A scan does not wait for the previous one's commit: a scanner that streams (a fixed
-        reader, a quick operator) gets its scans committed together. At most ``_IN_FLIGHT``
-        wait for their answer; past that the reader waits, and further scans wait in the
-        driver. If reading fails, the scans already read are still answered before the
-        failure stops the agent: they are in the journal, and an unanswered scan is scanned
-        again.
+        Runs on the capture thread. Each scan goes to the station in the driver's own read
+        callback, the moment it is framed (see :meth:`~drivers.base.ScanQueue.deliver`), and
+        is answered (ACK/NAK, beep and LEDs) in the commit's own turn of the loop, in reading
+        order: no queue, task or thread lies on a scan's way to its ACK. A scan does not wait
+        for the previous one's commit, so a scanner that streams (a fixed reader, a quick
+        operator) gets its scans committed together. At most ``_IN_FLIGHT`` wait for their
+        answer; past that the driver stops reading and further scans wait in the device. If
+        capture fails, the scans already read are still answered before the failure stops
+        the agent: they are in the journal, and an unanswered scan is scanned again.
         """
         assert self.station is not None
-        station = self.station
-        room = asyncio.Semaphore(_IN_FLIGHT)
-        inflight: asyncio.Queue[asyncio.Future[Outcome] | None] = asyncio.Queue()
-        answering = asyncio.create_task(self._answer(scanner, inflight, room),
-                                        name=f"answer:{scanner.name}")
-        reading = asyncio.current_task()
+        reading = _ScannerCapture(self, scanner, self.station)
+        await reading.run()
 
-        def answering_ended(task: asyncio.Task[None]) -> None:
-            if not task.cancelled() and task.exception() is not None and reading is not None:
-                reading.cancel()  # nobody answers this scanner any more: stop
-
-        answering.add_done_callback(answering_ended)
-        try:
-            async for scan in scanner:
-                await room.acquire()
-                inflight.put_nowait(station.submit(scan))
-        except asyncio.CancelledError:
-            if answering.done() and not answering.cancelled() and (
-                    failure := answering.exception()) is not None:
-                raise failure from None  # the answers failed: that is why we were cancelled
-            answering.cancel()
-            raise
-        except BaseException:
-            inflight.put_nowait(None)
-            await answering  # (cancelling this task cancels it too)
-            raise
-        inflight.put_nowait(None)
-        await answering
-
-    async def _answer(self, scanner: Scanner,
-                      inflight: asyncio.Queue[asyncio.Future[Outcome] | None],
-                      room: asyncio.Semaphore) -> None:
-        """Acknowledge each scan once its commit ends: ACK/NAK, beep and LEDs, alerts."""
-        while (pending := await inflight.get()) is not None:
-            try:
-                outcome = await pending
-            finally:
-                room.release()
-            try:
-                await scanner.acknowledge(outcome.ok)
-            except (AgentError, DriverError) as exc:
-                log.warning("scanner %s: feedback failed: %s", scanner.name, exc)
-            if self.feedback is not None:
-                if outcome.ok:
-                    self.feedback.good(outcome.note)
-                else:
-                    self.feedback.error(outcome.reason or outcome.status)
-            if outcome.status == "failed":
-                self._alerts_due.append((time.time(), outcome.reason or ""))
-            if self._alerts_due:
-                await self._save_alerts()
+    def _answered(self, outcome: Outcome) -> None:
+        """Operator feedback for one answered scan (the scanner's ACK is sent already), and
+        the alert of a scan that could not be saved."""
+        if self.feedback is not None:
+            if outcome.ok:
+                self.feedback.good(outcome.note)
+            else:
+                self.feedback.error(outcome.reason or outcome.status)
+        if outcome.status == "failed":
+            self._alerts_due.append((time.time(), outcome.reason or ""))
+        if self._alerts_due and (self._alerting is None or self._alerting.done()):
+            self._alerting = asyncio.get_running_loop().create_task(
+                self._save_alerts(), name="capture alerts")
 
     async def _save_alerts(self) -> None:
         """Record capture failures for ``status``. On a full disk the alert cannot be written
@@ -433,6 +403,114 @@ class Agent:
             self.feedback.close()
             self.feedback = None
         self.notifier.close()
+
+
+
+class _Iterated:
+    """A scanner that only iterates (as the :class:`~drivers.base.Scanner` protocol began),
+    read into a sink the way :meth:`~drivers.base.ScanQueue.deliver` does."""
+
+    def __init__(self, scanner: Any) -> None:
+        self.scanner = scanner
+        self._room = asyncio.Event()
+
+    async def deliver(self, sink: Sink) -> None:
+        async for scan in self.scanner:
+            if not sink(scan):
+                self._room.clear()
+                await self._room.wait()
+
+    def resume(self) -> None:
+        self._room.set()
+
+
+class _ScannerCapture:
+    """One scanner's scans, from the driver's read callback to their answers (see
+    :meth:`Agent._read`); on the capture thread."""
+
+    def __init__(self, agent: Agent, scanner: Scanner, station: Station) -> None:
+        self.agent, self.scanner, self.station = agent, scanner, station
+        self.source: Any = scanner if hasattr(scanner, "deliver") else _Iterated(scanner)
+        nowait = getattr(scanner, "acknowledge_nowait", None)
+        self.nowait: Callable[[bool], bool] = nowait or (lambda ok: False)
+        self.waiting: collections.deque[asyncio.Future[Outcome]] = collections.deque()
+        self.acks: collections.deque[bool] = collections.deque()  # answers a task sends
+        self.acking: asyncio.Task[None] | None = None
+        self.held = False  # the driver waits for room (the sink said it was full)
+        self.idle = asyncio.Event()  # every scan read is answered
+        self.idle.set()
+        self.failure: BaseException | None = None
+        self.task: asyncio.Task[Any] | None = None
+
+    async def run(self) -> None:
+        self.task = asyncio.current_task()
+        try:
+            await self.source.deliver(self.take)
+        except asyncio.CancelledError:
+            if self.failure is not None:
+                raise self.failure from None  # an answer failed: that is why we were cancelled
+            if self.acking is not None:
+                self.acking.cancel()
+            raise
+        except BaseException:
+            await self.idle.wait()  # (cancelling this task cancels the wait too)
+            raise
+        await self.idle.wait()
+        if self.failure is not None:
+            raise self.failure
+
+    def take(self, scan: RawScan) -> bool:
+        """The sink: submit the scan now; whether there is room for another."""
+        fut = self.station.submit(scan)
+        self.waiting.append(fut)
+        self.idle.clear()
+        fut.add_done_callback(self.committed)
+        self.held = len(self.waiting) + len(self.acks) >= _IN_FLIGHT
+        return not self.held
+
+    def committed(self, _: asyncio.Future[Outcome]) -> None:
+        """A commit ended: answer the scans whose turn it is, in reading order."""
+        waiting = self.waiting
+        while waiting and waiting[0].done():
+            fut = waiting.popleft()
+            exc = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
+            if exc is not None:
+                self._fail(exc)
+                return
+            outcome = fut.result()
+            if self.acks or not self.nowait(outcome.ok):
+                self.acks.append(outcome.ok)
+                if self.acking is None or self.acking.done():
+                    self.acking = asyncio.get_running_loop().create_task(
+                        self._send_acks(), name=f"answers:{self.scanner.name}")
+            self.agent._answered(outcome)
+        self._room()
+
+    async def _send_acks(self) -> None:
+        """The answers to a scanner whose feedback may block (a port a thread writes)."""
+        while self.acks:
+            try:
+                await self.scanner.acknowledge(self.acks[0])
+            except (AgentError, DriverError) as exc:
+                log.warning("scanner %s: feedback failed: %s", self.scanner.name, exc)
+            except Exception as exc:
+                self._fail(exc)
+                return
+            self.acks.popleft()
+            self._room()
+
+    def _room(self) -> None:
+        if not self.waiting and not self.acks:
+            self.idle.set()
+        if self.held and len(self.waiting) + len(self.acks) < _IN_FLIGHT:
+            self.held = False
+            self.source.resume()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = exc
+            if self.task is not None:
+                self.task.cancel()  # nobody answers this scanner any more: stop
 
 
 async def run(config: Config) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from drivers.settings import ScannerConfig, Settings
 
-__all__ = ["MAX_WAITING", "Driver", "RawScan", "ScanQueue", "Scanner", "ScannerState",
+__all__ = ["MAX_WAITING", "Driver", "RawScan", "ScanQueue", "Scanner", "ScannerState", "Sink",
            "StateCallback", "boottime_ns"]
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,9 @@ class ScannerState:
 
 StateCallback = Callable[[ScannerState], None]
 
+# Takes one scan, at once, in the driver's own callback; returns whether it takes another now.
+Sink = Callable[[RawScan], bool]
+
 
 @runtime_checkable
 class Scanner(Protocol):
@@ -78,6 +81,17 @@ class Scanner(Protocol):
 
     async def acknowledge(self, ok: bool) -> None:
         """Tell the scanner a scan was committed (``ok``) or rejected. No-op if unsupported."""
+
+    async def deliver(self, sink: Sink) -> None:
+        """Hand each scan to ``sink`` the moment it is framed, instead of through iteration,
+        until ``close()``; see :meth:`ScanQueue.deliver`."""
+
+    def resume(self) -> None:
+        """The sink takes scans again, after it last said it could not."""
+
+    def acknowledge_nowait(self, ok: bool) -> bool:
+        """:meth:`acknowledge` at once, where that cannot block; whether it was sent (if
+        not, await :meth:`acknowledge`). Never raises."""
 
     async def close(self) -> None:
         """Stop reading and release the device. Idempotent."""
@@ -127,6 +141,11 @@ class ScanQueue:
     the tty) and is lost with it if the connection drops before reading resumes.
 
     After :meth:`end`, :meth:`get` returns what is left and then ``None`` for ever.
+
+    Instead of :meth:`get`, a consumer may take the scans through :meth:`deliver`: each scan
+    goes to its sink the moment the driver frames it, with no queue, task or turn of the
+    event loop in between (the capture path: see ``agent.daemon``). While the sink says it
+    is full, scans wait here as they would for :meth:`get`, within the same limits.
     """
 
     def __init__(self, scanner: str, limit: int = MAX_WAITING) -> None:
@@ -140,6 +159,9 @@ class ScanQueue:
         self._items: asyncio.Queue[RawScan | None] = asyncio.Queue()
         self._room = asyncio.Event()
         self._room.set()
+        self._sink: Sink | None = None
+        self._taking = False  # the sink takes scans now
+        self._delivered: asyncio.Future[None] | None = None  # ends deliver()
 
     def __len__(self) -> int:
         """Scans waiting (not counting the end)."""
@@ -148,7 +170,7 @@ class ScanQueue:
     def push(self, scan: RawScan) -> bool:
         """Queue a scan, room or not. Whether the queue is full now: then the caller stops
         reading until :attr:`on_room` is called."""
-        self._items.put_nowait(scan)
+        self._add(scan)
         if self._items.qsize() >= self.limit:
             self._blocked = True
             return True
@@ -168,7 +190,7 @@ class ScanQueue:
             log.warning("scanner %s: taking scans again after dropping %d", self.scanner,
                         self._run)
             self._run = 0
-        self._items.put_nowait(scan)
+        self._add(scan)
         return True
 
     async def put(self, scan: RawScan) -> None:
@@ -177,13 +199,15 @@ class ScanQueue:
             self._blocked = True
             self._room.clear()
             await self._room.wait()
-        self._items.put_nowait(scan)
+        self._add(scan)
 
     def end(self) -> None:
         """No more scans: :meth:`get` returns ``None`` once the queued ones are taken."""
         if not self._ended:
             self._ended = True
             self._items.put_nowait(None)
+            if self._taking:
+                self._drain()
 
     async def get(self) -> RawScan | None:
         """The next scan, or ``None`` after :meth:`end`."""
@@ -191,9 +215,67 @@ class ScanQueue:
         item = await items.get()
         if item is None:
             items.put_nowait(None)  # every later call ends too
-        elif self._blocked and items.qsize() < self.limit:
+        else:
+            self._taken()
+        return item
+
+    async def deliver(self, sink: Sink) -> None:
+        """Hand every scan to ``sink`` as it comes, until :meth:`end`; return after the last.
+
+        ``sink(scan)`` is called in the driver's own callback, the moment the scan is framed
+        (the scans already waiting first, in order). It takes the scan and returns whether it
+        takes another now; when it does not, the scans that follow wait here until
+        :meth:`resume`. If the sink raises, nothing more is delivered and this raises it.
+        """
+        if self._sink is not None:
+            raise RuntimeError(f"scanner {self.scanner}: scans are delivered already")
+        self._sink, self._taking = sink, True
+        self._delivered = asyncio.get_running_loop().create_future()
+        self._drain()
+        try:
+            await self._delivered
+        finally:
+            self._sink, self._taking, self._delivered = None, False, None
+
+    def resume(self) -> None:
+        """The sink takes scans again: hand it those waiting."""
+        if self._sink is not None and not self._taking:
+            self._taking = True
+            self._drain()
+
+    def _add(self, scan: RawScan) -> None:
+        if self._taking and self._items.empty():  # nothing waits ahead of it
+            self._give(scan)
+        else:
+            self._items.put_nowait(scan)
+
+    def _give(self, scan: RawScan) -> None:
+        assert self._sink is not None
+        try:
+            self._taking = self._sink(scan)
+        except BaseException as exc:
+            self._taking = False
+            if self._delivered is not None and not self._delivered.done():
+                self._delivered.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _drain(self) -> None:
+        items = self._items
+        while self._taking and not items.empty():
+            item = items.get_nowait()
+            if item is None:
+                items.put_nowait(None)  # as for get(): the end stays
+                if self._delivered is not None and not self._delivered.done():
+                    self._delivered.set_result(None)
+                return
+            self._taken()
+            self._give(item)
+
+    def _taken(self) -> None:
+        """A waiting scan was taken: a reader held back by a full queue may read again."""
+        if self._blocked and self._items.qsize() < self.limit:
             self._blocked = False
             self._room.set()
             if self.on_room is not None:
                 self.on_room()
-        return item

@@ -192,23 +192,43 @@ class SerialScanner(SupervisedScanner):
 
     async def acknowledge(self, ok: bool) -> None:
         """Send ``ack`` (``ok``) or ``nak`` to the scanner, if configured. Never raises."""
+        conn = self._conn
+        if conn is not None and conn.fd is None and not conn.gone.done():
+            data = self._ack if ok else self._nak
+            if data is None:
+                return
+            try:  # a port read by a thread is written by one too (it may block)
+                await asyncio.to_thread(conn.port.write, data)
+            except Exception as exc:  # a vanished port must never break the capture loop
+                log.warning("scanner %s: %s not sent: %s", self.name, "ACK" if ok else "NAK",
+                            exc)
+            return
+        self._answer_now(ok)
+
+    def acknowledge_nowait(self, ok: bool) -> bool:
+        """:meth:`acknowledge` at once to a port the event loop reads (its writes do not
+        block); False for one a thread reads: await :meth:`acknowledge` for it."""
+        conn = self._conn
+        if conn is not None and conn.fd is None and not conn.gone.done():
+            return False
+        self._answer_now(ok)
+        return True
+
+    def _answer_now(self, ok: bool) -> None:
         data = self._ack if ok else self._nak
         if data is None:
             return
         what = "ACK" if ok else "NAK"
         conn = self._conn
-        if conn is None or conn.gone.done():
+        if conn is None or conn.gone.done() or conn.fd is None:
             log.warning("scanner %s: %s not sent: %s", self.name, what, self._state.detail)
             return
         try:
-            if conn.fd is not None:
-                # Non-blocking and synchronous: the fd cannot be closed between check and write.
-                written = os.write(conn.fd, data)
-                if written < len(data):
-                    log.warning("scanner %s: %s cut short (%d of %d bytes written)",
-                                self.name, what, written, len(data))
-            else:
-                await asyncio.to_thread(conn.port.write, data)
+            # Non-blocking and synchronous: the fd cannot be closed between check and write.
+            written = os.write(conn.fd, data)
+            if written < len(data):
+                log.warning("scanner %s: %s cut short (%d of %d bytes written)",
+                            self.name, what, written, len(data))
         except Exception as exc:  # a vanished port must never break the capture loop
             log.warning("scanner %s: %s not sent: %s", self.name, what, exc)
 

@@ -14,7 +14,7 @@ import logging
 from types import TracebackType
 from typing import Self
 
-from drivers.base import RawScan, ScannerState, ScanQueue, StateCallback
+from drivers.base import RawScan, ScannerState, ScanQueue, Sink, StateCallback
 
 __all__ = ["SupervisedScanner"]
 
@@ -53,6 +53,21 @@ class SupervisedScanner:
 
     async def acknowledge(self, ok: bool) -> None:
         """Operator feedback through the scanner; nothing by default."""
+
+    def acknowledge_nowait(self, ok: bool) -> bool:
+        """Send the feedback at once if that cannot block; whether it was (if not, await
+        :meth:`acknowledge`). True by default: there is nothing to send."""
+        return type(self).acknowledge is SupervisedScanner.acknowledge
+
+    async def deliver(self, sink: Sink) -> None:
+        """Hand each scan to ``sink`` as it is framed (see :meth:`ScanQueue.deliver`), until
+        :meth:`close`."""
+        self._start()
+        await self._queue.deliver(sink)
+
+    def resume(self) -> None:
+        """The sink takes scans again."""
+        self._queue.resume()
 
     async def close(self) -> None:
         """Stop reading: cancel the supervisor (which releases the device), then end the

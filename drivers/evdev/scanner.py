@@ -33,7 +33,14 @@ from collections.abc import AsyncIterator
 
 from evdev import InputEvent
 
-from drivers.base import RawScan, ScannerState, ScanQueue, StateCallback, boottime_ns
+from drivers.base import (
+    RawScan,
+    ScannerState,
+    ScanQueue,
+    Sink,
+    StateCallback,
+    boottime_ns,
+)
 from drivers.errors import DriverError, ScannerGoneError
 from drivers.evdev.config import EvdevScannerConfig
 from drivers.evdev.devices import EventSource, Opener, open_matching_device, use_boottime
@@ -106,6 +113,18 @@ class EvdevScanner:
 
     async def acknowledge(self, ok: bool) -> None:
         """Keyboard wedges cannot be told anything back: a no-op."""
+
+    def acknowledge_nowait(self, ok: bool) -> bool:
+        """Keyboard wedges cannot be told anything back: nothing to send."""
+        return True
+
+    async def deliver(self, sink: Sink) -> None:
+        """Hand each scan to ``sink`` as it is decoded (see :meth:`ScanQueue.deliver`)."""
+        self._start()
+        await self._queue.deliver(sink)
+
+    def resume(self) -> None:
+        self._queue.resume()
 
     async def close(self) -> None:
         """Remove the reader, ungrab, close the device, cancel timers. Idempotent."""

@@ -161,6 +161,22 @@ async def test_scans_arrive_decoded_from_event_bytes(dock: PipeDock) -> None:
     await scanner.close()
 
 
+async def test_scans_are_delivered_to_a_sink_as_they_are_decoded(dock: PipeDock) -> None:
+    """As the daemon reads a wedge: each scan handed over in the read callback; nothing to
+    answer (a keyboard cannot be told anything)."""
+    dock.plug()
+    scanner = scanner_on(dock)
+    got: list[str] = []
+    delivering = asyncio.ensure_future(scanner.deliver(lambda s: got.append(s.text) is None))
+    await until(lambda: scanner.state.connected)
+    dock.send(Typist("us", step_us=150).scan("LOC-A-01").scan("QTY-12").take())
+    await until(lambda: len(got) == 2)
+    assert got == ["LOC-A-01", "QTY-12"]
+    assert scanner.acknowledge_nowait(True) is True
+    await scanner.close()
+    await asyncio.wait_for(delivering, 3.0)
+
+
 async def test_a_scan_keeps_the_kernel_timestamp_of_its_last_key(tmp_path: Path) -> None:
     """Like serial and TCP scans keep the time their bytes arrived, a wedge's scan keeps the
     kernel's timestamp of the key that ended it (on CLOCK_BOOTTIME), not the time the loop got
