@@ -117,6 +117,11 @@ class Framer:
                     f"got {terminator!r}"
                 )
             self._pattern = re.compile(re.escape(self._term))
+        # the bytes that end a scan on their own: a whole scan in one read is framed at once
+        self._enders: frozenset[int] = frozenset()
+        if not self._stx_etx:
+            self._enders = frozenset(b"\r\n" if self._term is None else
+                                     self._term if len(self._term) == 1 else b"")
         self._buf = bytearray()  # the scan so far, at most self._limit bytes
         self._held = b""  # trailing bytes that may be the start of a multi-byte terminator
         self._discarding = False  # inside an over-long scan, skipping to its terminator
@@ -146,6 +151,12 @@ class Framer:
             return out
         if self._stx_etx:
             self._feed_stx_etx(data, out)
+        elif (data[-1] in self._enders and not self._buf and not self._discarding
+              and len(data) <= self._limit + 1 and self._pattern.search(data, 0, len(data) - 1)
+              is None):
+            # the usual read: one whole scan and its terminator, nothing before it
+            if len(data) > 1:
+                out.append(self._frame(data[:-1]))
         else:
             self._feed_terminated(data, out)
         return out
