@@ -15,12 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import uuid6
-
 from agent.clock import TimeBase, boot_id
 from agent.config import Config, ScannerConfig
 from agent.errors import JournalError, JournalFullError
 from agent.grammar import interpret, quoted
+from agent.ids import uuid7
 from agent.journal import Capture, Captured, JournalWriter
 from agent.session import Defaults, Instant, SessionState, Step, apply, initial_state
 from drivers.base import RawScan
@@ -164,7 +163,7 @@ class Station:
             token = interpret(text, self.config.grammar)
             # The event's raw list holds the scans as read (a GS1 string keeps its GS): JSON
             # escapes what needs it, and every display escapes control characters.
-            step = apply(slot.state, token, slot.defaults, text, event_id=str(uuid6.uuid7()),
+            step = apply(slot.state, token, slot.defaults, text, event_id=uuid7(),
                          at=Instant(boot_id(), scan.boot_ns))
             status = "rejected" if step.rejected else "accepted"
             reason = step.rejected
