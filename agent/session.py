@@ -216,7 +216,9 @@ def apply(state: SessionState, token: Token, defaults: Defaults, raw: str,
     operator or a reset into movements made for another purpose or by another person.
     """
     s = state
-    match token:
+    match token:  # (the cases are disjoint: items, by far the most scanned, come first)
+        case Item():
+            return _item(s, token, defaults, raw, event_id, at)
         case Rejected(reason):
             return Step(s, rejected=reason)
         case ModeSwitch(mode):
@@ -243,8 +245,6 @@ def apply(state: SessionState, token: Token, defaults: Defaults, raw: str,
             return Step(replace(fresh, operator=s.operator), note="reset")
         case Undo():
             return _undo(s, raw, event_id, defaults, at)
-        case Item():
-            return _item(s, token, defaults, raw, event_id, at)
     raise AssertionError(f"unhandled token {token!r}")  # pragma: no cover
 
 
