@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from agent.clock import TimeBase, boot_id
 from agent.config import Config, ScannerConfig
@@ -30,9 +31,9 @@ log = logging.getLogger("scan_agent.capture")
 _NTP_EVERY = 1.0  # seconds between two readings of the clock's NTP state
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What one scan did, after its commit (or its failure)."""
+class Outcome(NamedTuple):
+    """What one scan did, after its commit (or its failure); a named tuple (immutable, and
+    quicker to make than a frozen dataclass, for every scan)."""
 
     scanner: str
     text: str

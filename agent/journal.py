@@ -35,7 +35,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _json_str
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from agent.errors import JournalError, JournalFullError
 from agent.session import Draft
@@ -74,9 +74,9 @@ _DAMAGED = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB (primary result codes)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Capture:
-    """One raw scan and what it did, to be committed atomically."""
+class Capture(NamedTuple):
+    """One raw scan and what it did, to be committed atomically (a named tuple: immutable,
+    and quicker to make than a frozen dataclass, for every scan)."""
 
     scanner: str
     text: str
@@ -97,8 +97,7 @@ class Capture:
     chain: tuple[str, int] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Captured:
+class Captured(NamedTuple):
     """What the commit assigned: the scan's audit id and the movement's seq, if any."""
 
     scan_id: int
