@@ -201,6 +201,9 @@ class Journal:
                 raise JournalError(f"{self.path}: could not switch the journal to WAL ({mode})")
             conn.execute("PRAGMA synchronous = FULL")
             self.conn = conn
+            # the capture's statements run on one cursor kept for them: Connection.execute
+            # makes a new cursor for every statement, five per scan
+            self._capture_cursor = conn.cursor()
             self._migrate()
             self._check_station()
             # next seq: after the highest journaled, and never below the floor that prune
@@ -332,27 +335,27 @@ class Journal:
                 sessions.append((r.scanner, r.session_state, r.wall_time))
             scan_id += 1
         # (transaction() written out: this runs for every scan)
-        conn = self.conn
+        cur = self._capture_cursor
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            cur.execute("BEGIN IMMEDIATE")
             try:
                 if len(scans) == 1:  # a lone scan: no executemany over a one-row list
-                    conn.execute(_INSERT_SCAN, scans[0])
+                    cur.execute(_INSERT_SCAN, scans[0])
                     if moves:
-                        conn.execute(_INSERT_MOVEMENT, moves[0])
+                        cur.execute(_INSERT_MOVEMENT, moves[0])
                     if sessions:
-                        conn.execute(_UPSERT_SESSION, sessions[0])
+                        cur.execute(_UPSERT_SESSION, sessions[0])
                 else:
-                    conn.executemany(_INSERT_SCAN, scans)
+                    cur.executemany(_INSERT_SCAN, scans)
                     if moves:
-                        conn.executemany(_INSERT_MOVEMENT, moves)
+                        cur.executemany(_INSERT_MOVEMENT, moves)
                     if sessions:
-                        conn.executemany(_UPSERT_SESSION, sessions)
+                        cur.executemany(_UPSERT_SESSION, sessions)
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+                    cur.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
+            cur.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:
             raise _translate(exc, "committing a scan") from exc
         self._next_seq, self._next_scan_id = seq, scan_id
