@@ -118,8 +118,11 @@ def quoted(text: str, limit: int = 120) -> str:
 
 def gtin_check_digit(body: str) -> int:
     """GS1 mod-10 check digit for the digits of ``body`` (without its check digit)."""
-    digits = body[::-1]  # weights 3, 1, 3, ... from the right
-    total = 3 * sum(map(int, digits[::2])) + sum(map(int, digits[1::2]))
+    digits = body[::-1].encode("ascii")  # weights 3, 1, 3, ... from the right
+    if not digits.isdigit() and digits:
+        raise ValueError(f"not a string of digits: {body!r}")
+    odd, even = digits[::2], digits[1::2]  # summed as bytes: "0" is 48
+    total = 3 * (sum(odd) - 48 * len(odd)) + sum(even) - 48 * len(even)
     return (10 - total % 10) % 10
 
 

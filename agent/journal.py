@@ -33,8 +33,9 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _json_str
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from agent.errors import JournalError, JournalFullError
 from agent.session import Draft
@@ -73,9 +74,9 @@ _DAMAGED = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB (primary result codes)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Capture:
-    """One raw scan and what it did, to be committed atomically."""
+class Capture(NamedTuple):
+    """One raw scan and what it did, to be committed atomically (a named tuple: immutable,
+    and quicker to make than a frozen dataclass, for every scan)."""
 
     scanner: str
     text: str
@@ -96,8 +97,7 @@ class Capture:
     chain: tuple[str, int] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Captured:
+class Captured(NamedTuple):
     """What the commit assigned: the scan's audit id and the movement's seq, if any."""
 
     scan_id: int
@@ -201,6 +201,9 @@ class Journal:
                 raise JournalError(f"{self.path}: could not switch the journal to WAL ({mode})")
             conn.execute("PRAGMA synchronous = FULL")
             self.conn = conn
+            # the capture's statements run on one cursor kept for them: Connection.execute
+            # makes a new cursor for every statement, five per scan
+            self._capture_cursor = conn.cursor()
             self._migrate()
             self._check_station()
             # next seq: after the highest journaled, and never below the floor that prune
@@ -318,11 +321,12 @@ class Journal:
             scans.append((scan_id, r.scanner, r.wall_time, r.boot_ns, r.boot_id, r.text, r.raw,
                           r.outcome, r.reason, r.note, m.event_id if m else None))
             if m is not None:
+                ntp = r.ntp_synced
                 moves.append((
                     seq, m.event_id, r.scanner, m.type, m.item, m.lot, m.serial, m.expiry, m.qty,
                     m.from_location, m.to_location, m.reference, m.operator, m.voids,
-                    json.dumps(list(m.raw)), r.wall_time, r.boot_ns, r.boot_id,
-                    r.wall_offset_ms, None if r.ntp_synced is None else int(r.ntp_synced)))
+                    _json_strings(m.raw), r.wall_time, r.boot_ns, r.boot_id,
+                    r.wall_offset_ms, None if ntp is None else int(ntp)))
                 out.append(Captured(scan_id, seq, m.event_id))
                 seq += 1
             else:
@@ -330,13 +334,28 @@ class Journal:
             if r.session_state is not None:
                 sessions.append((r.scanner, r.session_state, r.wall_time))
             scan_id += 1
+        # (transaction() written out: this runs for every scan)
+        cur = self._capture_cursor
         try:
-            with self.transaction():
-                self.conn.executemany(_INSERT_SCAN, scans)
-                if moves:
-                    self.conn.executemany(_INSERT_MOVEMENT, moves)
-                if sessions:
-                    self.conn.executemany(_UPSERT_SESSION, sessions)
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                if len(scans) == 1:  # a lone scan: no executemany over a one-row list
+                    cur.execute(_INSERT_SCAN, scans[0])
+                    if moves:
+                        cur.execute(_INSERT_MOVEMENT, moves[0])
+                    if sessions:
+                        cur.execute(_UPSERT_SESSION, sessions[0])
+                else:
+                    cur.executemany(_INSERT_SCAN, scans)
+                    if moves:
+                        cur.executemany(_INSERT_MOVEMENT, moves)
+                    if sessions:
+                        cur.executemany(_UPSERT_SESSION, sessions)
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:
             raise _translate(exc, "committing a scan") from exc
         self._next_seq, self._next_scan_id = seq, scan_id
@@ -757,6 +776,11 @@ def _resolve(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], result: 
         loop.call_soon_threadsafe(settle)
 
 
+def _json_strings(texts: Sequence[str]) -> str:
+    """``json.dumps(list(texts))``, quicker: a movement's raw scans, for every movement."""
+    return "[" + ", ".join([_json_str(t) for t in texts]) + "]"
+
+
 _Submitted = tuple[Capture, "asyncio.Future[Captured]",
                    "Callable[[asyncio.Future[Captured]], None] | None"]
 
@@ -1018,21 +1042,33 @@ class JournalWriter:
 
     def _commit(self, records: list[Capture]) -> list[Captured | Exception]:
         """Commit a group in one transaction; what failed is refused, the rest is kept."""
-        outcomes: list[Captured | Exception | None] = [None] * len(records)  # None: refused
+        if not self._broken:  # nothing is refused: the group as it is (every scan but few)
+            try:
+                return list(self.journal.capture(records))
+            except Exception as exc:
+                return self._commit_failed(records, list(range(len(records))), exc)
         live = [i for i, r in enumerate(records) if not self._refused(r)]
         try:
-            for i, done in zip(live, self.journal.capture([records[i] for i in live]),
-                               strict=True):
-                outcomes[i] = done
+            captured = self.journal.capture([records[i] for i in live])
         except Exception as exc:
-            # Something in the group could not be committed: commit each scanner's captures
-            # on their own, so that only the chain that failed is refused (a lone chain has
-            # already been tried: it is not tried again).
-            chains: dict[Any, list[int]] = {}
-            for i in live:
-                chains.setdefault(records[i].chain or i, []).append(i)
-            for idx in chains.values():
-                self._commit_chain(records, idx, outcomes, exc if len(chains) == 1 else None)
+            return self._commit_failed(records, live, exc)
+        outcomes: list[Captured | Exception | None] = [None] * len(records)  # None: refused
+        for i, done in zip(live, captured, strict=True):
+            outcomes[i] = done
+        return [JournalError(_CHAIN_BROKEN) if o is None else o for o in outcomes]
+
+    def _commit_failed(self, records: list[Capture], live: list[int],
+                       exc: Exception) -> list[Captured | Exception]:
+        """The group's transaction failed with ``exc``: what can be kept of it."""
+        outcomes: list[Captured | Exception | None] = [None] * len(records)  # None: refused
+        # Something in the group could not be committed: commit each scanner's captures on
+        # their own, so that only the chain that failed is refused (a lone chain has already
+        # been tried: it is not tried again).
+        chains: dict[Any, list[int]] = {}
+        for i in live:
+            chains.setdefault(records[i].chain or i, []).append(i)
+        for idx in chains.values():
+            self._commit_chain(records, idx, outcomes, exc if len(chains) == 1 else None)
         for r, o in zip(records, outcomes, strict=True):
             if isinstance(o, Exception) and r.chain is not None:
                 scanner, generation = r.chain

@@ -91,6 +91,12 @@ def test_check_digit_matches_gs1_examples() -> None:
     assert gtin_check_digit("0061414199999") == 6
 
 
+@pytest.mark.parametrize("body", ["40063813339a", "4006\u00b2", " 123"])
+def test_gtin_check_digit_refuses_what_is_not_digits(body: str) -> None:
+    with pytest.raises(ValueError, match=r"digits|ascii"):
+        gtin_check_digit(body)
+
+
 GTIN = "00614141999996"
 
 

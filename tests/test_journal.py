@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import itertools
+import json
 import shutil
 import sqlite3
 import time
@@ -218,6 +219,17 @@ def test_capture_commits_audit_movement_and_session_together(journal: Journal) -
         1, m.event_id, "receipt", "04006381333931", "pending")
     assert row["raw"] == '["LOC-DOCK-3", "4006381333931"]'
     assert journal.sessions() == {"handheld": '{"mode":"receipt"}'}
+
+
+def test_raw_scans_are_stored_as_the_json_encoder_writes_them(journal: Journal) -> None:
+    """A movement's raw scans are written out by hand: the same text as ``json.dumps``, for
+    scans with a GS, quotes, backslashes and characters beyond ASCII."""
+    raw = ("]C10100614141999996\x1d10L1", 'say "hi"\\', "caf\u00e9 \u2603", "")
+    m = draft()._replace(raw=raw)
+    journal.capture([capture(m)])
+    stored = journal.pending(10)[0]["raw"]
+    assert stored == json.dumps(list(raw))
+    assert tuple(json.loads(stored)) == raw
 
 
 # -- group commit ---------------------------------------------------------------------------
