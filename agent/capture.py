@@ -142,8 +142,14 @@ class Station:
         """Capture one scan. Never raises for bad input; journal failures give ``failed``."""
         return await self.submit(scan)
 
-    def submit(self, scan: RawScan) -> asyncio.Future[Outcome]:
+    def submit(self, scan: RawScan,
+               then: Callable[[asyncio.Future[Outcome]], None] | None = None
+               ) -> asyncio.Future[Outcome]:
         """Work out one scan and queue its commit; the future gives its outcome once committed.
+
+        ``then(future)`` is called once the outcome is settled: on the capture thread, in
+        the commit's own turn of the loop (no turn in between: the daemon answers the scanner
+        there), otherwise as soon as the loop gets to it.
 
         A scanner's next scan may be submitted before this one's commit is done: it is worked
         out from the session as this scan leaves it, and commits after it (in the same
@@ -189,17 +195,28 @@ class Station:
         state = step.state if step is not None and not step.rejected else slot.state
         after = (state, last_read, slot.chain)
         try:
-            self.writer.submit(record, lambda f: self._committed(f, slot, record, after, done))
+            self.writer.submit(record,
+                               lambda f: self._committed(f, slot, record, after, done, then))
         except JournalError as exc:
             done.set_result(self._failed(scan.scanner, text, exc))
+            if then is not None:
+                done.get_loop().call_soon(then, done)
             return done
         slot.state, slot.last_read = state, last_read
         return done
 
     def _committed(self, f: asyncio.Future[Captured], slot: _ScannerSlot, record: Capture,
                    after: tuple[SessionState, tuple[str, int] | None, int],
-                   done: asyncio.Future[Outcome]) -> None:
+                   done: asyncio.Future[Outcome],
+                   then: Callable[[asyncio.Future[Outcome]], None] | None) -> None:
         """A submitted scan's commit ended: update the saved session, log, tell listeners."""
+        self._settled(f, slot, record, after, done)
+        if then is not None:
+            then(done)
+
+    def _settled(self, f: asyncio.Future[Captured], slot: _ScannerSlot, record: Capture,
+                 after: tuple[SessionState, tuple[str, int] | None, int],
+                 done: asyncio.Future[Outcome]) -> None:
         state, last_read, chain = after
         exc = f.exception() if not f.cancelled() else JournalError("commit cancelled")
         if exc is not None:

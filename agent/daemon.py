@@ -461,10 +461,8 @@ class _ScannerCapture:
 
     def take(self, scan: RawScan) -> bool:
         """The sink: submit the scan now; whether there is room for another."""
-        fut = self.station.submit(scan)
-        self.waiting.append(fut)
+        self.waiting.append(self.station.submit(scan, self.committed))
         self.idle.clear()
-        fut.add_done_callback(self.committed)
         self.held = len(self.waiting) + len(self.acks) >= _IN_FLIGHT
         return not self.held
 

@@ -525,3 +525,50 @@ async def test_a_scan_submitted_just_before_close_is_committed(cfg: Config) -> N
     out = await asyncio.wait_for(pending, 5)
     assert out.status == "accepted"
     assert [m["event_id"] for m in movements(cfg)] == [out.event_id]
+
+
+async def test_then_is_told_in_the_commits_own_turn_on_the_capture_thread(
+        dock: Dock, cfg: Config) -> None:
+    """The daemon answers a scanner from ``then``: on the capture thread it runs right after
+    the scan's commit, its outcome settled, before any other turn of the loop."""
+    turns = 0
+    seen: list[tuple[str, int, str]] = []
+
+    async def on_capture_thread() -> None:
+        nonlocal turns
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            nonlocal turns
+            turns += 1
+            loop.call_soon(tick)
+
+        loop.call_soon(tick)
+        got = asyncio.Event()
+
+        def then(f: asyncio.Future[Outcome]) -> None:
+            seen.append((f.result().status, turns, f.result().text))
+            got.set()
+
+        start = turns
+        dock.station.submit(RawScan("handheld", "LOC-A-01", b"LOC-A-01"), then)
+        await got.wait()
+        # read in this turn, committed at the end of the next: told there
+        assert [t - start for _, t, _ in seen] == [1]
+
+    await dock.writer.run(on_capture_thread())
+    assert [(s, x) for s, _, x in seen] == [("accepted", "LOC-A-01")]
+
+
+async def test_then_is_told_of_a_scan_the_closed_journal_refuses(dock: Dock) -> None:
+    """A journal that refuses the scan at once (closed) still reaches ``then``, after
+    ``submit`` returned (so the caller has the future in hand)."""
+    await dock.writer.close()
+    told: list[Outcome] = []
+    fut = dock.station.submit(RawScan("handheld", EAN, EAN.encode()),
+                              lambda f: told.append(f.result()))
+    assert told == []
+    out = await fut
+    await asyncio.sleep(0)
+    assert told == [out] and out.status == "failed"
+    assert out.reason == "not saved (journal error): journal is closed"

@@ -593,12 +593,12 @@ async def test_a_scan_the_station_cannot_take_stops_the_agent_after_answering_th
     real = daemon.Station.submit
     calls = 0
 
-    def submit(self: Any, scan: RawScan) -> Any:
+    def submit(self: Any, scan: RawScan, then: Any = None) -> Any:
         nonlocal calls
         calls += 1
         if calls == 3:
             raise RuntimeError("a bug in the capture path")
-        return real(self, scan)
+        return real(self, scan, then)
 
     monkeypatch.setattr(daemon.Station, "submit", submit)
     scanner = _SlowToAnswerScanner("handheld", ["LOC-A-01", EAN13, OTHER, EAN13])
