@@ -22,7 +22,15 @@ from agent.errors import JournalError, JournalFullError
 from agent.grammar import interpret, quoted
 from agent.ids import uuid7
 from agent.journal import Capture, Captured, JournalWriter
-from agent.session import Defaults, Instant, SessionState, Step, apply, initial_state
+from agent.session import (
+    Defaults,
+    Instant,
+    SessionState,
+    Step,
+    apply,
+    initial_state,
+    undo_entry,
+)
 from drivers.base import RawScan
 
 __all__ = ["Outcome", "Station", "debounced"]
@@ -129,9 +137,14 @@ class Station:
                          undo_max_age_s=self.config.grammar.undo_max_age)
             state = initial_state(d)
             if sc.name in saved:
+                text = saved[sc.name]
                 try:
-                    state = SessionState.from_json(saved[sc.name])
-                except (ValueError, TypeError, KeyError) as exc:
+                    # its undo history: the scanner's newest movements, from the journal
+                    depth = SessionState.undo_depth(text)
+                    rows = await self.writer.call(
+                        lambda j, name=sc.name, n=depth: j.undo_history(name, n)) if depth else []
+                    state = SessionState.from_json(text, [undo_entry(r) for r in rows])
+                except (ValueError, TypeError, KeyError, AttributeError) as exc:
                     log.warning("%s: saved session unreadable (%s); starting fresh", sc.name, exc)
             self._slots[sc.name] = _ScannerSlot(sc, d, state)
 

@@ -62,7 +62,7 @@ __all__ = [
     "warned_movements",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _ALERTS_KEPT = 200
 _WAIT_FOR_SCANNERS_MAX = 0.001  # seconds a group commit may wait for its scanners at most
 _CHECKPOINT_EVERY = 1.0  # seconds between two checkpoints of the write-ahead log, at most
@@ -160,8 +160,16 @@ def _migrate_v2(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX movements_warned ON movements(seq) WHERE warnings IS NOT NULL")
 
 
+def _migrate_v3(db: sqlite_utils.Database) -> None:
+    # A count's running total before it, for CMD-UNDO after a restart: a scanner's undo
+    # history is read back from its movements (see Journal.undo_history), so the session
+    # saved with every scan stays a few hundred bytes instead of kilobytes.
+    db.execute("ALTER TABLE movements ADD COLUMN previous_total INTEGER")
+
+
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _migrate_v1,
-                                                                  2: _migrate_v2}
+                                                                  2: _migrate_v2,
+                                                                  3: _migrate_v3}
 
 # meta keys of the ledger's open incidents (see Journal.store_incidents)
 _ASKED = "ledger.incidents_at"  # wall time the last reading that answered was asked
@@ -176,7 +184,8 @@ _INSERT_SCAN = (
 _INSERT_MOVEMENT = (
     "INSERT INTO movements (seq, event_id, scanner, type, item, lot, serial, expiry, qty,"
     " from_location, to_location, reference, operator, voids, raw, wall_time, boot_ns, boot_id,"
-    " wall_offset_ms, ntp_synced, state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
+    " wall_offset_ms, ntp_synced, previous_total, state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
+    "?,?,?,?,?,?,"
     "'pending')"
 )
 _UPSERT_SESSION = (
@@ -326,7 +335,7 @@ class Journal:
                     seq, m.event_id, r.scanner, m.type, m.item, m.lot, m.serial, m.expiry, m.qty,
                     m.from_location, m.to_location, m.reference, m.operator, m.voids,
                     _json_strings(m.raw), r.wall_time, r.boot_ns, r.boot_id,
-                    r.wall_offset_ms, None if ntp is None else int(ntp)))
+                    r.wall_offset_ms, None if ntp is None else int(ntp), m.previous_total))
                 out.append(Captured(scan_id, seq, m.event_id))
                 seq += 1
             else:
@@ -363,6 +372,38 @@ class Journal:
 
     def sessions(self) -> dict[str, str]:
         return {r[0]: r[1] for r in self.conn.execute("SELECT scanner, state FROM sessions")}
+
+    def undo_history(self, scanner: str, depth: int) -> list[dict[str, Any]]:
+        """The ``depth`` newest movements of ``scanner`` that CMD-UNDO can still void, oldest
+        first: its movements newest first, leaving out voids and what they voided (a void
+        comes after what it voids, so it is met first).
+
+        A scanner's undo history is always its newest movements less the voided ones (a
+        barrier, ``MODE-``, ``USER-`` or ``CMD-RESET``, only shortens it), so the session
+        saved with each scan keeps its depth, not its entries. Reads back from the newest
+        movement and stops at ``depth`` found: a quick read whatever the journal's size."""
+        if depth <= 0:
+            return []
+        found: list[dict[str, Any]] = []
+        voided: set[str] = set()
+        try:
+            cur = self.conn.execute(
+                "SELECT event_id, type, item, qty, lot, serial, expiry, from_location,"
+                " to_location, voids, boot_id, boot_ns, previous_total FROM movements"
+                " WHERE scanner = ? ORDER BY seq DESC", (scanner,))
+            names = [d[0] for d in cur.description]
+            for row in cur:
+                m = dict(zip(names, row, strict=True))
+                if m["type"] == "void":
+                    voided.add(m["voids"])
+                elif m["event_id"] not in voided:
+                    found.append(m)
+                    if len(found) == depth:
+                        break
+            cur.close()
+        except sqlite3.Error as exc:
+            raise _translate(exc, f"reading the undo history of {scanner}") from exc
+        return found[::-1]
 
     # -- sync ------------------------------------------------------------------------------
 

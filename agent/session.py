@@ -14,7 +14,8 @@ keep the last committed state and fall back to it when a commit fails.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import date
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any, NamedTuple
@@ -33,7 +34,8 @@ from agent.grammar import (
     Undo,
 )
 
-__all__ = ["Defaults", "Draft", "Instant", "SessionState", "Step", "apply", "initial_state"]
+__all__ = ["Defaults", "Draft", "Instant", "SessionState", "Step", "UndoEntry", "apply",
+           "initial_state", "undo_entry"]
 
 _HISTORY = 20  # movements CMD-UNDO can reach back through, per scanner
 _CONTEXT = 8  # raw scans kept as the context of the next movement
@@ -79,12 +81,6 @@ def _json(v: object) -> str:
     return json.dumps(v, separators=(",", ":"))
 
 
-def _json_key(k: object) -> str:
-    if type(k) is str:
-        return _json_str(k)
-    return json.dumps({k: 0}, separators=(",", ":"))[1:-3]  # as json.dumps makes it a string
-
-
 @dataclass(frozen=True, slots=True)
 class UndoEntry:
     event_id: str
@@ -92,24 +88,15 @@ class UndoEntry:
     count_key: tuple[str, str, str | None] | None = None
     previous_total: int | None = None
     at: Instant | None = None  # when the movement was scanned (None: no clock given)
-    # This entry as JSON, made once: the state is saved with every scan, the history rarely
-    # changes, and re-encoding it each time would dominate the capture path.
-    encoded: str = field(default="", compare=False, repr=False)
 
-    def __post_init__(self) -> None:
-        if not self.encoded:
-            # what json.dumps(..., separators=(",", ":")) gives, written out: a scan that
-            # makes a movement makes an entry, and the generic encoder took longer than
-            # everything else the session does for it
-            at = self.at
-            object.__setattr__(self, "encoded", "".join((
-                '{"event_id":', _json(self.event_id),
-                ',"draft":{', ",".join([f"{_json_key(k)}:{_json(v)}"
-                                       for k, v in self.draft.items()]),
-                '},"count_key":', _json(list(self.count_key) if self.count_key else None),
-                ',"previous_total":', _json(self.previous_total),
-                ',"at":', "null" if at is None else f"[{_json(at.boot_id)},{_json(at.boot_ns)}]",
-                "}")))
+
+def undo_entry(row: Mapping[str, Any]) -> UndoEntry:
+    """The undo entry of a journaled movement (a row of ``Journal.undo_history``)."""
+    draft = {k: row[k] for k in ("item", "qty", "lot", "serial", "expiry", "from_location",
+                                 "to_location", "type")}
+    key = (row["to_location"], row["item"], None) if row["type"] == "count" else None
+    at = Instant(row["boot_id"], row["boot_ns"]) if row["boot_id"] is not None else None
+    return UndoEntry(row["event_id"], draft, key, row["previous_total"], at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +115,10 @@ class SessionState:
 
     def to_json(self) -> str:
         """The state as JSON, saved with every scan: what ``json.dumps`` with compact
-        separators gives for its fields, written out (see :func:`_json`)."""
+        separators gives for its fields, written out (see :func:`_json`). The undo history
+        is saved as its depth: its entries are the scanner's newest movements, which the
+        journal holds already (see :meth:`from_json`), so the row stays a few hundred bytes
+        (with the entries, kilobytes: a leaf and an overflow page per scanner per commit)."""
         counts = _json([[list(k), v] for k, v in self.counts]) if self.counts else "[]"
         return "".join((
             '{"mode":', _json(self.mode), ',"from_location":', _json(self.from_location),
@@ -136,21 +126,35 @@ class SessionState:
             ',"reference":', _json(self.reference), ',"operator":', _json(self.operator),
             ',"counts":', counts,
             ',"context":[', ",".join([_json(c) for c in self.context]),
-            '],"history":[', ",".join([h.encoded for h in self.history]), "]}"))
+            '],"undo":', str(len(self.history)), "}"))
+
+    @staticmethod
+    def undo_depth(text: str) -> int:
+        """How many undo entries the saved state ``text`` stands for (to read from the
+        journal for :meth:`from_json`); 0 for a state saved with its entries inline."""
+        depth = json.loads(text).get("undo", 0)
+        return depth if type(depth) is int and depth > 0 else 0
 
     @classmethod
-    def from_json(cls, text: str) -> SessionState:
+    def from_json(cls, text: str, history: Sequence[UndoEntry] = ()) -> SessionState:
+        """The state saved as ``text``; ``history``: its undo entries as the journal gives
+        them (:func:`undo_entry` of ``Journal.undo_history``), the newest
+        :meth:`undo_depth`. A state saved by an earlier version holds its entries itself."""
         d = json.loads(text)
         d["counts"] = tuple((tuple(k), v) for k, v in d.get("counts", []))
-        d["history"] = tuple(
-            UndoEntry(
-                event_id=h["event_id"], draft=h["draft"],
-                count_key=tuple(h["count_key"]) if h.get("count_key") else None,
-                previous_total=h.get("previous_total"),
-                at=Instant(*h["at"]) if h.get("at") else None,
+        depth = d.pop("undo", 0)
+        if "history" in d:  # saved with its entries
+            d["history"] = tuple(
+                UndoEntry(
+                    event_id=h["event_id"], draft=h["draft"],
+                    count_key=tuple(h["count_key"]) if h.get("count_key") else None,
+                    previous_total=h.get("previous_total"),
+                    at=Instant(*h["at"]) if h.get("at") else None,
+                )
+                for h in d["history"]
             )
-            for h in d.get("history", [])
-        )
+        else:
+            d["history"] = tuple(history)[-depth:] if depth else ()
         d["context"] = tuple(d.get("context", []))
         return cls(**d)
 
@@ -180,6 +184,9 @@ class Draft(NamedTuple):
     operator: str | None = None
     voids: str | None = None
     raw: tuple[str, ...] = ()
+    # a count's running total of its item in its bin before it (what CMD-UNDO puts back);
+    # kept by the journal, never sent
+    previous_total: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +322,7 @@ def _item(s: SessionState, it: Item, d: Defaults, raw: str, event_id: str,
     draft = Draft(
         event_id=event_id, type=s.mode, item=it.item, qty=qty, lot=it.lot, serial=it.serial,
         expiry=expiry, from_location=frm, to_location=to, reference=s.reference,
-        operator=s.operator, raw=(*s.context, raw),
+        operator=s.operator, raw=(*s.context, raw), previous_total=previous,
     )
     entry = UndoEntry(event_id, _undo_fields(draft), key, previous, at)
     # (built field by field: dataclasses.replace looks the fields up again on every call)

@@ -572,3 +572,35 @@ async def test_then_is_told_of_a_scan_the_closed_journal_refuses(dock: Dock) -> 
     await asyncio.sleep(0)
     assert told == [out] and out.status == "failed"
     assert out.reason == "not saved (journal error): journal is closed"
+
+
+async def test_undo_reaches_back_across_a_restart_from_the_journals_movements(
+        cfg: Config) -> None:
+    """The session saved with each scan holds its undo history's depth; a restart reads the
+    entries back from the movements: CMD-UNDO then voids what it would have, counts included."""
+    station, writer = await open_dock(cfg)
+    dock = Dock(station, writer)
+    await dock.scan("LOC-A-01")
+    first = await dock.scan(EAN)
+    second = await dock.scan(EAN, after_ms=2000)
+    await dock.scan("LOC-CC-9", scanner="fixed")
+    await dock.scan(EAN, scanner="fixed")
+    counted = await dock.scan(EAN, scanner="fixed", after_ms=2000)
+    assert counted.note == f"count {ITEM} x2"
+    (row,) = rows(cfg, "SELECT state FROM sessions WHERE scanner = 'handheld'")
+    assert len(row["state"]) < 300 and json.loads(row["state"])["undo"] == 2
+    await writer.close()
+
+    station, writer = await open_dock(cfg)
+    dock = Dock(station, writer)
+    dock.boot_ns = 10**12 + 20_000 * MS  # the same boot, a little later
+    undone = await dock.scan("CMD-UNDO")
+    assert undone.note == f"void receipt {ITEM}"
+    assert movements(cfg)[-1]["voids"] == second.event_id
+    undone = await dock.scan("CMD-UNDO", after_ms=2000)
+    assert movements(cfg)[-1]["voids"] == first.event_id
+    assert (await dock.scan("CMD-UNDO", after_ms=2000)).reason == "nothing to undo on this scanner"
+    await dock.scan("CMD-UNDO", scanner="fixed")
+    recount = await dock.scan(EAN, scanner="fixed", after_ms=2000)
+    assert recount.note == f"count {ITEM} x2", "the undone count put its total back to 1"
+    await writer.close()

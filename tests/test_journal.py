@@ -73,7 +73,7 @@ def test_wal_and_synchronous_full_are_really_set(journal: Journal, path: Path) -
 
 
 def test_schema_version_is_recorded_in_user_version(journal: Journal) -> None:
-    assert journal.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert journal.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     tables = {r[0] for r in journal.conn.execute("SELECT name FROM sqlite_master"
                                                  " WHERE type = 'table'")}
     assert {"meta", "scans", "movements", "sessions", "scanners", "alerts",
@@ -108,7 +108,12 @@ def test_a_journal_of_the_first_schema_is_migrated_keeping_its_movements(
 
     monkeypatch.setattr(journal_module, "SCHEMA_VERSION", 1)
     j = Journal(path, "dock-3", "WH1")
-    j.capture([capture(draft()), capture(draft())])
+    with j.transaction():  # movements as the first schema's agent wrote them
+        for seq in (1, 2):
+            j.conn.execute(
+                "INSERT INTO movements (seq, event_id, scanner, type, item, qty, raw, wall_time,"
+                " boot_ns, boot_id) VALUES (?, ?, 'handheld', 'receipt', ?, 1, '[]', 0, 0, 'b')",
+                (seq, f"e{seq}", "04006381333931"))
     j.close()
     conn = open_readonly(path)
     try:
@@ -120,7 +125,7 @@ def test_a_journal_of_the_first_schema_is_migrated_keeping_its_movements(
 
     j = Journal(path, "dock-3", "WH1")
     try:
-        assert j.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert j.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         j.store_incidents(100.0, 2, [{"id": 4, "depletion_event_id": "e", "item": "i",
                                    "location": "A-07", "class": "item", "balance": -1,
                                    "confirmed": False, "opened_at": None}])
@@ -466,3 +471,24 @@ def test_pending_starts_from_the_lowest_pending_seq_and_misses_nothing(
     pending, rejected, oldest = journal.queue_depth()
     assert (pending, rejected) == (1, 1) and oldest is not None
     assert journal.counts() == {"synced": 10, "rejected": 1, "pending": 1}
+
+
+def test_undo_history_is_the_scanners_newest_movements_less_voids_and_what_they_voided(
+        journal: Journal) -> None:
+    """What CMD-UNDO can reach after a restart, read back from the movements: the newest of
+    this scanner's, a void and its target left out, oldest first, at most the depth asked."""
+    made = [draft() for _ in range(5)]
+    journal.capture([capture(made[0]), capture(made[1]), capture(draft(), scanner="fixed")])
+    journal.capture([capture(made[2])])
+    void = Draft(event_id="ev-void", type="void", item=made[2].item, qty=1, voids=made[2].event_id)
+    journal.capture([capture(void), capture(made[3]),
+                     capture(made[4]._replace(type="count", previous_total=4))])
+    rows = journal.undo_history("handheld", 3)
+    assert [r["event_id"] for r in rows] == [made[1].event_id, made[3].event_id,
+                                             made[4].event_id]
+    assert (rows[-1]["type"], rows[-1]["previous_total"], rows[-1]["boot_id"]) == (
+        "count", 4, "boot-1")
+    assert [r["event_id"] for r in journal.undo_history("handheld", 20)] == [
+        made[0].event_id, made[1].event_id, made[3].event_id, made[4].event_id]
+    assert journal.undo_history("handheld", 0) == []
+    assert journal.undo_history("nobody", 5) == []

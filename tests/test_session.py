@@ -483,7 +483,7 @@ def test_json_round_trip_of_a_busy_session() -> None:
     s = states_after(["USER-u1", "REF-R", "MODE-COUNT", "LOC-C", EAN, "]C10100614141999996"
                       "10L1", "QTY-3", "MODE-MOVE", "LOC-A", "LOC-B", EAN2], DOCK)
     assert s.history and s.context == () and s.operator == "u1"
-    assert SessionState.from_json(s.to_json()) == s
+    assert SessionState.from_json(s.to_json(), s.history) == s
 
 
 _scans = st.sampled_from([
@@ -501,7 +501,8 @@ def test_any_session_survives_a_json_round_trip(texts: list[str], defaults: Defa
     """The journal stores each scanner's state as JSON; a restart must restore it exactly,
     including what CMD-UNDO can still reach and the running counts."""
     s = states_after(texts, defaults)
-    assert SessionState.from_json(s.to_json()) == s
+    assert SessionState.undo_depth(s.to_json()) == len(s.history)
+    assert SessionState.from_json(s.to_json(), s.history) == s
 
 
 def _generic_json(s: SessionState) -> str:
@@ -510,11 +511,7 @@ def _generic_json(s: SessionState) -> str:
         "mode": s.mode, "from_location": s.from_location, "to_location": s.to_location,
         "qty": s.qty, "reference": s.reference, "operator": s.operator,
         "counts": [[list(k), v] for k, v in s.counts], "context": list(s.context),
-        "history": [{"event_id": h.event_id, "draft": h.draft,
-                     "count_key": list(h.count_key) if h.count_key else None,
-                     "previous_total": h.previous_total,
-                     "at": [h.at.boot_id, h.at.boot_ns] if h.at else None}
-                    for h in s.history]}, separators=(",", ":"))
+        "undo": len(s.history)}, separators=(",", ":"))
 
 
 @settings(max_examples=150, deadline=None)
@@ -522,7 +519,7 @@ def _generic_json(s: SessionState) -> str:
 def test_saved_state_is_what_the_generic_json_encoder_writes(texts: list[str],
                                                              defaults: Defaults) -> None:
     """The state is written out by hand (it is saved with every scan); byte for byte it is
-    what ``json.dumps`` makes of it, so journals written before and after read alike."""
+    what ``json.dumps`` makes of it."""
     sc = Scanner(defaults)
     sc.at = Instant("b00t-\u00e9", 10**18)
     sc.scan(*texts)
@@ -537,4 +534,37 @@ def test_saved_state_escapes_what_json_must() -> None:
                                               "y": 1.5, "z": [1, "a"]}, (odd, ITEM, None), 7,
                                         Instant(odd, 5)),))
     assert s.to_json() == _generic_json(s)
-    assert SessionState.from_json(s.to_json()) == s
+    assert SessionState.from_json(s.to_json(), s.history) == s
+
+
+def test_the_saved_state_holds_the_depth_of_its_undo_history_not_its_entries() -> None:
+    """The entries are the scanner's newest movements, in the journal already: the state
+    saved with every scan stays small whatever the history, and takes back the newest
+    entries it is given up to its depth."""
+    sc = Scanner(DOCK)
+    sc.scan(*["LOC-A-01"] + [EAN] * 30)
+    s = sc.state
+    assert len(s.history) == 20 and len(s.to_json()) < 300
+    assert SessionState.undo_depth(s.to_json()) == 20
+    older = states_after(["LOC-A-01", EAN2], DOCK).history
+    assert SessionState.from_json(s.to_json(), older + s.history) == s  # the newest 20
+    after_barrier = states_after(["LOC-A-01", EAN, "MODE-PICK"], DOCK)
+    assert SessionState.undo_depth(after_barrier.to_json()) == 0
+    assert SessionState.from_json(after_barrier.to_json(), s.history) == after_barrier
+
+
+def test_a_state_saved_with_its_entries_inline_still_loads() -> None:
+    """Journals written before the history was read back from the movements keep their
+    entries in the session row: they are taken from there."""
+    s = states_after(["MODE-COUNT", "LOC-C", EAN, EAN, "MODE-RECEIPT", "LOC-A", EAN2], DOCK)
+    old = json.dumps({
+        "mode": s.mode, "from_location": s.from_location, "to_location": s.to_location,
+        "qty": s.qty, "reference": s.reference, "operator": s.operator,
+        "counts": [[list(k), v] for k, v in s.counts], "context": list(s.context),
+        "history": [{"event_id": h.event_id, "draft": h.draft,
+                     "count_key": list(h.count_key) if h.count_key else None,
+                     "previous_total": h.previous_total,
+                     "at": [h.at.boot_id, h.at.boot_ns] if h.at else None}
+                    for h in s.history]}, separators=(",", ":"))
+    assert SessionState.undo_depth(old) == 0
+    assert SessionState.from_json(old) == s
