@@ -99,12 +99,19 @@ class _ScannerSlot:
     saved_state: SessionState = field(init=False)
     saved_last_read: tuple[str, int] | None = None
     chain: int = 0  # bumped after a failed commit: later scans start from the saved session
+    # the session's JSON in the journal's row once the scans submitted so far commit
+    # (``row``), and as the committed ones left it (``saved_row``): a scan that leaves the
+    # session as it was (the next item in the same mode and bins) does not write it again
+    row: str | None = None
+    saved_row: str | None = None
 
     def __post_init__(self) -> None:
         self.saved_state = self.state
 
 
 Listener = Callable[[Outcome], None]
+# what a scan leaves once committed: session, last read, chain, session row
+_After = tuple[SessionState, tuple[str, int] | None, int, str | None]
 
 
 @dataclass
@@ -146,7 +153,8 @@ class Station:
                     state = SessionState.from_json(text, [undo_entry(r) for r in rows])
                 except (ValueError, TypeError, KeyError, AttributeError) as exc:
                     log.warning("%s: saved session unreadable (%s); starting fresh", sc.name, exc)
-            self._slots[sc.name] = _ScannerSlot(sc, d, state)
+            slot = self._slots[sc.name] = _ScannerSlot(sc, d, state)
+            slot.row = slot.saved_row = saved.get(sc.name)
 
     def session(self, scanner: str) -> SessionState:
         return self._slots[scanner].state
@@ -188,6 +196,7 @@ class Station:
             status = "rejected" if step.rejected else "accepted"
             reason = step.rejected
 
+        row = step.state.to_json() if step is not None and not step.rejected else slot.row
         # The offset to the ledger at this very read, from boottime: a sample's own wall
         # offset goes stale when the wall clock is stepped after it was taken.
         ledger_ns = self.time_base().ledger_ns(scan.boot_ns)
@@ -196,7 +205,7 @@ class Station:
             boot_ns=scan.boot_ns, boot_id=self._boot_id, outcome=status, reason=reason,
             note=step.note if step else None,
             movement=step.movement if step else None,
-            session_state=step.state.to_json() if step and not step.rejected else None,
+            session_state=row if row != slot.row else None,
             wall_offset_ms=(None if ledger_ns is None
                             else (ledger_ns - round(scan.wall_time * 1e9)) / 1e6),
             ntp_synced=self._ntp_synced(),
@@ -206,7 +215,7 @@ class Station:
         # Only a read that commits counts for debounce: a rescan after a failed commit is kept.
         last_read = (text, scan.boot_ns) if scan.error is None else slot.last_read
         state = step.state if step is not None and not step.rejected else slot.state
-        after = (state, last_read, slot.chain)
+        after = (state, last_read, slot.chain, row)
         try:
             self.writer.submit(record,
                                lambda f: self._committed(f, slot, record, after, done, then))
@@ -215,11 +224,11 @@ class Station:
             if then is not None:
                 done.get_loop().call_soon(then, done)
             return done
-        slot.state, slot.last_read = state, last_read
+        slot.state, slot.last_read, slot.row = state, last_read, row
         return done
 
     def _committed(self, f: asyncio.Future[Captured], slot: _ScannerSlot, record: Capture,
-                   after: tuple[SessionState, tuple[str, int] | None, int],
+                   after: _After,
                    done: asyncio.Future[Outcome],
                    then: Callable[[asyncio.Future[Outcome]], None] | None) -> None:
         """A submitted scan's commit ended: update the saved session, log, tell listeners."""
@@ -228,21 +237,21 @@ class Station:
             then(done)
 
     def _settled(self, f: asyncio.Future[Captured], slot: _ScannerSlot, record: Capture,
-                 after: tuple[SessionState, tuple[str, int] | None, int],
-                 done: asyncio.Future[Outcome]) -> None:
-        state, last_read, chain = after
+                 after: _After, done: asyncio.Future[Outcome]) -> None:
+        state, last_read, chain, row = after
         exc = f.exception() if not f.cancelled() else JournalError("commit cancelled")
         if exc is not None:
             if chain == slot.chain:  # the first failure on this chain: fall back
                 slot.chain += 1
                 slot.state, slot.last_read = slot.saved_state, slot.saved_last_read
+                slot.row = slot.saved_row
             if not isinstance(exc, JournalError):
                 if not done.done():
                     done.set_exception(exc)
                 return
             outcome = self._failed(record.scanner, record.text, exc)
         else:
-            slot.saved_state, slot.saved_last_read = state, last_read
+            slot.saved_state, slot.saved_last_read, slot.saved_row = state, last_read, row
             captured = f.result()
             mv = record.movement
             outcome = Outcome(record.scanner, record.text, record.outcome, record.reason,

@@ -604,3 +604,65 @@ async def test_undo_reaches_back_across_a_restart_from_the_journals_movements(
     recount = await dock.scan(EAN, scanner="fixed", after_ms=2000)
     assert recount.note == f"count {ITEM} x2", "the undone count put its total back to 1"
     await writer.close()
+
+
+def saved_session(cfg: Config, scanner: str = "handheld") -> str:
+    (row,) = rows(cfg, "SELECT state FROM sessions WHERE scanner = ?", scanner)
+    return str(row["state"])
+
+
+async def test_a_scan_that_leaves_the_session_as_it_was_does_not_write_it_again(
+        dock: Dock, cfg: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next item in the same mode and bins (once the undo history is full) leaves the
+    session as the row holds it: nothing is written for it; the row always says what the
+    committed scans left, failures included."""
+    written: list[str | None] = []
+    real = Journal.capture
+
+    def recording(self: Journal, records: list[Any]) -> Any:
+        written.extend(r.session_state for r in records)
+        return real(self, records)
+
+    monkeypatch.setattr(Journal, "capture", recording)
+    await dock.scan("LOC-A-01")
+    for _ in range(22):
+        await dock.scan(EAN, after_ms=1000)
+    assert [w is not None for w in written] == [True] * 21 + [False] * 2
+    assert saved_session(cfg) == dock.station.session("handheld").to_json()
+
+    await dock.fill_disk()
+    out, unchanged = await until_failed(dock, cfg, "LOC-B-02")
+    assert out.status == "failed" and unchanged
+    assert saved_session(cfg) == dock.station.session("handheld").to_json()
+    await dock.free_disk()
+    written.clear()
+    await dock.scan(EAN, after_ms=1000)  # the LOC- scans' context is let go: written
+    await dock.scan(EAN, after_ms=1000)  # as the row holds it: not written
+    assert [w is not None for w in written] == [True, False]
+    assert json.loads(saved_session(cfg))["to_location"] == "B-02"
+    assert saved_session(cfg) == dock.station.session("handheld").to_json()
+
+
+async def test_a_rescan_after_a_failed_commit_writes_the_session_it_makes(
+        dock: Dock, cfg: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failed scan's session never reached the row: its rescan, which makes the same
+    session, must write it (the row is compared with what was committed, not tried)."""
+    from agent.errors import JournalError
+
+    await dock.scan("LOC-A-01")
+    real = Journal.capture
+    fail = True
+
+    def once(self: Journal, records: list[Any]) -> Any:
+        nonlocal fail
+        if fail:
+            fail = False
+            raise JournalError("journal error while committing a scan: I/O error")
+        return real(self, records)
+
+    monkeypatch.setattr(Journal, "capture", once)
+    assert (await dock.scan("LOC-C-03")).status == "failed"
+    assert json.loads(saved_session(cfg))["to_location"] == "A-01"
+    assert (await dock.scan("LOC-C-03")).status == "accepted"
+    assert json.loads(saved_session(cfg))["to_location"] == "C-03"
+    assert saved_session(cfg) == dock.station.session("handheld").to_json()
