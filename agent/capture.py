@@ -192,7 +192,7 @@ class Station:
             # The event's raw list holds the scans as read (a GS1 string keeps its GS): JSON
             # escapes what needs it, and every display escapes control characters.
             step = apply(slot.state, token, slot.defaults, text, event_id=uuid7(),
-                         at=Instant(boot_id(), scan.boot_ns))
+                         at=Instant(self._boot_id, scan.boot_ns))
             status = "rejected" if step.rejected else "accepted"
             reason = step.rejected
 
@@ -232,9 +232,11 @@ class Station:
                    done: asyncio.Future[Outcome],
                    then: Callable[[asyncio.Future[Outcome]], None] | None) -> None:
         """A submitted scan's commit ended: update the saved session, log, tell listeners."""
-        self._settled(f, slot, record, after, done)
-        if then is not None:
-            then(done)
+        try:
+            self._settled(f, slot, record, after, done)
+        finally:
+            if then is not None:
+                then(done)
 
     def _settled(self, f: asyncio.Future[Captured], slot: _ScannerSlot, record: Capture,
                  after: _After, done: asyncio.Future[Outcome]) -> None:

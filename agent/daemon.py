@@ -445,17 +445,20 @@ class _ScannerCapture:
     async def run(self) -> None:
         self.task = asyncio.current_task()
         try:
-            await self.source.deliver(self.take)
+            try:
+                await self.source.deliver(self.take)
+            except asyncio.CancelledError:
+                raise
+            except BaseException:
+                await self.idle.wait()  # the scans read are answered first
+                raise
+            await self.idle.wait()
         except asyncio.CancelledError:
             if self.failure is not None:
                 raise self.failure from None  # an answer failed: that is why we were cancelled
             if self.acking is not None:
                 self.acking.cancel()
             raise
-        except BaseException:
-            await self.idle.wait()  # (cancelling this task cancels the wait too)
-            raise
-        await self.idle.wait()
         if self.failure is not None:
             raise self.failure
 

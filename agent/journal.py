@@ -381,7 +381,9 @@ class Journal:
         A scanner's undo history is always its newest movements less the voided ones (a
         barrier, ``MODE-``, ``USER-`` or ``CMD-RESET``, only shortens it), so the session
         saved with each scan keeps its depth, not its entries. Reads back from the newest
-        movement and stops at ``depth`` found: a quick read whatever the journal's size."""
+        movement and stops at ``depth`` found (quick for a scanner in use; one that scanned
+        little reads further back). A count journaled before the count's previous total was
+        kept (schema 2) ends the history: undoing it could not put its total back."""
         if depth <= 0:
             return []
         found: list[dict[str, Any]] = []
@@ -397,6 +399,8 @@ class Journal:
                 if m["type"] == "void":
                     voided.add(m["voids"])
                 elif m["event_id"] not in voided:
+                    if m["type"] == "count" and m["previous_total"] is None:
+                        break  # journaled before its total was kept: undo stops short of it
                     found.append(m)
                     if len(found) == depth:
                         break
@@ -988,7 +992,12 @@ class JournalWriter:
             _settle(futs, outcomes)
             for _, fut, then in batch:
                 if then is not None:
-                    then(fut)
+                    try:  # one caller's failure must not leave the others of the group untold
+                        then(fut)
+                    except Exception as exc:
+                        self.loop.call_exception_handler({
+                            "message": "a capture's commit callback failed", "exception": exc,
+                            "future": fut})
         else:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
                 loop.call_soon_threadsafe(_settle, futs, outcomes)

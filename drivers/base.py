@@ -229,10 +229,10 @@ class ScanQueue:
         """
         if self._sink is not None:
             raise RuntimeError(f"scanner {self.scanner}: scans are delivered already")
-        self._sink, self._taking = sink, True
         self._delivered = asyncio.get_running_loop().create_future()
-        self._drain()
         try:
+            self._sink, self._taking = sink, True
+            self._drain()
             await self._delivered
         finally:
             self._sink, self._taking, self._delivered = None, False, None

@@ -214,3 +214,27 @@ async def test_sync_cuts_its_writes_in_slices_only_while_operators_scan(
         assert [sync._slice(n) for n in (0, 1, 1000)] == [1, 1, 1000]
         sync.on_capture(Outcome("h", "LOC-A", "accepted"))
         assert [sync._slice(n) for n in (0, 1, 1000)] == [1, 1, 100]
+
+
+async def test_a_commit_callback_that_raises_leaves_the_rest_of_its_group_told(
+        path: Path) -> None:
+    """One caller's callback failing (a bug on the daemon's side) is reported, and every
+    other capture committed in the same group is still told."""
+    errors: list[dict[str, object]] = []
+    async with JournalWriter(Journal(path, "dock-3", "WH1")) as writer:
+        told: list[str] = []
+
+        def bad(f: asyncio.Future[Captured]) -> None:
+            raise RuntimeError("a bug after the commit")
+
+        async def group() -> list[Captured]:
+            asyncio.get_running_loop().set_exception_handler(lambda _, c: errors.append(c))
+            futs = [writer.submit(capture(draft(), scanner="a"), bad),
+                    writer.submit(capture(draft(), scanner="b"), lambda f: told.append("b")),
+                    writer.submit(capture(draft(), scanner="c"), lambda f: told.append("c"))]
+            return list(await asyncio.gather(*futs))
+
+        done = await writer.run(group())
+    assert [d.seq for d in done] == [1, 2, 3]
+    assert told == ["b", "c"]
+    assert [str(e["exception"]) for e in errors] == ["a bug after the commit"]

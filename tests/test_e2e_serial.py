@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import tty
@@ -605,3 +606,27 @@ async def test_a_scan_the_station_cannot_take_stops_the_agent_after_answering_th
     agent = await _run_slow(tmp_path, monkeypatch, scanner)
     assert scanner.answers == [True, True]
     assert agent.failed == "scan:handheld stopped unexpectedly"
+
+
+class _EndsThenFailsToAnswer(_SlowToAnswerScanner):
+    """Stops reading after its scans (as if closed), then its feedback raises."""
+
+    async def _scans(self) -> AsyncIterator[RawScan]:
+        for text in self.texts:
+            yield RawScan(self.name, text, text.encode())
+
+    async def acknowledge(self, ok: bool) -> None:
+        await asyncio.sleep(0.02)
+        raise RuntimeError("feedback exploded")
+
+
+async def test_a_failure_while_the_last_scans_are_answered_is_the_reason_given(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Reading has ended and the agent waits for the last answers when one fails: that
+    failure is what stops the agent, not a bare cancellation."""
+    scanner = _EndsThenFailsToAnswer("handheld", ["LOC-A-01", EAN13])
+    with caplog.at_level(logging.CRITICAL, logger="scan_agent"):
+        agent = await _run_slow(tmp_path, monkeypatch, scanner)
+    assert agent.failed == "scan:handheld stopped unexpectedly"
+    assert any("feedback exploded" in r.getMessage() for r in caplog.records), caplog.text

@@ -492,3 +492,13 @@ def test_undo_history_is_the_scanners_newest_movements_less_voids_and_what_they_
         made[0].event_id, made[1].event_id, made[3].event_id, made[4].event_id]
     assert journal.undo_history("handheld", 0) == []
     assert journal.undo_history("nobody", 5) == []
+
+
+def test_undo_history_stops_at_a_count_journaled_before_its_total_was_kept(
+        journal: Journal) -> None:
+    """A count written by schema 2 has no previous total: undoing it could not put the
+    count's total back, so the history read back ends just after it (undo is refused rather
+    than wrong)."""
+    old, newer = draft(type="count"), draft(type="count")
+    journal.capture([capture(old), capture(newer._replace(previous_total=1))])
+    assert [r["event_id"] for r in journal.undo_history("handheld", 5)] == [newer.event_id]
