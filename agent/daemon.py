@@ -405,7 +405,6 @@ class Agent:
         self.notifier.close()
 
 
-
 class _Iterated:
     """A scanner that only iterates (as the :class:`~drivers.base.Scanner` protocol began),
     read into a sink the way :meth:`~drivers.base.ScanQueue.deliver` does."""
@@ -434,7 +433,7 @@ class _ScannerCapture:
         nowait = getattr(scanner, "acknowledge_nowait", None)
         self.nowait: Callable[[bool], bool] = nowait or (lambda ok: False)
         self.waiting: collections.deque[asyncio.Future[Outcome]] = collections.deque()
-        self.acks: collections.deque[bool] = collections.deque()  # answers a task sends
+        self.acks: collections.deque[Outcome] = collections.deque()  # a task answers these
         self.acking: asyncio.Task[None] | None = None
         self.held = False  # the driver waits for room (the sink said it was full)
         self.idle = asyncio.Event()  # every scan read is answered
@@ -480,24 +479,25 @@ class _ScannerCapture:
                 return
             outcome = fut.result()
             if self.acks or not self.nowait(outcome.ok):
-                self.acks.append(outcome.ok)
+                self.acks.append(outcome)
                 if self.acking is None or self.acking.done():
                     self.acking = asyncio.get_running_loop().create_task(
                         self._send_acks(), name=f"answers:{self.scanner.name}")
-            self.agent._answered(outcome)
+            else:
+                self.agent._answered(outcome)
         self._room()
 
     async def _send_acks(self) -> None:
         """The answers to a scanner whose feedback may block (a port a thread writes)."""
         while self.acks:
             try:
-                await self.scanner.acknowledge(self.acks[0])
+                await self.scanner.acknowledge(self.acks[0].ok)
             except (AgentError, DriverError) as exc:
                 log.warning("scanner %s: feedback failed: %s", self.scanner.name, exc)
             except Exception as exc:
                 self._fail(exc)
                 return
-            self.acks.popleft()
+            self.agent._answered(self.acks.popleft())
             self._room()
 
     def _room(self) -> None:

@@ -31,7 +31,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _json_str
 from pathlib import Path
@@ -194,6 +194,41 @@ _UPSERT_SESSION = (
 )
 
 
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on an error) on a connection or
+    cursor; see :meth:`Journal.transaction`. A class, not a generator: every scan's capture
+    runs one."""
+
+    __slots__ = ("durable", "on")
+
+    def __init__(self, on: sqlite3.Connection | sqlite3.Cursor, durable: bool = True) -> None:
+        self.on, self.durable = on, durable
+
+    def __enter__(self) -> None:
+        if not self.durable:
+            self.on.execute("PRAGMA synchronous = NORMAL")
+        try:
+            self.on.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._restore()
+            raise
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        try:
+            if exc_type is None:
+                self.on.execute("COMMIT")
+            else:
+                with contextlib.suppress(sqlite3.Error):
+                    self.on.execute("ROLLBACK")
+        finally:
+            self._restore()
+
+    def _restore(self) -> None:
+        if not self.durable:
+            self.on.execute("PRAGMA synchronous = FULL")
+
+
 class Journal:
     """One connection to the journal file; not thread-safe (see :class:`JournalWriter`)."""
 
@@ -264,27 +299,13 @@ class Journal:
                 "give each station its own database"
             )
 
-    @contextlib.contextmanager
-    def transaction(self, durable: bool = True) -> Iterator[None]:
-        """One write transaction. ``durable=False`` commits without waiting for the disk
-        (``synchronous = NORMAL``): safe from a crash of the process, and made durable by the
-        next durable commit (which syncs the whole write-ahead log), but a power cut may
-        take it back. Only for what may be lost that way (see ``record_results``)."""
-        if not durable:
-            self.conn.execute("PRAGMA synchronous = NORMAL")
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self.conn.execute("ROLLBACK")
-                raise
-            else:
-                self.conn.execute("COMMIT")
-        finally:
-            if not durable:
-                self.conn.execute("PRAGMA synchronous = FULL")
+    def transaction(self, durable: bool = True) -> _Transaction:
+        """One write transaction (``with journal.transaction(): ...``). ``durable=False``
+        commits without waiting for the disk (``synchronous = NORMAL``): safe from a crash of
+        the process, and made durable by the next durable commit (which syncs the whole
+        write-ahead log), but a power cut may take it back. Only for what may be lost that
+        way (see ``record_results``)."""
+        return _Transaction(self.conn, durable)
 
     def integrity_check(self) -> list[str]:
         """``PRAGMA integrity_check``: an empty list when the file is sound."""
@@ -343,28 +364,14 @@ class Journal:
             if r.session_state is not None:
                 sessions.append((r.scanner, r.session_state, r.wall_time))
             scan_id += 1
-        # (transaction() written out: this runs for every scan)
         cur = self._capture_cursor
         try:
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                if len(scans) == 1:  # a lone scan: no executemany over a one-row list
-                    cur.execute(_INSERT_SCAN, scans[0])
-                    if moves:
-                        cur.execute(_INSERT_MOVEMENT, moves[0])
-                    if sessions:
-                        cur.execute(_UPSERT_SESSION, sessions[0])
-                else:
-                    cur.executemany(_INSERT_SCAN, scans)
-                    if moves:
-                        cur.executemany(_INSERT_MOVEMENT, moves)
-                    if sessions:
-                        cur.executemany(_UPSERT_SESSION, sessions)
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    cur.execute("ROLLBACK")
-                raise
-            cur.execute("COMMIT")
+            with _Transaction(cur):
+                cur.executemany(_INSERT_SCAN, scans)
+                if moves:
+                    cur.executemany(_INSERT_MOVEMENT, moves)
+                if sessions:
+                    cur.executemany(_UPSERT_SESSION, sessions)
         except (sqlite3.Error, OSError) as exc:
             raise _translate(exc, "committing a scan") from exc
         self._next_seq, self._next_scan_id = seq, scan_id

@@ -39,6 +39,8 @@ __all__ = ["Defaults", "Draft", "Instant", "SessionState", "Step", "UndoEntry", 
 
 _HISTORY = 20  # movements CMD-UNDO can reach back through, per scanner
 _CONTEXT = 8  # raw scans kept as the context of the next movement
+# what an undo entry keeps of its movement (all a void needs)
+_UNDO_FIELDS = ("item", "qty", "lot", "serial", "expiry", "from_location", "to_location", "type")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +94,7 @@ class UndoEntry:
 
 def undo_entry(row: Mapping[str, Any]) -> UndoEntry:
     """The undo entry of a journaled movement (a row of ``Journal.undo_history``)."""
-    draft = {k: row[k] for k in ("item", "qty", "lot", "serial", "expiry", "from_location",
-                                 "to_location", "type")}
+    draft = {k: row[k] for k in _UNDO_FIELDS}
     key = (row["to_location"], row["item"], None) if row["type"] == "count" else None
     at = Instant(row["boot_id"], row["boot_ns"]) if row["boot_id"] is not None else None
     return UndoEntry(row["event_id"], draft, key, row["previous_total"], at)
@@ -332,8 +333,7 @@ def _item(s: SessionState, it: Item, d: Defaults, raw: str, event_id: str,
 
 
 def _undo_fields(d: Draft) -> dict[str, Any]:
-    return {"item": d.item, "qty": d.qty, "lot": d.lot, "serial": d.serial, "expiry": d.expiry,
-            "from_location": d.from_location, "to_location": d.to_location, "type": d.type}
+    return {k: getattr(d, k) for k in _UNDO_FIELDS}
 
 
 def _undo(s: SessionState, raw: str, event_id: str, d: Defaults,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
 import select
@@ -95,16 +96,24 @@ async def _on_capture_thread(w: JournalWriter, coro: Any) -> Any:
     return await w.run(coro)
 
 
-async def agent_latency(dirpath: Path, n: int) -> list[float]:
+async def agent_latency(dirpath: Path, n: int, *, durable: bool = True,
+                        prof: cProfile.Profile | None = None) -> list[float]:
     """``Station.handle`` per scan on the capture thread, as the daemon captures: the commit
-    runs inline on that thread, with no crossing on the way."""
+    runs inline on that thread, with no crossing on the way. ``durable=False``: with
+    ``synchronous = OFF``, the CPU of the path without the disk's wait (bench/station_cpu.py);
+    ``prof`` profiles the scans."""
     cfg = _config(dirpath)
-    async with JournalWriter(Journal(cfg.database, cfg.station, cfg.site)) as w:
+    journal = Journal(cfg.database, cfg.station, cfg.site)
+    if not durable:
+        journal.conn.execute("PRAGMA synchronous = OFF")
+    async with JournalWriter(journal) as w:
         st = Station(cfg, w)
 
         async def measure() -> list[float]:
             await st.start()
             out = []
+            if prof is not None:
+                prof.enable()
             for i in range(n):
                 t = GTINS[i % 4]
                 scan = RawScan("s0", t, t.encode())
@@ -112,6 +121,8 @@ async def agent_latency(dirpath: Path, n: int) -> list[float]:
                 o = await st.handle(scan)
                 out.append(time.perf_counter() - t0)
                 assert o.status == "accepted", o
+            if prof is not None:
+                prof.disable()
             return out
 
         return list(await _on_capture_thread(w, measure()))

@@ -20,42 +20,11 @@ import pstats
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.capture import Station
-from agent.journal import Journal, JournalWriter
-from bench.capture import GTINS, _config
-from drivers.base import RawScan
-
-
-async def handle_cpu(dirpath: Path, n: int, prof: cProfile.Profile | None = None) -> list[float]:
-    """Seconds of ``Station.handle`` per scan, on the capture thread, without fsync."""
-    cfg = _config(dirpath)
-    journal = Journal(cfg.database, cfg.station, cfg.site)
-    journal.conn.execute("PRAGMA synchronous = OFF")
-    async with JournalWriter(journal) as w:
-        st = Station(cfg, w)
-
-        async def measure() -> list[float]:
-            await st.start()
-            out = []
-            if prof is not None:
-                prof.enable()
-            for i in range(n):
-                t = GTINS[i % 4]
-                scan = RawScan("s0", t, t.encode())
-                t0 = time.perf_counter()
-                o = await st.handle(scan)
-                out.append(time.perf_counter() - t0)
-                assert o.status == "accepted", o
-            if prof is not None:
-                prof.disable()
-            return out
-
-        return list(await w.run(measure()))
+from bench.capture import agent_latency
 
 
 def main() -> None:
@@ -68,7 +37,8 @@ def main() -> None:
     p50s = []
     for _ in range(1 if prof else a.rounds):
         with tempfile.TemporaryDirectory() as d:
-            p50s.append(statistics.median(asyncio.run(handle_cpu(Path(d), a.scans, prof))))
+            run = agent_latency(Path(d), a.scans, durable=False, prof=prof)
+            p50s.append(statistics.median(asyncio.run(run)))
     if prof is not None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(30)
     print("Station.handle without fsync, p50 per round: "

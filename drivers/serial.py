@@ -192,37 +192,29 @@ class SerialScanner(SupervisedScanner):
 
     async def acknowledge(self, ok: bool) -> None:
         """Send ``ack`` (``ok``) or ``nak`` to the scanner, if configured. Never raises."""
-        conn = self._conn
-        if conn is not None and conn.fd is None and not conn.gone.done():
-            data = self._ack if ok else self._nak
-            if data is None:
-                return
-            try:  # a port read by a thread is written by one too (it may block)
-                await asyncio.to_thread(conn.port.write, data)
-            except Exception as exc:  # a vanished port must never break the capture loop
-                log.warning("scanner %s: %s not sent: %s", self.name, "ACK" if ok else "NAK",
-                            exc)
+        if self.acknowledge_nowait(ok):
             return
-        self._answer_now(ok)
+        conn = self._conn
+        assert conn is not None
+        try:  # a port read by a thread is written by one too (its write may block)
+            await asyncio.to_thread(conn.port.write, self._ack if ok else self._nak)
+        except Exception as exc:  # a vanished port must never break the capture loop
+            log.warning("scanner %s: %s not sent: %s", self.name, "ACK" if ok else "NAK", exc)
 
     def acknowledge_nowait(self, ok: bool) -> bool:
-        """:meth:`acknowledge` at once to a port the event loop reads (its writes do not
-        block); False for one a thread reads: await :meth:`acknowledge` for it."""
-        conn = self._conn
-        if conn is not None and conn.fd is None and not conn.gone.done():
-            return False
-        self._answer_now(ok)
-        return True
-
-    def _answer_now(self, ok: bool) -> None:
+        """Send ``ack`` or ``nak`` at once to a port the event loop reads (a non-blocking
+        descriptor), or say why nothing is sent. False only for a port a thread reads (a
+        pyserial URL without a descriptor): :meth:`acknowledge` writes it from a thread."""
         data = self._ack if ok else self._nak
         if data is None:
-            return
+            return True
         what = "ACK" if ok else "NAK"
         conn = self._conn
-        if conn is None or conn.gone.done() or conn.fd is None:
+        if conn is None or conn.gone.done():
             log.warning("scanner %s: %s not sent: %s", self.name, what, self._state.detail)
-            return
+            return True
+        if conn.fd is None:
+            return False
         try:
             # Non-blocking and synchronous: the fd cannot be closed between check and write.
             written = os.write(conn.fd, data)
@@ -231,6 +223,7 @@ class SerialScanner(SupervisedScanner):
                             self.name, what, written, len(data))
         except Exception as exc:  # a vanished port must never break the capture loop
             log.warning("scanner %s: %s not sent: %s", self.name, what, exc)
+        return True
 
     # -- connection supervision ---------------------------------------------------------------
 

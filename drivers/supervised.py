@@ -56,8 +56,9 @@ class SupervisedScanner:
 
     def acknowledge_nowait(self, ok: bool) -> bool:
         """Send the feedback at once if that cannot block; whether it was (if not, await
-        :meth:`acknowledge`). True by default: there is nothing to send."""
-        return type(self).acknowledge is SupervisedScanner.acknowledge
+        :meth:`acknowledge`). Nothing to send by default: done (a driver that sends
+        something overrides both)."""
+        return True
 
     async def deliver(self, sink: Sink) -> None:
         """Hand each scan to ``sink`` as it is framed (see :meth:`ScanQueue.deliver`), until

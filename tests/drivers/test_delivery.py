@@ -1,19 +1,14 @@
 """Scans handed to a sink as they are framed (``ScanQueue.deliver``), as the daemon takes
-them: in order, held back while the sink is full, within the queue's limits, to the end."""
+them: in order, held back while the sink is full, within the queue's limits, to the end.
+(Each driver's delivery is tested with the driver.)"""
 
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from drivers.base import RawScan, ScanQueue
-from tests.drivers.test_serial import config, open_scanner, pty, read_exactly, wait_until
-
-__all__ = ["open_scanner", "pty"]  # fixtures
 
 TIMEOUT = 10
 
@@ -106,46 +101,3 @@ async def test_one_consumer_at_a_time() -> None:
         await q.deliver(lambda s: True)
     q.end()
     await asyncio.wait_for(first, TIMEOUT)
-
-
-async def test_serial_scans_are_delivered_and_answered_without_waiting(
-        open_scanner: Callable[..., Any]) -> None:
-    """A serial scanner on a pty: the sink gets each scan in the read callback, and the ACK
-    is written at once (a port the event loop reads never blocks on a write)."""
-    scanner, master, _ = await open_scanner(ack="\x06", nak="\x15")
-    got: list[str] = []
-
-    def sink(s: RawScan) -> bool:
-        got.append(s.text)
-        assert scanner.acknowledge_nowait(s.text != "BAD") is True
-        return True
-
-    delivering = asyncio.ensure_future(scanner.deliver(sink))
-    os.write(master, b"LOC-A-01\rBAD\r4006381333931\r")
-    await wait_until(lambda: len(got) == 3)
-    assert got == ["LOC-A-01", "BAD", "4006381333931"]
-    assert await read_exactly(master, 3) == b"\x06\x15\x06"
-    await scanner.close()
-    await asyncio.wait_for(delivering, TIMEOUT)
-
-
-async def test_a_serial_port_read_by_a_thread_is_answered_by_a_task() -> None:
-    """``loop://`` has no descriptor: a thread reads it and writes it (a write may block), so
-    ``acknowledge_nowait`` says it did not send, and ``acknowledge`` sends (the ACK loops
-    back as a scan)."""
-    from drivers.serial import SerialScanner
-    from tests.drivers.states import States
-
-    states = States()
-    got: list[str] = []
-    scanner = SerialScanner(config("loop://", ack="LOC-A-01\r"), on_state=states)
-    delivering = asyncio.ensure_future(scanner.deliver(lambda s: got.append(s.text) is None))
-    try:
-        await states.connected()
-        assert scanner.acknowledge_nowait(True) is False
-        assert got == []
-        await scanner.acknowledge(True)
-        await wait_until(lambda: got == ["LOC-A-01"])
-    finally:
-        await scanner.close()
-        await asyncio.wait_for(delivering, TIMEOUT)
